@@ -1,0 +1,114 @@
+//! The one record of a finished call.
+//!
+//! Everything tokentap reports about a call (metrics now, spans and logs
+//! later) is derived from this record, built once when the call ends, so
+//! the different signals can never disagree.
+
+use std::time::Duration;
+
+use crate::genai::request::{Operation, RequestFacts};
+use crate::genai::response::{ResponseFacts, Usage};
+
+/// How the exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response was delivered to its end.
+    Completed,
+    /// The client went away before the end.
+    Cancelled,
+    /// The upstream was too slow (connect, first byte, or between bytes).
+    Timeout,
+    /// No connection, or the connection broke.
+    ConnectionError,
+    /// tokentap refused the request itself (e.g. body too large).
+    Rejected(&'static str),
+}
+
+/// Why observing a call's bytes failed (the bytes were forwarded regardless).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParseFailure {
+    InvalidJson,
+    InvalidSse,
+    Decompression,
+    TooLarge,
+}
+
+impl ParseFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            ParseFailure::InvalidJson => "invalid_json",
+            ParseFailure::InvalidSse => "invalid_sse",
+            ParseFailure::Decompression => "decompression",
+            ParseFailure::TooLarge => "too_large",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// `None` for endpoints that are not model calls (they are forwarded but not metered).
+    pub operation: Option<Operation>,
+    pub request: RequestFacts,
+    pub method: String,
+    /// The client's path (no query).
+    pub path: String,
+    pub server_address: String,
+    pub server_port: u16,
+    /// HTTP status the client received, when a response started.
+    pub status: Option<u16>,
+    pub outcome: Outcome,
+    pub response: ResponseFacts,
+    /// The response was an event stream.
+    pub streamed: bool,
+    pub duration: Duration,
+    pub time_to_first_chunk: Option<Duration>,
+    /// Seconds between consecutive output chunks (after the first).
+    pub chunk_gaps: Vec<f32>,
+    pub request_id: Option<String>,
+    /// Failures observing the request or response, at most one per reason.
+    pub parse_failures: Vec<ParseFailure>,
+    /// tokentap asked the upstream for usage on the client's behalf.
+    pub usage_injected: bool,
+    /// USD, when usage and a price are both known.
+    pub cost: Option<f64>,
+}
+
+impl Call {
+    pub fn usage(&self) -> Option<&Usage> {
+        self.response.usage.as_ref()
+    }
+
+    /// The model the client asked for, else the one that answered.
+    pub fn model(&self) -> Option<&str> {
+        self.request
+            .model
+            .as_deref()
+            .or(self.response.model.as_deref())
+    }
+
+    /// `error.type`, or `None` when the call succeeded.
+    pub fn error_type(&self) -> Option<String> {
+        match self.outcome {
+            Outcome::Cancelled => return Some("cancelled".to_owned()),
+            Outcome::Timeout => return Some("timeout".to_owned()),
+            Outcome::ConnectionError => return Some("connection_error".to_owned()),
+            Outcome::Rejected(code) => return Some(code.to_owned()),
+            Outcome::Completed => {}
+        }
+        match self.status {
+            Some(s) if s >= 400 => Some(
+                self.response
+                    .error_type
+                    .clone()
+                    .unwrap_or_else(|| s.to_string()),
+            ),
+            _ => self.response.error_type.clone(),
+        }
+    }
+
+    pub fn note_parse_failure(&mut self, f: ParseFailure) {
+        if !self.parse_failures.contains(&f) {
+            self.parse_failures.push(f);
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Typed configuration from flags, environment and `.env`.
+//!
+//! Every setting is validated here, once, so a bad value stops tokentap at
+//! start with one line naming the setting (exit status 2) instead of
+//! surfacing later as a failed request. Secrets are wrapped so that no
+//! `Debug` or log line can print them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A value that must never be printed (API keys).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The upstream base URL, split once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash (may be empty).
+    pub prefix: String,
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Result<Upstream, String> {
+        let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("{s:?} has no scheme (http:// or https://)"))?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(format!("{s:?}: scheme must be http or https"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{s:?} has no host"))?;
+        if authority.host().is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        if uri.query().is_some() {
+            return Err(format!(
+                "{s:?}: a query string is not allowed in the upstream URL"
+            ));
+        }
+        Ok(Upstream {
+            scheme,
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
+    }
+}
+
+/// Parses `500ms`, `2s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 2s, 5m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+}
+
+/// Parses `32MiB`, `512KiB`, `1GiB`, `10MB`, or a number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 32MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    Upstream::parse(s)
+}
+
+fn parse_bool_env(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("{other:?} is not true or false")),
+    }
+}
+
+/// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`: `true` and `SPAN_ONLY` turn capture on.
+fn parse_capture(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "span_only" | "span_and_event" | "1" => Ok(true),
+        "false" | "no_content" | "event_only" | "0" | "" => Ok(false),
+        other => Err(format!("{other:?} is not true, false or SPAN_ONLY")),
+    }
+}
+
+/// The lab agent's system prompt (an English rendering of the lab's).
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful and friendly assistant.";
+
+/// tokentap: a sidecar proxy that makes OpenAI traffic observable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tokentap", version, about, long_about = None)]
+pub struct Cli {
+    /// Address of the one listener (proxy, agent, /metrics, /health; HTTP/1.1 and h2c)
+    #[arg(
+        long,
+        env = "TOKENTAP_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Base URL requests are forwarded to; a path prefix in it is kept
+    #[arg(long, env = "TOKENTAP_UPSTREAM", default_value = "https://api.openai.com", value_name = "URL", value_parser = parse_upstream)]
+    pub upstream: Upstream,
+
+    /// Use the built-in simulated OpenAI upstream (offline, no key needed)
+    #[arg(long, env = "TOKENTAP_DEMO", value_parser = parse_bool_env, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    pub demo: bool,
+
+    /// Delay between streamed chunks of the demo upstream
+    #[arg(long, env = "TOKENTAP_DEMO_CHUNK_DELAY", default_value = "30ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub demo_chunk_delay: Duration,
+
+    /// Override or extend model prices (TOML, or LiteLLM's JSON layout when the file ends in .json)
+    #[arg(long, env = "TOKENTAP_PRICING", value_name = "FILE")]
+    pub pricing: Option<PathBuf>,
+
+    /// Upstream connect timeout (→ 504)
+    #[arg(long, env = "TOKENTAP_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+
+    /// Longest wait for the next byte from the upstream (→ 504 before the response starts; ends the stream after)
+    #[arg(long, env = "TOKENTAP_READ_TIMEOUT", default_value = "600s", value_parser = parse_duration, value_name = "DURATION")]
+    pub read_timeout: Duration,
+
+    /// Largest request body (→ 413)
+    #[arg(long, env = "TOKENTAP_MAX_BODY", default_value = "32MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_body: u64,
+
+    /// Distinct values per metric label before new ones fold into `other`
+    #[arg(
+        long,
+        env = "TOKENTAP_MAX_LABEL_VALUES",
+        default_value_t = 1000,
+        value_name = "N"
+    )]
+    pub max_label_values: usize,
+
+    /// Do not ask streams for usage on the client's behalf (streams without include_usage then record no tokens)
+    #[arg(long = "no-usage-injection", env = "TOKENTAP_USAGE_INJECTION", value_parser = parse_usage_injection, num_args = 0..=1, default_missing_value = "false", default_value = "true", value_name = "BOOL")]
+    pub usage_injection: bool,
+
+    /// Record prompts and completions on spans (opt-in, privacy)
+    #[arg(long, env = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", value_parser = parse_capture, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    pub capture_content: bool,
+
+    /// Grace period for in-flight requests at shutdown
+    #[arg(long, env = "TOKENTAP_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_grace: Duration,
+
+    /// Log line format
+    #[arg(
+        long,
+        env = "TOKENTAP_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `info,tokentap=debug`
+    #[arg(
+        long,
+        env = "TOKENTAP_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    pub log: String,
+
+    /// Service name reported in /health and telemetry
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "tokentap",
+        value_name = "NAME",
+        hide = true
+    )]
+    pub service_name: String,
+}
+
+/// `--no-usage-injection` (flag) and `TOKENTAP_USAGE_INJECTION=false` (env) both mean off.
+/// As a flag the parser receives `default_missing_value`; as env the user's value.
+fn parse_usage_injection(s: &str) -> Result<bool, String> {
+    parse_bool_env(s)
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub demo: bool,
+    pub demo_chunk_delay: Duration,
+    pub pricing: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_body: u64,
+    pub max_label_values: usize,
+    pub usage_injection: bool,
+    pub capture_content: bool,
+    pub shutdown_grace: Duration,
+    pub service_name: String,
+    pub api_key: Option<Secret>,
+}
+
+impl Config {
+    /// Defaults for an upstream, as used by tests and embedders.
+    pub fn for_upstream(upstream: Upstream) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstream,
+            demo: false,
+            demo_chunk_delay: Duration::ZERO,
+            pricing: None,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(600),
+            max_body: 32 << 20,
+            max_label_values: 1000,
+            usage_injection: true,
+            capture_content: false,
+            shutdown_grace: Duration::from_secs(30),
+            service_name: "tokentap".to_owned(),
+            api_key: None,
+        }
+    }
+}
+
+impl From<Cli> for Config {
+    fn from(c: Cli) -> Config {
+        Config {
+            listen: c.listen,
+            upstream: c.upstream,
+            demo: c.demo,
+            demo_chunk_delay: c.demo_chunk_delay,
+            pricing: c.pricing,
+            connect_timeout: c.connect_timeout,
+            read_timeout: c.read_timeout,
+            max_body: c.max_body,
+            max_label_values: c.max_label_values,
+            usage_injection: c.usage_injection,
+            capture_content: c.capture_content,
+            shutdown_grace: c.shutdown_grace,
+            service_name: c.service_name,
+            api_key: std::env::var("OPENAI_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())
+                .map(Secret::new),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3days").is_err());
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("1kb"), Ok(1000));
+        assert_eq!(parse_size("77"), Ok(77));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let u = Upstream::parse("http://127.0.0.1:9000/prefix/").expect("valid");
+        assert_eq!(u.prefix, "/prefix");
+        assert_eq!(u.port(), 9000);
+        let o = Upstream::parse("https://api.openai.com").expect("valid");
+        assert_eq!(
+            (o.host(), o.port(), o.prefix.as_str()),
+            ("api.openai.com", 443, "")
+        );
+        assert!(Upstream::parse("ftp://x").is_err());
+        assert!(Upstream::parse("api.openai.com").is_err());
+        assert!(Upstream::parse("http://x/?a=1").is_err());
+    }
+
+    #[test]
+    fn flags_and_env_forms() {
+        let c = Cli::try_parse_from([
+            "tokentap",
+            "--demo",
+            "--no-usage-injection",
+            "--max-body",
+            "1MiB",
+        ])
+        .expect("parses");
+        assert!(c.demo);
+        assert!(!c.usage_injection);
+        assert_eq!(c.max_body, 1 << 20);
+        let d = Cli::try_parse_from(["tokentap"]).expect("parses");
+        assert!(d.usage_injection && !d.demo && !d.capture_content);
+        assert!(Cli::try_parse_from(["tokentap", "--connect-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("sk-very-secret");
+        assert!(!format!("{s:?}").contains("very"));
+    }
+}

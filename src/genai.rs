@@ -1,0 +1,13 @@
+//! Pure GenAI protocol knowledge: what OpenAI requests and responses mean.
+//!
+//! Nothing here touches hyper, tokio or OpenTelemetry, so every rule about
+//! the wire format is unit-tested on recorded bytes and reused by the proxy,
+//! the agent and the benchmarks alike.
+
+pub mod decode;
+pub mod inject;
+pub mod pricing;
+pub mod request;
+pub mod response;
+pub mod sse;
+pub mod stream;

@@ -1,0 +1,421 @@
+//! Exact streaming usage without changing what the client sees.
+//!
+//! Chat and legacy completion streams report usage only when the request
+//! asks for it. tokentap asks on the client's behalf and then removes, byte
+//! for byte, exactly what asking adds: the usage-only final chunk and the
+//! top-level `"usage":null` member of every other chunk. Edits are cuts in
+//! the original bytes located by a small JSON scanner; nothing is ever
+//! re-serialised, so key order, spacing and number formats stay the
+//! upstream's.
+
+use super::stream::EventInfo;
+
+/// Byte positions of one top-level member of a JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Member {
+    /// End of the previous member's value (where its comma starts), if any.
+    prev_end: Option<usize>,
+    key_start: usize,
+    value_start: usize,
+    value_end: usize,
+    /// Start of the next member's key, if any.
+    next_key: Option<usize>,
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// `b[i]` is `"`; returns the index just past the closing quote.
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+/// Finds the top-level member `key` of the object starting at `b[open]` (`{`).
+fn find_member(b: &[u8], open: usize, key: &[u8]) -> Option<Member> {
+    if b.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut i = skip_ws(b, open + 1);
+    let mut prev_end = None;
+    let mut found: Option<Member> = None;
+    while *b.get(i)? == b'"' {
+        let key_start = i;
+        let key_end = skip_string(b, i)?;
+        if let Some(m) = found.as_mut() {
+            m.next_key = Some(key_start);
+            return found;
+        }
+        i = skip_ws(b, key_end);
+        if *b.get(i)? != b':' {
+            return None;
+        }
+        let value_start = skip_ws(b, i + 1);
+        let value_end = skip_value(b, value_start)?;
+        if &b[key_start + 1..key_end - 1] == key {
+            found = Some(Member {
+                prev_end,
+                key_start,
+                value_start,
+                value_end,
+                next_key: None,
+            });
+        }
+        prev_end = Some(value_end);
+        i = skip_ws(b, value_end);
+        match *b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return found,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The span to cut to remove `m` and one adjacent comma.
+fn removal_span(m: &Member) -> (usize, usize) {
+    match (m.next_key, m.prev_end) {
+        (Some(next), _) => (m.key_start, next),
+        (None, Some(prev)) => (prev, m.value_end),
+        (None, None) => (m.key_start, m.value_end),
+    }
+}
+
+const INCLUDE_USAGE: &[u8] = br#""include_usage":true"#;
+
+/// Rewrites a request body so the stream reports usage. `None` when the body
+/// is not an object tokentap can edit safely (it is then forwarded as is).
+pub fn request_with_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let open = skip_ws(body, 0);
+    // validate the whole object once, so the cuts below are on sound JSON
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err()
+        || body.get(open) != Some(&b'{')
+    {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + 40);
+    match find_member(body, open, b"stream_options") {
+        None => insert_first(
+            body,
+            open,
+            br#""stream_options":{"include_usage":true}"#,
+            &mut out,
+        ),
+        Some(so) => match body[so.value_start] {
+            b'n' => {
+                out.extend_from_slice(&body[..so.value_start]);
+                out.extend_from_slice(br#"{"include_usage":true}"#);
+                out.extend_from_slice(&body[so.value_end..]);
+            }
+            b'{' => match find_member(body, so.value_start, b"include_usage") {
+                Some(iu) => {
+                    out.extend_from_slice(&body[..iu.value_start]);
+                    out.extend_from_slice(b"true");
+                    out.extend_from_slice(&body[iu.value_end..]);
+                }
+                None => insert_first(body, so.value_start, INCLUDE_USAGE, &mut out),
+            },
+            _ => return None,
+        },
+    }
+    Some(out)
+}
+
+/// Inserts `member` as the first member of the object at `b[open]`.
+fn insert_first(b: &[u8], open: usize, member: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&b[..=open]);
+    out.extend_from_slice(member);
+    if b.get(skip_ws(b, open + 1)) != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(&b[open + 1..]);
+}
+
+/// Removes a top-level `"usage":null` member from a chunk's JSON text.
+/// Appends the edited bytes to `out`; returns false (and appends nothing) when
+/// there is nothing to remove.
+fn strip_usage_null(json: &[u8], out: &mut Vec<u8>) -> bool {
+    let open = skip_ws(json, 0);
+    let Some(m) = find_member(json, open, b"usage") else {
+        return false;
+    };
+    if &json[m.value_start..m.value_end] != b"null" {
+        return false;
+    }
+    let (a, b) = removal_span(&m);
+    out.extend_from_slice(&json[..a]);
+    out.extend_from_slice(&json[b..]);
+    true
+}
+
+/// Edits a raw SSE stream event by event. The caller feeds raw bytes with
+/// [`UsageStripper::push`], reports each event the decoder completes with
+/// [`UsageStripper::event`], and takes the bytes that are final with
+/// [`UsageStripper::take_ready`]. Bytes of an incomplete event are held back
+/// until the event completes (or the stream ends).
+#[derive(Debug, Default)]
+pub struct UsageStripper {
+    /// Raw bytes not yet released, starting at stream offset `pending_offset`.
+    pending: Vec<u8>,
+    pending_offset: u64,
+    /// Edited bytes ready for the client.
+    ready: Vec<u8>,
+    /// A dropped event ended in CR; a following LF belonged to it.
+    drop_leading_lf: bool,
+    /// The last kept event ended in CR; a following LF belongs to it.
+    kept_ended_cr: bool,
+}
+
+impl UsageStripper {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, raw: &[u8]) {
+        self.pending.extend_from_slice(raw);
+    }
+
+    /// The event ending at stream offset `end_offset` was `info`.
+    pub fn event(&mut self, end_offset: u64, info: EventInfo) {
+        let len = usize::try_from(end_offset.saturating_sub(self.pending_offset))
+            .unwrap_or(usize::MAX)
+            .min(self.pending.len());
+        let mut seg = &self.pending[..len];
+        let leading_lf = seg.first() == Some(&b'\n');
+        if std::mem::take(&mut self.drop_leading_lf) && leading_lf {
+            seg = &seg[1..];
+        } else if info.usage_only && self.kept_ended_cr && leading_lf {
+            self.ready.push(b'\n');
+            seg = &seg[1..];
+        }
+        if info.usage_only {
+            self.drop_leading_lf = seg.last() == Some(&b'\r');
+            self.kept_ended_cr = false;
+        } else {
+            if !edit_event(seg, &mut self.ready) {
+                self.ready.extend_from_slice(seg);
+            }
+            self.kept_ended_cr = seg.last() == Some(&b'\r');
+        }
+        self.pending.drain(..len);
+        self.pending_offset += len as u64;
+    }
+
+    /// Bytes final for the client so far (possibly empty).
+    pub fn take_ready(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// At end of stream: everything still held, unedited.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = self.take_ready();
+        out.append(&mut self.pending);
+        out
+    }
+}
+
+/// Edits one raw event segment if it has a single `data:` line holding a
+/// `"usage":null` member. Returns false when the segment is to be kept as is.
+fn edit_event(seg: &[u8], out: &mut Vec<u8>) -> bool {
+    let Some(data_at) = memchr::memmem::find(seg, b"data:") else {
+        return false;
+    };
+    if data_at != 0 && !matches!(seg[data_at - 1], b'\n' | b'\r') {
+        return false;
+    }
+    let mut payload_start = data_at + 5;
+    if seg.get(payload_start) == Some(&b' ') {
+        payload_start += 1;
+    }
+    let payload_end = memchr::memchr2(b'\n', b'\r', &seg[payload_start..])
+        .map_or(seg.len(), |p| payload_start + p);
+    if memchr::memmem::find(&seg[payload_end..], b"data:").is_some() {
+        return false; // multi-line data: leave it alone
+    }
+    let before = out.len();
+    out.extend_from_slice(&seg[..payload_start]);
+    if !strip_usage_null(&seg[payload_start..payload_end], out) {
+        out.truncate(before);
+        return false;
+    }
+    out.extend_from_slice(&seg[payload_end..]);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genai::request::Operation;
+    use crate::genai::sse::SseDecoder;
+    use crate::genai::stream::StreamAccumulator;
+
+    fn req(body: &str) -> String {
+        String::from_utf8(request_with_usage(body.as_bytes()).expect("editable")).expect("utf8")
+    }
+
+    #[test]
+    fn request_rewrites_keep_everything_else() {
+        assert_eq!(
+            req(r#"{"model":"m","stream":true}"#),
+            r#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#
+        );
+        assert_eq!(
+            req(
+                r#" { "model" : 1.50e0 , "stream_options" : { "include_usage" : false , "x":1 } }"#
+            ),
+            r#" { "model" : 1.50e0 , "stream_options" : { "include_usage" : true , "x":1 } }"#
+        );
+        assert_eq!(
+            req(r#"{"stream_options":{"include_obfuscation":false}}"#),
+            r#"{"stream_options":{"include_usage":true,"include_obfuscation":false}}"#
+        );
+        assert_eq!(
+            req(r#"{"stream_options":null}"#),
+            r#"{"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(req(r#"{}"#), r#"{"stream_options":{"include_usage":true}}"#);
+        assert_eq!(
+            req(r#"{"stream_options":{}}"#),
+            r#"{"stream_options":{"include_usage":true}}"#
+        );
+        let tricky = r#"{"messages":[{"content":"\"stream_options\":{} }"}],"stream":true}"#;
+        let out = req(tricky);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("valid json");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["messages"][0]["content"], "\"stream_options\":{} }");
+    }
+
+    #[test]
+    fn request_not_editable() {
+        assert_eq!(request_with_usage(b"not json"), None);
+        assert_eq!(request_with_usage(b"[1]"), None);
+        assert_eq!(request_with_usage(br#"{"stream_options":"weird"}"#), None);
+        assert_eq!(request_with_usage(br#"{"a":1"#), None);
+    }
+
+    #[test]
+    fn usage_null_removed_in_any_position() {
+        let cases = [
+            (
+                r#"{"id":"x","usage":null,"o":"y"}"#,
+                r#"{"id":"x","o":"y"}"#,
+            ),
+            (r#"{"id":"x","usage":null}"#, r#"{"id":"x"}"#),
+            (r#"{"usage":null,"id":"x"}"#, r#"{"id":"x"}"#),
+            (r#"{"usage":null}"#, r#"{}"#),
+            (
+                r#"{"choices":[{"delta":{"content":"\"usage\":null,"}}],"usage":null}"#,
+                r#"{"choices":[{"delta":{"content":"\"usage\":null,"}}]}"#,
+            ),
+        ];
+        for (input, want) in cases {
+            let mut out = Vec::new();
+            assert!(strip_usage_null(input.as_bytes(), &mut out), "{input}");
+            assert_eq!(String::from_utf8(out).expect("utf8"), want);
+        }
+        let mut out = Vec::new();
+        assert!(!strip_usage_null(
+            br#"{"usage":{"prompt_tokens":1}}"#,
+            &mut out
+        ));
+        assert!(!strip_usage_null(
+            br#"{"choices":[{"usage":null}]}"#,
+            &mut out
+        ));
+        assert!(out.is_empty());
+    }
+
+    fn strip_with_splits(input: &[u8], splits: &[usize]) -> Vec<u8> {
+        let mut dec = SseDecoder::new();
+        let mut acc = StreamAccumulator::new(Operation::ChatCompletions);
+        let mut st = UsageStripper::new();
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for &s in splits.iter().chain(std::iter::once(&input.len())) {
+            let frame = &input[prev..s];
+            st.push(frame);
+            dec.feed(frame, |e| {
+                let info = acc.on_event(e.event, e.data);
+                st.event(e.end_offset, info);
+            });
+            out.extend(st.take_ready());
+            prev = s;
+        }
+        out.extend(st.finish());
+        assert_eq!(acc.facts().usage.map(|u| u.total_tokens), Some(23));
+        out
+    }
+
+    #[test]
+    fn stream_with_usage_becomes_stream_without_at_every_split() {
+        let with = include_bytes!("../../tests/fixtures/chat_stream_usage.sse");
+        let plain = include_bytes!("../../tests/fixtures/chat_stream_plain.sse");
+        for i in 0..=with.len() {
+            assert_eq!(
+                strip_with_splits(with, &[i]),
+                plain.to_vec(),
+                "split at {i}"
+            );
+        }
+        let crlf = |b: &[u8]| -> Vec<u8> {
+            b.split(|&c| c == b'\n')
+                .collect::<Vec<_>>()
+                .join(&b"\r\n"[..])
+        };
+        let (with_crlf, plain_crlf) = (crlf(with), crlf(plain));
+        for i in 0..=with_crlf.len() {
+            assert_eq!(
+                strip_with_splits(&with_crlf, &[i]),
+                plain_crlf,
+                "crlf split at {i}"
+            );
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Folds a stream's events into the same facts a whole response gives.
+//!
+//! Chunks are deserialised into borrowed structs that skip everything but
+//! what telemetry needs (no `Value` tree per chunk). Each event also reports
+//! whether it carried output (for time-per-chunk) and whether it was the
+//! usage-only chunk (for the usage-injection edit).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use super::request::Operation;
+use super::response::{RawUsage, ResponseFacts, Usage, error_type, responses_finish_reason};
+
+/// What one event was, as far as the caller cares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventInfo {
+    /// Carried content, refusal, tool-call or text deltas.
+    pub output: bool,
+    /// A chat/completions chunk with no choices and a usage object.
+    pub usage_only: bool,
+    /// The `[DONE]` sentinel.
+    pub done: bool,
+    /// Data that is not JSON.
+    pub invalid: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamAccumulator {
+    op: Operation,
+    facts: ResponseFacts,
+    /// Finish reason per choice index, as they arrive (n > 1 interleaves).
+    finish: Vec<(u64, String)>,
+    done: bool,
+    invalid_events: u64,
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    system_fingerprint: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    service_tier: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    usage: Option<RawUsage>,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    delta: Option<Delta<'a>>,
+    /// Legacy completions carry text here.
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    refusal: Option<Cow<'a, str>>,
+    tool_calls: Option<Vec<IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    response: Option<Value>,
+    #[serde(borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+fn non_empty(s: &Option<Cow<'_, str>>) -> bool {
+    s.as_ref().is_some_and(|s| !s.is_empty())
+}
+
+impl StreamAccumulator {
+    pub fn new(op: Operation) -> Self {
+        StreamAccumulator {
+            op,
+            facts: ResponseFacts::default(),
+            finish: Vec::new(),
+            done: false,
+            invalid_events: 0,
+        }
+    }
+
+    /// Whether the stream reached its proper end (`[DONE]`, or a terminal Responses event).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub fn invalid_events(&self) -> u64 {
+        self.invalid_events
+    }
+
+    /// Takes one event's data (and `event:` name, used by the Responses API).
+    pub fn on_event(&mut self, event: Option<&[u8]>, data: &[u8]) -> EventInfo {
+        if data == b"[DONE]" {
+            self.done = true;
+            return EventInfo {
+                done: true,
+                ..EventInfo::default()
+            };
+        }
+        let ok = match self.op {
+            Operation::Responses => self.responses_event(event, data),
+            _ => self.chunk(data),
+        };
+        ok.unwrap_or_else(|| {
+            self.invalid_events += 1;
+            EventInfo {
+                invalid: true,
+                ..EventInfo::default()
+            }
+        })
+    }
+
+    fn chunk(&mut self, data: &[u8]) -> Option<EventInfo> {
+        let c: Chunk<'_> = serde_json::from_slice(data).ok()?;
+        let f = &mut self.facts;
+        if f.id.is_none() {
+            f.id = c.id.map(Cow::into_owned);
+        }
+        if f.model.is_none() {
+            f.model = c.model.map(Cow::into_owned);
+        }
+        if let Some(fp) = c.system_fingerprint {
+            if f.system_fingerprint.as_deref() != Some(&fp) {
+                f.system_fingerprint = Some(fp.into_owned());
+            }
+        }
+        if let Some(t) = c.service_tier {
+            if f.service_tier.as_deref() != Some(&t) {
+                f.service_tier = Some(t.into_owned());
+            }
+        }
+        if let Some(err) = &c.error {
+            f.error_type = error_type(&serde_json::json!({ "error": err }));
+        }
+        let usage = c.usage.and_then(Usage::from_raw);
+        let choices = c.choices.unwrap_or_default();
+        let mut info = EventInfo {
+            usage_only: choices.is_empty() && usage.is_some(),
+            ..EventInfo::default()
+        };
+        if usage.is_some() {
+            f.usage = usage;
+        }
+        for (i, ch) in choices.into_iter().enumerate() {
+            let idx = ch.index.unwrap_or(i as u64);
+            if let Some(reason) = ch.finish_reason {
+                match self.finish.iter_mut().find(|(k, _)| *k == idx) {
+                    Some(slot) => slot.1 = reason.into_owned(),
+                    None => self.finish.push((idx, reason.into_owned())),
+                }
+            }
+            let delta_output = ch.delta.is_some_and(|d| {
+                non_empty(&d.content)
+                    || non_empty(&d.refusal)
+                    || d.tool_calls.is_some_and(|t| !t.is_empty())
+            });
+            info.output |= delta_output || non_empty(&ch.text);
+        }
+        Some(info)
+    }
+
+    fn responses_event(&mut self, event: Option<&[u8]>, data: &[u8]) -> Option<EventInfo> {
+        let e: ResponsesEvent<'_> = serde_json::from_slice(data).ok()?;
+        let kind: &str = match (&e.kind, event) {
+            (Some(k), _) => k,
+            (None, Some(name)) => std::str::from_utf8(name).ok()?,
+            (None, None) => "",
+        };
+        let mut info = EventInfo::default();
+        match kind {
+            "response.output_text.delta"
+            | "response.refusal.delta"
+            | "response.function_call_arguments.delta"
+            | "response.reasoning_summary_text.delta"
+            | "response.audio.delta" => info.output = non_empty(&e.delta),
+            "response.completed" | "response.failed" | "response.incomplete" => {
+                self.done = true;
+                if let Some(r) = &e.response {
+                    self.responses_object(r);
+                }
+            }
+            "error" => {
+                self.facts.error_type = e.code.map(Cow::into_owned).or(Some("error".to_owned()));
+            }
+            _ => {
+                if let Some(r) = &e.response {
+                    self.responses_object(r);
+                }
+            }
+        }
+        Some(info)
+    }
+
+    fn responses_object(&mut self, r: &Value) {
+        self.facts.merge_common(r);
+        if let Some(reason) = responses_finish_reason(r) {
+            self.finish = vec![(0, reason)];
+        }
+        if let Some(code) = r
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_str)
+        {
+            self.facts.error_type = Some(code.to_owned());
+        }
+    }
+
+    /// The facts gathered so far (usable after an interrupted stream too).
+    pub fn facts(&self) -> ResponseFacts {
+        let mut f = self.facts.clone();
+        let mut finish = self.finish.clone();
+        finish.sort_by_key(|(k, _)| *k);
+        f.finish_reasons = finish.into_iter().map(|(_, r)| r).collect();
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genai::sse::SseDecoder;
+
+    fn run(op: Operation, input: &[u8]) -> (StreamAccumulator, Vec<EventInfo>) {
+        let mut dec = SseDecoder::new();
+        let mut acc = StreamAccumulator::new(op);
+        let mut infos = Vec::new();
+        dec.feed(input, |e| infos.push(acc.on_event(e.event, e.data)));
+        (acc, infos)
+    }
+
+    #[test]
+    fn chat_stream_with_usage_chunk() {
+        let (acc, infos) = run(
+            Operation::ChatCompletions,
+            include_bytes!("../../tests/fixtures/chat_stream_usage.sse"),
+        );
+        assert!(acc.is_done());
+        let f = acc.facts();
+        assert_eq!(f.id.as_deref(), Some("chatcmpl-C1xYz"));
+        assert_eq!(f.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(f.system_fingerprint.as_deref(), Some("fp_560af6e559"));
+        assert_eq!(f.finish_reasons, vec!["stop"]);
+        let u = f.usage.expect("usage");
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.total_tokens),
+            (19, 4, 23)
+        );
+        assert_eq!(infos.iter().filter(|i| i.output).count(), 4);
+        assert_eq!(infos.iter().filter(|i| i.usage_only).count(), 1);
+        assert!(infos[infos.len() - 2].usage_only);
+    }
+
+    #[test]
+    fn chat_stream_without_usage_has_none() {
+        let (acc, _) = run(
+            Operation::ChatCompletions,
+            include_bytes!("../../tests/fixtures/chat_stream_plain.sse"),
+        );
+        assert!(acc.is_done());
+        assert_eq!(acc.facts().usage, None);
+    }
+
+    #[test]
+    fn n2_interleaved_finish_reasons_by_index() {
+        let (acc, infos) = run(
+            Operation::ChatCompletions,
+            include_bytes!("../../tests/fixtures/chat_stream_n2.sse"),
+        );
+        assert_eq!(acc.facts().finish_reasons, vec!["stop", "length"]);
+        assert_eq!(infos.iter().filter(|i| i.output).count(), 4);
+        assert_eq!(acc.facts().usage.map(|u| u.output_tokens), Some(4));
+    }
+
+    #[test]
+    fn tool_call_deltas_are_output() {
+        let (acc, infos) = run(
+            Operation::ChatCompletions,
+            include_bytes!("../../tests/fixtures/chat_stream_tools.sse"),
+        );
+        assert_eq!(acc.facts().finish_reasons, vec!["tool_calls"]);
+        assert_eq!(infos.iter().filter(|i| i.output).count(), 4);
+    }
+
+    #[test]
+    fn responses_stream() {
+        let (acc, infos) = run(
+            Operation::Responses,
+            include_bytes!("../../tests/fixtures/responses_stream.sse"),
+        );
+        assert!(acc.is_done());
+        let f = acc.facts();
+        assert_eq!(f.id.as_deref(), Some("resp_68ab"));
+        assert_eq!(f.model.as_deref(), Some("gpt-5-mini-2025-08-07"));
+        assert_eq!(f.service_tier.as_deref(), Some("default"));
+        assert_eq!(f.finish_reasons, vec!["completed"]);
+        let u = f.usage.expect("usage");
+        assert_eq!(u.cached_input_tokens, Some(1024));
+        assert_eq!(u.reasoning_tokens, Some(128));
+        assert_eq!(u.total_tokens, 1350);
+        assert_eq!(infos.iter().filter(|i| i.output).count(), 3);
+    }
+
+    #[test]
+    fn invalid_event_is_counted_and_stream_goes_on() {
+        let input = b"data: {\"id\":\"a\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\ndata: {not json}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
+        let (acc, infos) = run(Operation::ChatCompletions, input);
+        assert_eq!(acc.invalid_events(), 1);
+        assert!(infos[1].invalid);
+        assert_eq!(acc.facts().usage.map(|u| u.total_tokens), Some(3));
+    }
+
+    #[test]
+    fn legacy_completion_text_is_output() {
+        let input = b"data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":\"hi\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}],\"model\":\"gpt-3.5-turbo-instruct\"}\n\ndata: {\"id\":\"cmpl-1\",\"choices\":[{\"text\":\"\",\"index\":0,\"finish_reason\":\"length\"}],\"model\":\"gpt-3.5-turbo-instruct\"}\n\ndata: [DONE]\n\n";
+        let (acc, infos) = run(Operation::Completions, input);
+        assert_eq!(infos.iter().filter(|i| i.output).count(), 1);
+        assert_eq!(acc.facts().finish_reasons, vec!["length"]);
+    }
+
+    #[test]
+    fn midstream_error_object() {
+        let input = b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":null}}\n\n";
+        let (acc, _) = run(Operation::ChatCompletions, input);
+        assert_eq!(acc.facts().error_type.as_deref(), Some("server_error"));
+    }
+}

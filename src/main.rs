@@ -1,0 +1,114 @@
+//! `tokentap` binary: configuration → logging → server; nothing else.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokentap::config::{Cli, Config, LogFormat};
+use tokentap::server;
+
+fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let targets: Targets = filter
+        .parse()
+        .map_err(|e| format!("--log {filter:?}: {e}"))?;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(targets);
+    let res = match format {
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+    };
+    res.map_err(|e| e.to_string())
+}
+
+fn banner(running: &server::Running, demo: bool) {
+    let url = running.url();
+    println!("tokentap listening on {url}");
+    if demo {
+        println!(
+            "  upstream: built-in demo OpenAI at {} (offline, no key needed)",
+            running.upstream
+        );
+    } else {
+        println!("  upstream: {}", running.upstream);
+    }
+    println!("  metrics:  {url}/metrics");
+    println!("  health:   {url}/health");
+    println!();
+    println!("Point any OpenAI SDK at it:");
+    println!("  export OPENAI_BASE_URL={url}/v1");
+    println!();
+    println!("Or try it with curl:");
+    let auth = if demo {
+        ""
+    } else {
+        " -H \"Authorization: Bearer $OPENAI_API_KEY\""
+    };
+    println!(
+        "  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n    -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is OpenTelemetry?\"}}]}}'"
+    );
+    println!("  curl -s {url}/metrics | grep llm_");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // `.env` fills the environment before flags are read; real env vars win.
+    let _ = dotenvy::dotenv();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let msg = e.to_string();
+            let line = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("tokentap: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(cli.log_format, &cli.log) {
+        eprintln!("tokentap: {e}");
+        return ExitCode::from(2);
+    }
+    let demo = cli.demo;
+    let running = match server::start(Config::from(cli)).await {
+        Ok(r) => r,
+        Err(server::StartError::Config(m)) => {
+            eprintln!("tokentap: {m}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("tokentap: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    banner(&running, demo);
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,320 @@
+//! The Prometheus view of calls.
+//!
+//! Instruments are created once at start and every call is recorded from its
+//! [`Call`] record in one function, so the lab's `llm_*` set and the GenAI
+//! set always agree. Label values that clients control pass through the
+//! [`LabelGuard`].
+
+use prometheus_client::encoding::{prometheus_text, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+use super::labels::LabelGuard;
+use super::names::{buckets, label, metric, value};
+use crate::call::Call;
+
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(buckets::DURATION.iter().copied())
+}
+fn token_histogram() -> Histogram {
+    Histogram::new(buckets::TOKENS.iter().copied())
+}
+fn chunk_histogram() -> Histogram {
+    Histogram::new(buckets::PER_CHUNK.iter().copied())
+}
+
+pub struct Metrics {
+    registry: Registry,
+    guard: LabelGuard,
+    llm_requests: Family<Labels, Counter>,
+    llm_duration: HistogramFamily,
+    llm_tokens: Family<Labels, Counter>,
+    llm_cost: Family<Labels, Counter<f64, AtomicU64>>,
+    agent_conversations: Family<Labels, Counter>,
+    agent_messages: Family<Labels, Counter>,
+    token_usage: HistogramFamily,
+    op_duration: HistogramFamily,
+    ttfc: HistogramFamily,
+    per_chunk: HistogramFamily,
+    unpriced: Family<Labels, Counter>,
+    parse_errors: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+}
+
+/// The exposition format a scraper asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    PrometheusText,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header offers it (Prometheus does), else the 0.0.4 text format.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::PrometheusText,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::PrometheusText => prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new(max_label_values: usize) -> Metrics {
+        let mut registry = Registry::default();
+        let llm_requests = Family::default();
+        registry.register(
+            metric::LLM_REQUESTS,
+            "LLM requests, by model and outcome",
+            llm_requests.clone(),
+        );
+        let llm_duration =
+            HistogramFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            metric::LLM_REQUEST_DURATION,
+            "Duration of LLM requests until the last byte",
+            Unit::Seconds,
+            llm_duration.clone(),
+        );
+        let llm_tokens = Family::default();
+        registry.register(
+            metric::LLM_TOKENS_USED,
+            "Tokens used by LLM requests as reported by the provider (type: prompt, completion, total)",
+            llm_tokens.clone(),
+        );
+        let llm_cost = Family::default();
+        registry.register(
+            metric::LLM_COST_USD,
+            "Cost of LLM requests in USD, from provider usage and the price table",
+            llm_cost.clone(),
+        );
+        let agent_conversations = Family::default();
+        registry.register(
+            metric::AGENT_CONVERSATIONS,
+            "Agent conversations started",
+            agent_conversations.clone(),
+        );
+        let agent_messages = Family::default();
+        registry.register(
+            metric::AGENT_MESSAGES,
+            "Agent messages processed, by type",
+            agent_messages.clone(),
+        );
+        let token_usage =
+            HistogramFamily::new_with_constructor(token_histogram as fn() -> Histogram);
+        registry.register(
+            metric::GEN_AI_TOKEN_USAGE,
+            "Number of input and output tokens used per call (gen_ai.client.token.usage)",
+            token_usage.clone(),
+        );
+        let op_duration =
+            HistogramFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            metric::GEN_AI_OPERATION_DURATION,
+            "GenAI operation duration (gen_ai.client.operation.duration)",
+            Unit::Seconds,
+            op_duration.clone(),
+        );
+        let ttfc = HistogramFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            metric::GEN_AI_TIME_TO_FIRST_CHUNK,
+            "Time to receive the first chunk of a stream (gen_ai.client.operation.time_to_first_chunk)",
+            Unit::Seconds,
+            ttfc.clone(),
+        );
+        let per_chunk = HistogramFamily::new_with_constructor(chunk_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            metric::GEN_AI_TIME_PER_OUTPUT_CHUNK,
+            "Time between consecutive output chunks of a stream (gen_ai.client.operation.time_per_output_chunk)",
+            Unit::Seconds,
+            per_chunk.clone(),
+        );
+        let unpriced = Family::default();
+        registry.register(
+            metric::UNPRICED_CALLS,
+            "Calls with usage but no known price (no cost recorded)",
+            unpriced.clone(),
+        );
+        let parse_errors = Family::default();
+        registry.register(
+            metric::PARSE_ERRORS,
+            "Responses or requests tokentap could not observe (forwarded unchanged), by reason",
+            parse_errors.clone(),
+        );
+        let dropped = Family::default();
+        registry.register(
+            metric::TELEMETRY_DROPPED,
+            "Telemetry items dropped because an export queue was full, by signal",
+            dropped.clone(),
+        );
+        Metrics {
+            registry,
+            guard: LabelGuard::new(max_label_values),
+            llm_requests,
+            llm_duration,
+            llm_tokens,
+            llm_cost,
+            agent_conversations,
+            agent_messages,
+            token_usage,
+            op_duration,
+            ttfc,
+            per_chunk,
+            unpriced,
+            parse_errors,
+            dropped,
+        }
+    }
+
+    /// Records one finished call.
+    pub fn record(&self, call: &Call) {
+        for f in &call.parse_failures {
+            self.parse_errors
+                .get_or_create(&vec![(label::REASON, f.label().to_owned())])
+                .inc();
+        }
+        let Some(op) = call.operation else {
+            return; // not a model call: forwarded, not metered
+        };
+        let error_type = call.error_type();
+        let model = self.guard.bound(
+            label::MODEL,
+            call.request.model.as_deref().unwrap_or(value::UNKNOWN),
+        );
+        let status = if error_type.is_some() {
+            value::STATUS_ERROR
+        } else {
+            value::STATUS_SUCCESS
+        };
+        let lab: Labels = vec![
+            (label::MODEL, model.clone()),
+            (label::PROVIDER, value::PROVIDER_OPENAI.to_owned()),
+            (label::STATUS, status.to_owned()),
+        ];
+        self.llm_requests.get_or_create(&lab).inc();
+        let secs = call.duration.as_secs_f64();
+        self.llm_duration.get_or_create(&lab).observe(secs);
+
+        let mut genai: Labels = vec![
+            (label::GEN_AI_OPERATION_NAME, op.name().to_owned()),
+            (
+                label::GEN_AI_PROVIDER_NAME,
+                value::PROVIDER_OPENAI.to_owned(),
+            ),
+            (
+                label::GEN_AI_REQUEST_MODEL,
+                self.guard.bound(
+                    label::GEN_AI_REQUEST_MODEL,
+                    call.request.model.as_deref().unwrap_or(value::UNKNOWN),
+                ),
+            ),
+        ];
+        if let Some(rm) = call.response.model.as_deref() {
+            genai.push((
+                label::GEN_AI_RESPONSE_MODEL,
+                self.guard.bound(label::GEN_AI_RESPONSE_MODEL, rm),
+            ));
+        }
+        genai.push((
+            label::SERVER_ADDRESS,
+            self.guard
+                .bound(label::SERVER_ADDRESS, &call.server_address),
+        ));
+
+        let mut with_error = genai.clone();
+        if let Some(e) = &error_type {
+            with_error.push((label::ERROR_TYPE, self.guard.bound(label::ERROR_TYPE, e)));
+        }
+        self.op_duration.get_or_create(&with_error).observe(secs);
+
+        if let Some(u) = call.usage() {
+            for (kind, n) in [
+                (value::TOKENS_PROMPT, u.input_tokens),
+                (value::TOKENS_COMPLETION, u.output_tokens),
+                (value::TOKENS_TOTAL, u.total_tokens),
+            ] {
+                let mut l = lab.clone();
+                l.push((label::TYPE, kind.to_owned()));
+                self.llm_tokens.get_or_create(&l).inc_by(n);
+            }
+            for (kind, n) in [
+                (value::TOKEN_INPUT, u.input_tokens),
+                (value::TOKEN_OUTPUT, u.output_tokens),
+            ] {
+                let mut l = genai.clone();
+                l.push((label::GEN_AI_TOKEN_TYPE, kind.to_owned()));
+                self.token_usage.get_or_create(&l).observe(n as f64);
+            }
+            match call.cost {
+                Some(c) => {
+                    self.llm_cost.get_or_create(&lab).inc_by(c);
+                }
+                None => {
+                    self.unpriced
+                        .get_or_create(&vec![(label::MODEL, model)])
+                        .inc();
+                }
+            }
+        }
+        if call.streamed {
+            if let Some(t) = call.time_to_first_chunk {
+                self.ttfc.get_or_create(&genai).observe(t.as_secs_f64());
+            }
+            if !call.chunk_gaps.is_empty() {
+                let h = self.per_chunk.get_or_create(&genai);
+                for g in &call.chunk_gaps {
+                    h.observe(f64::from(*g));
+                }
+            }
+        }
+    }
+
+    /// The agent started a conversation.
+    pub fn conversation_started(&self) {
+        self.agent_conversations
+            .get_or_create(&vec![(label::ACTION, "start".to_owned())])
+            .inc();
+    }
+
+    /// The agent handled one message of `kind` (`user` or `assistant`).
+    pub fn agent_message(&self, kind: &'static str) {
+        self.agent_messages
+            .get_or_create(&vec![(label::TYPE, kind.to_owned())])
+            .inc();
+    }
+
+    /// An export queue dropped `n` items of `signal` (`traces`, `metrics`, `logs`).
+    pub fn telemetry_dropped(&self, signal: &'static str, n: u64) {
+        self.dropped
+            .get_or_create(&vec![(label::SIGNAL, signal.to_owned())])
+            .inc_by(n);
+    }
+
+    /// Renders the page.
+    pub fn encode(&self, format: Format) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 * 1024);
+        match format {
+            Format::OpenMetrics => text::encode(&mut out, &self.registry)?,
+            Format::PrometheusText => prometheus_text::encode(&mut out, &self.registry)?,
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
