@@ -1,0 +1,295 @@
+//! Bad input and broken peers: clear errors, nothing lost, no panic.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use support::*;
+use tokentap::config::{Config, Upstream};
+use tokentap::server;
+
+fn error_code(r: &Reply) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("OpenAI-shaped JSON error");
+    assert!(v["error"]["message"].is_string(), "message in {v}");
+    assert!(v["error"].get("param").is_some(), "param in {v}");
+    v["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_down_is_a_502_json_error() {
+    // a port that was just free: nothing listens there
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let cfg =
+        Config::for_upstream(Upstream::parse(&format!("http://127.0.0.1:{port}")).expect("url"));
+    let proxy = server::start(cfg).await.expect("starts");
+    let r = post_json(
+        &proxy.url(),
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(error_code(&r), "connection_error");
+    let page = String::from_utf8(
+        send(&proxy.url(), "GET", "/metrics", &[], Bytes::new())
+            .await
+            .body
+            .to_vec(),
+    )
+    .expect("utf8");
+    assert_eq!(
+        sum(
+            &page,
+            "llm_requests_total",
+            &[("status", "error"), ("model", "gpt-4o-mini")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &page,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[("error_type", "connection_error")]
+        ),
+        1.0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_passes_through_and_counts_as_error() {
+    let s = Stack::start().await;
+    let body = r#"{"model":"demo-error-429","messages":[{"role":"user","content":"hi"}]}"#;
+    let direct = post_json(&s.direct(), "/v1/chat/completions", body).await;
+    let via = post_json(&s.via(), "/v1/chat/completions", body).await;
+    assert_eq!(via.status, 429);
+    assert_eq!(
+        via.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"7"[..])
+    );
+    assert_same(&direct, &via);
+    let page = s.metrics().await;
+    assert_eq!(
+        sum(&page, "llm_requests_total", &[("status", "error")]),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &page,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[("error_type", "rate_limit_exceeded")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_error_without_code_uses_its_type() {
+    let s = Stack::start().await;
+    let via = post_json(
+        &s.via(),
+        "/v1/chat/completions",
+        r#"{"model":"demo-error-500","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(via.status, 500);
+    let page = s.metrics().await;
+    assert_eq!(
+        sum(
+            &page,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[("error_type", "server_error")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_leaving_mid_stream_is_recorded_as_cancelled() {
+    let s = Stack::start().await;
+    let req = http::Request::post(format!("{}/v1/chat/completions", s.via()))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from_static(
+            br#"{"model":"demo-hang-stream","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .expect("req");
+    let resp = http_client().request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame").expect("ok frame");
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    drop(body); // the client goes away while the upstream still streams
+    let recorded = eventually(async || {
+        let page = s.metrics().await;
+        sum(
+            &page,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[("error_type", "cancelled")],
+        ) == 1.0
+    })
+    .await;
+    assert!(recorded, "cancelled call recorded:\n{}", s.metrics().await);
+    // and tokentap keeps serving
+    let ok = post_json(
+        &s.via(),
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"still there?"}]}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_json_request_is_forwarded_unchanged() {
+    let s = Stack::start().await;
+    let body = Bytes::from_static(b"model=gpt-4o&messages=hello");
+    let h = [("content-type", "application/x-www-form-urlencoded")];
+    let direct = send(
+        &s.direct(),
+        "POST",
+        "/v1/chat/completions",
+        &h,
+        body.clone(),
+    )
+    .await;
+    let via = send(&s.via(), "POST", "/v1/chat/completions", &h, body).await;
+    assert_eq!(
+        direct.status, 400,
+        "the upstream, not tokentap, judges the request"
+    );
+    assert_same(&direct, &via);
+    let page = s.metrics().await;
+    assert_eq!(
+        sum(
+            &page,
+            "tokentap_parse_errors_total",
+            &[("reason", "invalid_json")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &page,
+            "llm_requests_total",
+            &[("model", "unknown"), ("status", "error")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_upstream_json_and_sse_pass_through_and_are_counted() {
+    let s = Stack::start().await;
+    let bad_json = r#"{"model":"demo-malformed-json","messages":[{"role":"user","content":"hi"}]}"#;
+    let direct = post_json(&s.direct(), "/v1/chat/completions", bad_json).await;
+    let via = post_json(&s.via(), "/v1/chat/completions", bad_json).await;
+    assert_same(&direct, &via);
+    let bad_sse = r#"{"model":"demo-broken-sse","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let direct = post_json(&s.direct(), "/v1/chat/completions", bad_sse).await;
+    let via = post_json(&s.via(), "/v1/chat/completions", bad_sse).await;
+    assert!(String::from_utf8_lossy(&direct.body).contains("{not json}"));
+    assert_same(&direct, &via);
+    let page = s.metrics().await;
+    assert_eq!(
+        sum(
+            &page,
+            "tokentap_parse_errors_total",
+            &[("reason", "invalid_json")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &page,
+            "tokentap_parse_errors_total",
+            &[("reason", "invalid_sse")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_body_is_413_before_forwarding() {
+    let s = Stack::start_with(|c| c.max_body = 1024).await;
+    let big = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(4096)
+    );
+    let r = post_json(&s.via(), "/v1/chat/completions", &big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(error_code(&r), "request_too_large");
+    // also without a content-length (chunked upload)
+    let stream =
+        futures_util::stream::iter((0..8).map(|_| {
+            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![b'a'; 512])))
+        }));
+    let req = http::Request::post(format!("{}/v1/chat/completions", s.via()))
+        .body(http_body_util::StreamBody::new(stream))
+        .expect("req");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let resp = client.request(req).await.expect("response");
+    assert_eq!(resp.status(), 413);
+    let small = post_json(
+        &s.via(),
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(small.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_is_a_504_and_hung_stream_ends() {
+    let s = Stack::start_with(|c| c.read_timeout = Duration::from_millis(300)).await;
+    let r = post_json(
+        &s.via(),
+        "/v1/chat/completions",
+        r#"{"model":"demo-slow-3000","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert_eq!(error_code(&r), "timeout");
+    // a stream that goes quiet after starting is cut, and recorded as a timeout
+    let req = http::Request::post(format!("{}/v1/chat/completions", s.via()))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from_static(
+            br#"{"model":"demo-hang-stream","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .expect("req");
+    let resp = http_client().request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await;
+    assert!(
+        collected.is_err(),
+        "the client sees the stream break, not a clean end"
+    );
+    let page = s.metrics().await;
+    assert_eq!(
+        sum(
+            &page,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[("error_type", "timeout")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_in_the_labs_shape() {
+    let s = Stack::start().await;
+    let r = send(&s.via(), "GET", "/health", &[], Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"status":"healthy","service":"tokentap"})
+    );
+}
