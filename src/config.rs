@@ -216,8 +216,8 @@ pub struct Cli {
     )]
     pub max_label_values: usize,
 
-    /// Do not ask streams for usage on the client's behalf (streams without include_usage then record no tokens)
-    #[arg(long = "no-usage-injection", env = "TOKENTAP_USAGE_INJECTION", value_parser = parse_usage_injection, num_args = 0..=1, default_missing_value = "false", default_value = "true", value_name = "BOOL")]
+    /// Do not ask streams for usage on the client's behalf (streams without include_usage then record no tokens); env: TOKENTAP_USAGE_INJECTION=false
+    #[arg(long = "no-usage-injection", env = "TOKENTAP_USAGE_INJECTION", value_parser = parse_usage_injection, num_args = 0, default_missing_value = "false", default_value = "true", hide_env_values = true)]
     pub usage_injection: bool,
 
     /// Record prompts and completions on spans (opt-in, privacy)
@@ -379,6 +379,7 @@ mod tests {
         let d = Cli::try_parse_from(["tokentap"]).expect("parses");
         assert!(d.usage_injection && !d.demo && !d.capture_content);
         assert!(Cli::try_parse_from(["tokentap", "--connect-timeout", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["tokentap", "--no-usage-injection", "true"]).is_err());
     }
 
     #[test]

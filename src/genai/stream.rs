@@ -40,13 +40,13 @@ pub struct StreamAccumulator {
 #[derive(Deserialize)]
 struct Chunk<'a> {
     #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
+    model: Option<Str<'a>>,
     #[serde(borrow)]
-    system_fingerprint: Option<Cow<'a, str>>,
+    system_fingerprint: Option<Str<'a>>,
     #[serde(borrow)]
-    service_tier: Option<Cow<'a, str>>,
+    service_tier: Option<Str<'a>>,
     #[serde(default, borrow)]
     choices: Option<Vec<Choice<'a>>>,
     usage: Option<RawUsage>,
@@ -57,35 +57,54 @@ struct Chunk<'a> {
 struct Choice<'a> {
     index: Option<u64>,
     #[serde(borrow)]
-    finish_reason: Option<Cow<'a, str>>,
+    finish_reason: Option<Str<'a>>,
     #[serde(borrow)]
     delta: Option<Delta<'a>>,
     /// Legacy completions carry text here.
     #[serde(borrow)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
     #[serde(borrow)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Str<'a>>,
     #[serde(borrow)]
-    refusal: Option<Cow<'a, str>>,
+    refusal: Option<Str<'a>>,
     tool_calls: Option<Vec<IgnoredAny>>,
 }
 
 #[derive(Deserialize)]
 struct ResponsesEvent<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     response: Option<Value>,
     #[serde(borrow)]
-    delta: Option<Cow<'a, str>>,
+    delta: Option<Str<'a>>,
     #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
+    code: Option<Str<'a>>,
 }
 
-fn non_empty(s: &Option<Cow<'_, str>>) -> bool {
+/// A string that borrows from the event when it has no escapes. serde only
+/// borrows into a `Cow` that is a field's whole type, not one inside an
+/// `Option`, hence the newtype.
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Str<'_> {
+    fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+fn non_empty(s: &Option<Str<'_>>) -> bool {
     s.as_ref().is_some_and(|s| !s.is_empty())
 }
 
@@ -135,18 +154,18 @@ impl StreamAccumulator {
         let c: Chunk<'_> = serde_json::from_slice(data).ok()?;
         let f = &mut self.facts;
         if f.id.is_none() {
-            f.id = c.id.map(Cow::into_owned);
+            f.id = c.id.map(Str::into_owned);
         }
         if f.model.is_none() {
-            f.model = c.model.map(Cow::into_owned);
+            f.model = c.model.map(Str::into_owned);
         }
         if let Some(fp) = c.system_fingerprint {
-            if f.system_fingerprint.as_deref() != Some(&fp) {
+            if f.system_fingerprint.as_deref() != Some(&*fp) {
                 f.system_fingerprint = Some(fp.into_owned());
             }
         }
         if let Some(t) = c.service_tier {
-            if f.service_tier.as_deref() != Some(&t) {
+            if f.service_tier.as_deref() != Some(&*t) {
                 f.service_tier = Some(t.into_owned());
             }
         }
@@ -201,7 +220,7 @@ impl StreamAccumulator {
                 }
             }
             "error" => {
-                self.facts.error_type = e.code.map(Cow::into_owned).or(Some("error".to_owned()));
+                self.facts.error_type = e.code.map(Str::into_owned).or(Some("error".to_owned()));
             }
             _ => {
                 if let Some(r) = &e.response {
