@@ -36,7 +36,8 @@ use tokentap::genai::sse::SseDecoder;
 use tokentap::genai::stream::StreamAccumulator;
 use tokentap::observe::Observer;
 use tokentap::tap::Tap;
-use tokentap::telemetry::Recorder;
+use tokentap::telemetry::otel::OtelSettings;
+use tokentap::telemetry::{Recorder, RecorderOptions, Telemetry};
 
 /// Content chunks per stream (plus a role chunk, a finish chunk and `[DONE]`).
 const EVENTS: usize = 2_000;
@@ -198,6 +199,8 @@ fn new_call() -> Call {
         duration: Duration::ZERO,
         time_to_first_chunk: None,
         chunk_gaps: Vec::new(),
+        trace: None,
+        content: None,
         request_id: None,
         parse_failures: Vec::new(),
         usage_injected: false,
@@ -292,7 +295,14 @@ fn bench_tap(c: &mut Criterion) {
         .enable_time()
         .build()
         .expect("a current-thread runtime");
-    let recorder = Arc::new(Recorder::new(PriceTable::default(), 1000));
+    let opts = RecorderOptions {
+        pricing: PriceTable::default(),
+        max_label_values: 1000,
+        capture_content: false,
+    };
+    let recorder: Arc<Recorder> = Telemetry::new(opts, &OtelSettings::none())
+        .expect("telemetry without exporters")
+        .recorder;
     let split = |input: Vec<u8>| {
         let all = Bytes::from(input);
         let mut at = 0;

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+pub use crate::genai::content::Content;
 use crate::genai::request::{Operation, RequestFacts};
 use crate::genai::response::{ResponseFacts, Usage};
 
@@ -71,6 +72,10 @@ pub struct Call {
     pub usage_injected: bool,
     /// USD, when usage and a price are both known.
     pub cost: Option<f64>,
+    /// The call's span (its context), when tracing is on.
+    pub trace: Option<opentelemetry::Context>,
+    /// Prompts and completions, only with content capture on.
+    pub content: Option<Content>,
 }
 
 impl Call {

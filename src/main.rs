@@ -6,20 +6,45 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokentap::config::{Cli, Config, LogFormat};
 use tokentap::server;
+use tokentap::telemetry::Telemetry;
+use tokentap::telemetry::otel::OtelSettings;
 
-fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
-    use tracing_subscriber::filter::Targets;
+/// Log lines go to stderr (text or JSON) and, when a logs exporter is on, over OTLP.
+/// The OTLP bridge never sees the export machinery's own events (they would loop).
+fn init_logging(
+    format: LogFormat,
+    filter: &str,
+    otel_logs: Option<&opentelemetry_sdk::logs::SdkLoggerProvider>,
+) -> Result<(), String> {
+    use tracing_subscriber::filter::{Targets, filter_fn};
     use tracing_subscriber::prelude::*;
     let targets: Targets = filter
         .parse()
         .map_err(|e| format!("--log {filter:?}: {e}"))?;
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(targets);
-    let res = match format {
-        LogFormat::Text => registry.with(fmt).try_init(),
-        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
-    res.map_err(|e| e.to_string())
+    let bridge = otel_logs.map(|p| {
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(p).with_filter(
+            filter_fn(|meta| {
+                let t = meta.target();
+                !(t.starts_with("hyper")
+                    || t.starts_with("h2")
+                    || t.starts_with("tonic")
+                    || t.starts_with("tower")
+                    || t.starts_with("opentelemetry")
+                    || t.starts_with("tokentap::telemetry::export"))
+            }),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(targets)
+        .with(fmt)
+        .with(bridge)
+        .try_init()
+        .map_err(|e| e.to_string())
 }
 
 fn banner(running: &server::Running, demo: bool) {
@@ -69,12 +94,38 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(cli.log_format, &cli.log) {
+    let (log_format, log_filter, demo) = (cli.log_format, cli.log.clone(), cli.demo);
+    let cfg = Config::from(cli);
+    let settings = match OtelSettings::from_env(&cfg.service_name) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tokentap: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = match server::recorder_options(&cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("tokentap: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let telemetry = match Telemetry::new(opts, &settings) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tokentap: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(
+        log_format,
+        &log_filter,
+        telemetry.providers.logger_provider.as_ref(),
+    ) {
         eprintln!("tokentap: {e}");
         return ExitCode::from(2);
     }
-    let demo = cli.demo;
-    let running = match server::start(Config::from(cli)).await {
+    let running = match server::start_with(cfg, telemetry).await {
         Ok(r) => r,
         Err(server::StartError::Config(m)) => {
             eprintln!("tokentap: {m}");

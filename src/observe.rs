@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::call::{Call, ParseFailure};
+use crate::genai::content;
 use crate::genai::decode::Decoder;
 use crate::genai::inject::UsageStripper;
 use crate::genai::request::Operation;
@@ -47,6 +48,7 @@ pub struct Observer {
     last_output: Option<Instant>,
     gaps: Vec<f32>,
     failures: Vec<ParseFailure>,
+    capture: bool,
 }
 
 /// What the client gets for one upstream frame when the stream is edited.
@@ -96,7 +98,18 @@ impl Observer {
             last_output: None,
             gaps: Vec::new(),
             failures,
+            capture: false,
         }
+    }
+
+    /// Also assembles the output messages (content capture).
+    pub fn capturing(mut self, on: bool) -> Observer {
+        self.capture = on;
+        if let Mode::Sse { acc, .. } = &mut self.mode {
+            let a = std::mem::replace(acc, StreamAccumulator::new(Operation::ChatCompletions));
+            *acc = a.capturing(on);
+        }
+        self
     }
 
     /// Whether the client's bytes may differ from the upstream's (usage stripping).
@@ -204,8 +217,14 @@ impl Observer {
                 if too_large {
                     call.note_parse_failure(ParseFailure::TooLarge);
                 } else if complete && !buf.is_empty() {
-                    match ResponseFacts::from_body(op, &buf) {
-                        Ok(f) => call.response = f,
+                    match serde_json::from_slice::<serde_json::Value>(&buf) {
+                        Ok(v) => {
+                            call.response = ResponseFacts::from_value(op, &v);
+                            if let (true, Some(c)) = (self.capture, call.content.as_mut()) {
+                                c.output_messages =
+                                    content::output_json(&content::output_from_value(op, &v));
+                            }
+                        }
                         Err(_) => call.note_parse_failure(ParseFailure::InvalidJson),
                     }
                 }
@@ -218,6 +237,9 @@ impl Observer {
                     call.note_parse_failure(ParseFailure::InvalidSse);
                 }
                 call.response = acc.facts();
+                if let (true, Some(c)) = (self.capture, call.content.as_mut()) {
+                    c.output_messages = acc.output_messages();
+                }
             }
         }
     }

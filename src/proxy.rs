@@ -9,7 +9,7 @@
 //! never looked at.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -23,14 +23,35 @@ use hyper_util::rt::TokioExecutor;
 use crate::call::{Call, Outcome, ParseFailure};
 use crate::config::{Config, Upstream};
 use crate::error::{ProxyError, chain, is_timeout};
+use crate::genai::content;
 use crate::genai::inject::request_with_usage;
 use crate::genai::request::{Operation, RequestFacts};
 use crate::genai::response::ResponseFacts;
 use crate::observe::Observer;
 use crate::tap::{BoxError, Tap};
 use crate::telemetry::Recorder;
+use crate::telemetry::spans;
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// `traceresponse` (W3C Trace Context level 2): where the client finds its trace.
+pub const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+
+/// When a request arrived: monotonic for durations, wall clock for the span.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub started: Instant,
+    pub wall: SystemTime,
+}
+
+impl Timing {
+    pub fn now() -> Timing {
+        Timing {
+            started: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// Everything `forward` needs, shared by all connections.
@@ -142,7 +163,9 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
+        let wall = SystemTime::now();
         let (parts, body) = req.into_parts();
+        let parent = spans::extract(&parts.headers);
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -164,10 +187,16 @@ impl Proxy {
                 Err(e) => Err(ProxyError::ClientBody(chain(e.as_ref()))),
             }
         };
+        let timing = Timing { started, wall };
         match body {
-            Ok(b) => self.forward_bytes(parts, b, started).await,
+            Ok(b) => self.forward_bytes(parts, b, timing, &parent).await,
             Err(e) => {
-                let call = self.new_call(&parts, None, RequestFacts::default());
+                let mut call = self.new_call(
+                    &parts,
+                    Operation::from_path(parts.uri.path()),
+                    RequestFacts::default(),
+                );
+                call.trace = Some(spans::start(self.recorder.tracer(), &parent, &call, wall));
                 self.reject(call, e, started)
             }
         }
@@ -197,6 +226,8 @@ impl Proxy {
             parse_failures: Vec::new(),
             usage_injected: false,
             cost: None,
+            trace: None,
+            content: None,
         }
     }
 
@@ -210,17 +241,24 @@ impl Proxy {
         };
         call.duration = started.elapsed();
         tracing::warn!(status = status.as_u16(), path = %call.path, error = %e, "request failed locally");
+        let traceresponse = call.trace.as_ref().and_then(spans::traceresponse);
         self.recorder.record(call);
-        full_response(status, "application/json", e.body())
+        let mut resp = full_response(status, "application/json", e.body());
+        if let Some(v) = traceresponse {
+            resp.headers_mut().insert(TRACERESPONSE, v);
+        }
+        resp
     }
 
-    /// Forwards a request whose body is already read.
+    /// Forwards a request whose body is already read, its span a child of `parent`.
     pub async fn forward_bytes(
         &self,
         parts: http::request::Parts,
         body: Bytes,
-        started: Instant,
+        timing: Timing,
+        parent: &opentelemetry::Context,
     ) -> Response<ResponseBody> {
+        let started = timing.started;
         let op = Operation::from_path(parts.uri.path());
         let mut parse_failure = None;
         let facts = match op {
@@ -238,6 +276,12 @@ impl Proxy {
         if let Some(f) = parse_failure {
             call.note_parse_failure(f);
         }
+        if self.recorder.capture_content {
+            call.content = op.and_then(|op| content::from_request(op, &body));
+        }
+        let cx = spans::start(self.recorder.tracer(), parent, &call, timing.wall);
+        let traceresponse = spans::traceresponse(&cx);
+        call.trace = Some(cx);
         let body = match inject.then(|| request_with_usage(&body)).flatten() {
             Some(edited) => {
                 call.usage_injected = true;
@@ -317,9 +361,13 @@ impl Proxy {
             .headers
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok());
-        let observer = Observer::new(op, event_stream, encoding, call.usage_injected, started);
+        let observer = Observer::new(op, event_stream, encoding, call.usage_injected, started)
+            .capturing(call.content.is_some());
         if observer.edits() {
             rparts.headers.remove(header::CONTENT_LENGTH);
+        }
+        if let Some(v) = traceresponse {
+            rparts.headers.insert(TRACERESPONSE, v);
         }
         let tap = Tap::new(
             incoming,

@@ -24,8 +24,9 @@ use crate::config::{Config, Upstream};
 use crate::demo::{DemoOptions, DemoUpstream};
 use crate::genai::pricing::PriceTable;
 use crate::proxy::{Proxy, ResponseBody, full_response};
-use crate::telemetry::Recorder;
 use crate::telemetry::metrics::Format;
+use crate::telemetry::otel::{OtelSettings, Providers};
+use crate::telemetry::{Recorder, RecorderOptions, Telemetry};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -60,6 +61,7 @@ pub struct Running {
     pub recorder: Arc<Recorder>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    providers: Option<Providers>,
     _demo: Option<DemoUpstream>,
 }
 
@@ -69,10 +71,14 @@ impl Running {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish within the grace period, and waits.
-    pub async fn shutdown(self) {
+    /// Stops accepting, lets in-flight requests finish within the grace period, waits,
+    /// then flushes pending spans, metrics and logs within `TELEMETRY_FLUSH_DEADLINE`.
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+        if let Some(p) = self.providers.take() {
+            p.shutdown(TELEMETRY_FLUSH_DEADLINE).await;
+        }
     }
 
     /// Resolves when the server stopped on its own (it never does before `shutdown`).
@@ -86,14 +92,38 @@ impl Running {
     }
 }
 
-/// Loads prices, binds the listener, starts the demo upstream if asked, and serves.
-pub async fn start(cfg: Config) -> Result<Running, StartError> {
+/// Longest time spent flushing telemetry at shutdown.
+pub const TELEMETRY_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Loads the price table of `cfg` (built-in, plus `--pricing`).
+pub fn load_pricing(cfg: &Config) -> Result<PriceTable, StartError> {
     let mut pricing = PriceTable::default();
     if let Some(path) = &cfg.pricing {
         pricing
             .extend_from_file(path)
             .map_err(|e| StartError::Config(format!("--pricing {}: {e}", path.display())))?;
     }
+    Ok(pricing)
+}
+
+/// How calls are recorded for `cfg`.
+pub fn recorder_options(cfg: &Config) -> Result<RecorderOptions, StartError> {
+    Ok(RecorderOptions {
+        pricing: load_pricing(cfg)?,
+        max_label_values: cfg.max_label_values,
+        capture_content: cfg.capture_content,
+    })
+}
+
+/// Starts with telemetry that exports nothing (spans still get ids, for `traceresponse`).
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    let telemetry = Telemetry::new(recorder_options(&cfg)?, &OtelSettings::none())
+        .map_err(StartError::Config)?;
+    start_with(cfg, telemetry).await
+}
+
+/// Binds the listener, starts the demo upstream if asked, and serves.
+pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, StartError> {
     let (upstream, demo) = if cfg.demo {
         let opts = DemoOptions {
             chunk_delay: cfg.demo_chunk_delay,
@@ -111,7 +141,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         .await
         .map_err(StartError::Io)?;
     let addr = listener.local_addr().map_err(StartError::Io)?;
-    let recorder = Arc::new(Recorder::new(pricing, cfg.max_label_values));
+    let Telemetry {
+        recorder,
+        providers,
+    } = telemetry;
     let health = Bytes::from(
         serde_json::json!({"status": "healthy", "service": cfg.service_name}).to_string(),
     );
@@ -128,6 +161,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         recorder,
         shutdown: tx,
         task,
+        providers: Some(providers),
         _demo: demo,
     })
 }

@@ -1,29 +1,39 @@
 //! Turns finished calls into telemetry.
 //!
 //! The [`Recorder`] is the single place a [`Call`] goes when it ends: it
-//! prices the call, then fans it out to every signal. Recording is a few
-//! atomic updates, cheap enough for the request path; anything that exports
-//! over the network happens elsewhere, off that path.
+//! prices the call, bounds its label values once, then fans it out to the
+//! Prometheus registry, the OTel instruments and the call's span. Recording
+//! is a few atomic updates and a queue push, cheap enough for the request
+//! path; everything that touches the network runs in the export tasks.
 
+pub mod export;
 pub mod labels;
 pub mod metrics;
 pub mod names;
+pub mod otel;
+pub mod spans;
+
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::trace::SdkTracer;
 
 use crate::call::Call;
 use crate::genai::pricing::{PriceTable, cost};
+use names::signal;
+use otel::{DropCounters, Instruments, OtelSettings, Providers};
 
 #[derive(Debug)]
 pub struct Recorder {
     pub metrics: metrics::Metrics,
     pricing: PriceTable,
+    instruments: Option<Instruments>,
+    tracer: SdkTracer,
+    /// Record prompts and completions on spans.
+    pub capture_content: bool,
 }
 
 impl Recorder {
-    pub fn new(pricing: PriceTable, max_label_values: usize) -> Recorder {
-        Recorder {
-            metrics: metrics::Metrics::new(max_label_values),
-            pricing,
-        }
+    pub fn tracer(&self) -> &SdkTracer {
+        &self.tracer
     }
 
     /// Prices `call` and records it everywhere. Called exactly once per call.
@@ -37,18 +47,110 @@ impl Recorder {
                 )
                 .map(|p| cost(p, u));
         }
-        tracing::debug!(
-            method = %call.method,
-            path = %call.path,
-            status = call.status,
-            model = call.model(),
-            input_tokens = call.usage().map(|u| u.input_tokens),
-            output_tokens = call.usage().map(|u| u.output_tokens),
-            cost_usd = call.cost,
-            error_type = call.error_type(),
-            duration_ms = call.duration.as_millis() as u64,
-            "call finished"
-        );
-        self.metrics.record(&call);
+        let bounded = self.metrics.bound(&call);
+        self.metrics.record(&call, &bounded);
+        if let Some(i) = &self.instruments {
+            i.record(&call, &bounded);
+        }
+        let (trace_id, span_id) = match &call.trace {
+            Some(cx) => {
+                let span = cx.span();
+                let sc = span.span_context();
+                (sc.trace_id().to_string(), sc.span_id().to_string())
+            }
+            None => (String::new(), String::new()),
+        };
+        // logs of this call carry its trace context (OTLP logs read the current context)
+        let _guard = call.trace.clone().map(|cx| cx.attach());
+        if call.operation.is_some() {
+            tracing::info!(
+                trace_id = %trace_id,
+                span_id = %span_id,
+                method = %call.method,
+                path = %call.path,
+                status = call.status,
+                model = call.model(),
+                input_tokens = call.usage().map(|u| u.input_tokens),
+                output_tokens = call.usage().map(|u| u.output_tokens),
+                cost_usd = call.cost,
+                error_type = call.error_type(),
+                duration_ms = call.duration.as_millis() as u64,
+                "llm call finished"
+            );
+        } else {
+            tracing::debug!(
+                trace_id = %trace_id,
+                span_id = %span_id,
+                method = %call.method,
+                path = %call.path,
+                status = call.status,
+                duration_ms = call.duration.as_millis() as u64,
+                "request forwarded"
+            );
+        }
+        if let Some(cx) = &call.trace {
+            spans::finish(cx, &call);
+        }
+    }
+
+    pub fn conversation_started(&self) {
+        self.metrics.conversation_started();
+        if let Some(i) = &self.instruments {
+            i.conversation_started();
+        }
+    }
+
+    pub fn agent_message(&self, kind: &'static str) {
+        self.metrics.agent_message(kind);
+        if let Some(i) = &self.instruments {
+            i.agent_message(kind);
+        }
+    }
+}
+
+/// The recorder plus the providers behind it (kept for shutdown).
+#[derive(Debug)]
+pub struct Telemetry {
+    pub recorder: std::sync::Arc<Recorder>,
+    pub providers: Providers,
+}
+
+/// Options that decide how calls are recorded.
+#[derive(Debug, Clone)]
+pub struct RecorderOptions {
+    pub pricing: PriceTable,
+    pub max_label_values: usize,
+    pub capture_content: bool,
+}
+
+impl Telemetry {
+    /// Builds providers for `settings` (inside the tokio runtime).
+    pub fn new(opts: RecorderOptions, settings: &OtelSettings) -> Result<Telemetry, String> {
+        Self::with_providers(opts, |drops| otel::build(settings, drops))
+    }
+
+    /// Builds with providers made by `make` (tests pass in-memory exporters here).
+    pub fn with_providers(
+        opts: RecorderOptions,
+        make: impl FnOnce(&DropCounters) -> Result<Providers, String>,
+    ) -> Result<Telemetry, String> {
+        let metrics = metrics::Metrics::new(opts.max_label_values);
+        let drops = DropCounters {
+            traces: metrics.dropped_counter(signal::TRACES),
+            metrics: metrics.dropped_counter(signal::METRICS),
+            logs: metrics.dropped_counter(signal::LOGS),
+        };
+        let providers = make(&drops)?;
+        let recorder = Recorder {
+            metrics,
+            pricing: opts.pricing,
+            instruments: providers.meter().map(|m| Instruments::new(&m)),
+            tracer: providers.tracer(),
+            capture_content: opts.capture_content,
+        };
+        Ok(Telemetry {
+            recorder: std::sync::Arc::new(recorder),
+            providers,
+        })
     }
 }

@@ -8,9 +8,9 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::Value;
 
+use super::content::{OutputChoice, output_from_value, output_json, push_capped};
 use super::request::Operation;
 use super::response::{RawUsage, ResponseFacts, Usage, error_type, responses_finish_reason};
 
@@ -35,6 +35,8 @@ pub struct StreamAccumulator {
     finish: Vec<(u64, String)>,
     done: bool,
     invalid_events: u64,
+    /// Assembled output per choice index, only when capturing content.
+    capture: Option<Vec<(u64, OutputChoice)>>,
 }
 
 #[derive(Deserialize)]
@@ -71,7 +73,25 @@ struct Delta<'a> {
     content: Option<Str<'a>>,
     #[serde(borrow)]
     refusal: Option<Str<'a>>,
-    tool_calls: Option<Vec<IgnoredAny>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    id: Option<Str<'a>>,
+    #[serde(borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow)]
+    name: Option<Str<'a>>,
+    #[serde(borrow)]
+    arguments: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -116,7 +136,21 @@ impl StreamAccumulator {
             finish: Vec::new(),
             done: false,
             invalid_events: 0,
+            capture: None,
         }
+    }
+
+    /// Also assembles the output text (content capture).
+    pub fn capturing(mut self, on: bool) -> Self {
+        self.capture = on.then(Vec::new);
+        self
+    }
+
+    /// `gen_ai.output.messages` JSON of what was assembled, when capturing.
+    pub fn output_messages(&self) -> Option<String> {
+        let mut choices = self.capture.clone()?;
+        choices.sort_by_key(|(k, _)| *k);
+        output_json(&choices.into_iter().map(|(_, c)| c).collect::<Vec<_>>())
     }
 
     /// Whether the stream reached its proper end (`[DONE]`, or a terminal Responses event).
@@ -189,12 +223,56 @@ impl StreamAccumulator {
                     None => self.finish.push((idx, reason.into_owned())),
                 }
             }
-            let delta_output = ch.delta.is_some_and(|d| {
+            let delta_output = ch.delta.as_ref().is_some_and(|d| {
                 non_empty(&d.content)
                     || non_empty(&d.refusal)
-                    || d.tool_calls.is_some_and(|t| !t.is_empty())
+                    || d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
             });
             info.output |= delta_output || non_empty(&ch.text);
+            if let Some(cap) = self.capture.as_mut() {
+                let slot = match cap.iter().position(|(k, _)| *k == idx) {
+                    Some(p) => p,
+                    None => {
+                        cap.push((idx, OutputChoice::default()));
+                        cap.len() - 1
+                    }
+                };
+                let out = &mut cap[slot].1;
+                if let Some(r) = self.finish.iter().find(|(k, _)| *k == idx) {
+                    out.finish_reason = Some(r.1.clone());
+                }
+                for t in [
+                    ch.text.as_deref(),
+                    ch.delta.as_ref().and_then(|d| d.content.as_deref()),
+                ]
+                .into_iter()
+                .flatten()
+                .chain(ch.delta.as_ref().and_then(|d| d.refusal.as_deref()))
+                {
+                    out.push_text(t);
+                }
+                for tc in ch.delta.into_iter().flat_map(|d| d.tool_calls).flatten() {
+                    let i = usize::try_from(tc.index.unwrap_or(0)).unwrap_or(usize::MAX);
+                    if i >= 128 {
+                        continue;
+                    }
+                    while out.tool_calls.len() <= i {
+                        out.tool_calls.push((None, None, String::new()));
+                    }
+                    let call = &mut out.tool_calls[i];
+                    if let Some(id) = tc.id {
+                        call.0 = Some(id.into_owned());
+                    }
+                    if let Some(f) = tc.function {
+                        if let Some(n) = f.name {
+                            call.1 = Some(n.into_owned());
+                        }
+                        if let Some(a) = f.arguments {
+                            push_capped(&mut call.2, &a);
+                        }
+                    }
+                }
+            }
         }
         Some(info)
     }
@@ -233,6 +311,17 @@ impl StreamAccumulator {
 
     fn responses_object(&mut self, r: &Value) {
         self.facts.merge_common(r);
+        if let Some(cap) = self.capture.as_mut() {
+            if r.get("output")
+                .and_then(Value::as_array)
+                .is_some_and(|o| !o.is_empty())
+            {
+                *cap = output_from_value(Operation::Responses, r)
+                    .into_iter()
+                    .map(|c| (0, c))
+                    .collect();
+            }
+        }
         if let Some(reason) = responses_finish_reason(r) {
             self.finish = vec![(0, reason)];
         }
@@ -355,6 +444,39 @@ mod tests {
         let (acc, infos) = run(Operation::Completions, input);
         assert_eq!(infos.iter().filter(|i| i.output).count(), 1);
         assert_eq!(acc.facts().finish_reasons, vec!["length"]);
+    }
+
+    #[test]
+    fn captured_stream_output() {
+        let mut dec = SseDecoder::new();
+        let mut acc = StreamAccumulator::new(Operation::ChatCompletions).capturing(true);
+        dec.feed(
+            include_bytes!("../../tests/fixtures/chat_stream_tools.sse"),
+            |e| {
+                acc.on_event(e.event, e.data);
+            },
+        );
+        let out: Value =
+            serde_json::from_str(&acc.output_messages().expect("captured")).expect("json");
+        assert_eq!(out[0]["parts"][0]["type"], "tool_call");
+        assert_eq!(out[0]["parts"][0]["name"], "get_weather");
+        assert_eq!(out[0]["parts"][0]["arguments"], "{\"location\":\"Madrid\"}");
+        assert_eq!(out[0]["finish_reason"], "tool_calls");
+
+        let mut dec = SseDecoder::new();
+        let mut acc = StreamAccumulator::new(Operation::ChatCompletions).capturing(true);
+        dec.feed(
+            include_bytes!("../../tests/fixtures/chat_stream_usage.sse"),
+            |e| {
+                acc.on_event(e.event, e.data);
+            },
+        );
+        let out: Value =
+            serde_json::from_str(&acc.output_messages().expect("captured")).expect("json");
+        assert_eq!(
+            out[0]["parts"][0]["content"],
+            "OpenTelemetry — traces everything."
+        );
     }
 
     #[test]

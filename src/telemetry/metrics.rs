@@ -17,6 +17,17 @@ use super::names::{buckets, label, metric, value};
 use crate::call::Call;
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The client-controlled label values of one call, bounded once and shared by
+/// `/metrics` and the OTel instruments.
+#[derive(Debug, Clone)]
+pub struct BoundedLabels {
+    pub model: String,
+    pub request_model: String,
+    pub response_model: Option<String>,
+    pub server_address: String,
+    pub error_type: Option<String>,
+}
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -178,8 +189,30 @@ impl Metrics {
         }
     }
 
+    /// Bounds the label values of `call` (see [`LabelGuard`]).
+    pub fn bound(&self, call: &Call) -> BoundedLabels {
+        let g = &self.guard;
+        BoundedLabels {
+            model: g.bound(
+                label::MODEL,
+                call.request.model.as_deref().unwrap_or(value::UNKNOWN),
+            ),
+            request_model: g.bound(
+                label::GEN_AI_REQUEST_MODEL,
+                call.request.model.as_deref().unwrap_or(value::UNKNOWN),
+            ),
+            response_model: call
+                .response
+                .model
+                .as_deref()
+                .map(|m| g.bound(label::GEN_AI_RESPONSE_MODEL, m)),
+            server_address: g.bound(label::SERVER_ADDRESS, &call.server_address),
+            error_type: call.error_type().map(|e| g.bound(label::ERROR_TYPE, &e)),
+        }
+    }
+
     /// Records one finished call.
-    pub fn record(&self, call: &Call) {
+    pub fn record(&self, call: &Call, b: &BoundedLabels) {
         for f in &call.parse_failures {
             self.parse_errors
                 .get_or_create(&vec![(label::REASON, f.label().to_owned())])
@@ -188,18 +221,13 @@ impl Metrics {
         let Some(op) = call.operation else {
             return; // not a model call: forwarded, not metered
         };
-        let error_type = call.error_type();
-        let model = self.guard.bound(
-            label::MODEL,
-            call.request.model.as_deref().unwrap_or(value::UNKNOWN),
-        );
-        let status = if error_type.is_some() {
+        let status = if b.error_type.is_some() {
             value::STATUS_ERROR
         } else {
             value::STATUS_SUCCESS
         };
         let lab: Labels = vec![
-            (label::MODEL, model.clone()),
+            (label::MODEL, b.model.clone()),
             (label::PROVIDER, value::PROVIDER_OPENAI.to_owned()),
             (label::STATUS, status.to_owned()),
         ];
@@ -213,29 +241,16 @@ impl Metrics {
                 label::GEN_AI_PROVIDER_NAME,
                 value::PROVIDER_OPENAI.to_owned(),
             ),
-            (
-                label::GEN_AI_REQUEST_MODEL,
-                self.guard.bound(
-                    label::GEN_AI_REQUEST_MODEL,
-                    call.request.model.as_deref().unwrap_or(value::UNKNOWN),
-                ),
-            ),
+            (label::GEN_AI_REQUEST_MODEL, b.request_model.clone()),
         ];
-        if let Some(rm) = call.response.model.as_deref() {
-            genai.push((
-                label::GEN_AI_RESPONSE_MODEL,
-                self.guard.bound(label::GEN_AI_RESPONSE_MODEL, rm),
-            ));
+        if let Some(rm) = &b.response_model {
+            genai.push((label::GEN_AI_RESPONSE_MODEL, rm.clone()));
         }
-        genai.push((
-            label::SERVER_ADDRESS,
-            self.guard
-                .bound(label::SERVER_ADDRESS, &call.server_address),
-        ));
+        genai.push((label::SERVER_ADDRESS, b.server_address.clone()));
 
         let mut with_error = genai.clone();
-        if let Some(e) = &error_type {
-            with_error.push((label::ERROR_TYPE, self.guard.bound(label::ERROR_TYPE, e)));
+        if let Some(e) = &b.error_type {
+            with_error.push((label::ERROR_TYPE, e.clone()));
         }
         self.op_duration.get_or_create(&with_error).observe(secs);
 
@@ -263,7 +278,7 @@ impl Metrics {
                 }
                 None => {
                     self.unpriced
-                        .get_or_create(&vec![(label::MODEL, model)])
+                        .get_or_create(&vec![(label::MODEL, b.model.clone())])
                         .inc();
                 }
             }
@@ -295,11 +310,12 @@ impl Metrics {
             .inc();
     }
 
-    /// An export queue dropped `n` items of `signal` (`traces`, `metrics`, `logs`).
-    pub fn telemetry_dropped(&self, signal: &'static str, n: u64) {
+    /// The drop counter of `signal` (`traces`, `metrics`, `logs`), for an export queue.
+    /// Creating it also puts the series on the page at 0, so alerts can see it.
+    pub fn dropped_counter(&self, signal: &'static str) -> Counter {
         self.dropped
             .get_or_create(&vec![(label::SIGNAL, signal.to_owned())])
-            .inc_by(n);
+            .clone()
     }
 
     /// Renders the page.

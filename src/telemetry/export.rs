@@ -1,0 +1,300 @@
+//! Export off the request path, behind bounded queues that drop and count.
+//!
+//! The SDK's batch processors run their exporters on threads of their own
+//! with `block_on`, which breaks async HTTP clients and stalls shutdown; and
+//! they drop silently when full. tokentap's queues are plain bounded tokio
+//! channels: `on_end`/`emit` only `try_send` (never wait), a full queue
+//! drops the item and counts it in `tokentap_telemetry_dropped_total`, and
+//! one task per signal batches and exports with a timeout. Export failures
+//! are logged once when they start and once when they stop, never per
+//! attempt, so a missing collector costs one warning.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::Context;
+use opentelemetry::InstrumentationScope;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
+use opentelemetry_sdk::metrics::Temporality;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{mpsc, oneshot};
+
+/// Items a queue holds before it drops.
+pub const QUEUE_CAPACITY: usize = 2048;
+/// Items per export call.
+const MAX_BATCH: usize = 512;
+/// How long items wait for a batch to fill.
+const BATCH_DELAY: Duration = Duration::from_millis(500);
+
+/// Remembers whether a signal's exports are failing, so each change is logged once.
+#[derive(Debug)]
+pub struct ExportHealth {
+    signal: &'static str,
+    failing: AtomicBool,
+}
+
+impl ExportHealth {
+    pub fn new(signal: &'static str) -> Self {
+        ExportHealth {
+            signal,
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn report(&self, result: &OTelSdkResult) {
+        match result {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(signal = self.signal, "telemetry export recovered");
+                }
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        signal = self.signal,
+                        error = %e,
+                        "telemetry export failing; traffic is unaffected, items are dropped and counted until it recovers"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Something a queue task can export batches to.
+pub trait Sink<T>: Send + Sync + 'static {
+    fn export(&self, batch: Vec<T>) -> impl Future<Output = OTelSdkResult> + Send;
+    fn shutdown(&self);
+}
+
+/// Spans to a `SpanExporter`.
+#[derive(Debug)]
+pub struct SpanSink<E>(pub E);
+
+impl<E: SpanExporter + 'static> Sink<SpanData> for SpanSink<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+        self.0.export(batch)
+    }
+    fn shutdown(&self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+/// Log records to a `LogExporter`.
+#[derive(Debug)]
+pub struct LogSink<E>(pub E);
+
+type LogItem = (SdkLogRecord, InstrumentationScope);
+
+impl<E: LogExporter + 'static> Sink<LogItem> for LogSink<E> {
+    async fn export(&self, batch: Vec<LogItem>) -> OTelSdkResult {
+        let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+            batch.iter().map(|(r, s)| (r, s)).collect();
+        self.0.export(LogBatch::new(&refs)).await
+    }
+    fn shutdown(&self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+enum Msg<T> {
+    Item(T),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending half of a queue, cloned into processors.
+#[derive(Debug)]
+pub struct Queue<T> {
+    tx: mpsc::Sender<Msg<T>>,
+    dropped: Counter,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            tx: self.tx.clone(),
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Queue<T> {
+    /// Starts the export task on the current tokio runtime.
+    pub fn start<S: Sink<T>>(
+        sink: S,
+        health: Arc<ExportHealth>,
+        dropped: Counter,
+        timeout: Duration,
+    ) -> Queue<T> {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run(rx, sink, health, timeout));
+        Queue { tx, dropped }
+    }
+
+    /// Never waits: a full (or closed) queue drops the item and counts it.
+    pub fn push(&self, item: T) {
+        if self.tx.try_send(Msg::Item(item)).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// Exports everything queued so far; resolves when done or after `deadline`.
+    pub async fn flush(&self, deadline: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let sent = tokio::time::timeout(deadline, self.tx.send(Msg::Flush(tx))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return false;
+        }
+        tokio::time::timeout(deadline, rx)
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+async fn run<T, S: Sink<T>>(
+    mut rx: mpsc::Receiver<Msg<T>>,
+    sink: S,
+    health: Arc<ExportHealth>,
+    timeout: Duration,
+) {
+    let mut batch: Vec<T> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let first = match rx.recv().await {
+            Some(m) => m,
+            None => break,
+        };
+        let mut flush_reply = None;
+        match first {
+            Msg::Item(i) => batch.push(i),
+            Msg::Flush(r) => flush_reply = Some(r),
+        }
+        if flush_reply.is_none() {
+            // gather a batch: until full, a flush request, or the delay passes
+            let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(Msg::Item(i))) => batch.push(i),
+                    Ok(Some(Msg::Flush(r))) => {
+                        flush_reply = Some(r);
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        if flush_reply.is_some() {
+            // take whatever else is already queued
+            while let Ok(Msg::Item(i)) = rx.try_recv() {
+                batch.push(i);
+            }
+        }
+        while !batch.is_empty() {
+            let n = batch.len().min(MAX_BATCH);
+            let chunk: Vec<T> = batch.drain(..n).collect();
+            let result = match tokio::time::timeout(timeout, sink.export(chunk)).await {
+                Ok(r) => r,
+                Err(_) => Err(OTelSdkError::Timeout(timeout)),
+            };
+            health.report(&result);
+        }
+        if let Some(r) = flush_reply {
+            let _ = r.send(());
+        }
+    }
+    sink.shutdown();
+}
+
+/// Ends spans into a [`Queue`]. Unsampled spans never get here.
+#[derive(Debug)]
+pub struct QueueSpanProcessor(pub Queue<SpanData>);
+
+impl SpanProcessor for QueueSpanProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+    fn on_end(&self, span: SpanData) {
+        if span.span_context.is_sampled() {
+            self.0.push(span);
+        }
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(()) // flushing is async: see `Telemetry::shutdown`
+    }
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Emits log records into a [`Queue`].
+#[derive(Debug)]
+pub struct QueueLogProcessor(pub Queue<LogItem>);
+
+impl LogProcessor for QueueLogProcessor {
+    fn emit(&self, data: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        self.0.push((data.clone(), scope.clone()));
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Wraps a metric exporter with a timeout, failure counting and once-per-change logging.
+/// Metrics are cumulative, so a failed export loses nothing but that interval's push.
+#[derive(Debug)]
+pub struct GuardedMetricExporter<E> {
+    inner: E,
+    health: Arc<ExportHealth>,
+    dropped: Counter,
+    timeout: Duration,
+}
+
+impl<E> GuardedMetricExporter<E> {
+    pub fn new(inner: E, health: Arc<ExportHealth>, dropped: Counter, timeout: Duration) -> Self {
+        GuardedMetricExporter {
+            inner,
+            health,
+            dropped,
+            timeout,
+        }
+    }
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for GuardedMetricExporter<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = match tokio::time::timeout(self.timeout, self.inner.export(metrics)).await {
+            Ok(r) => r,
+            Err(_) => Err(OTelSdkError::Timeout(self.timeout)),
+        };
+        if result.is_err() {
+            self.dropped.inc();
+        }
+        self.health.report(&result);
+        // the failure is reported and counted here; the reader need not log it again
+        Ok(())
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+/// Gives an exporter the resource before it moves into its queue task.
+pub fn with_resource<E: SpanExporter>(mut e: E, r: &Resource) -> E {
+    e.set_resource(r);
+    e
+}
+
+/// Same for log exporters.
+pub fn log_with_resource<E: LogExporter>(mut e: E, r: &Resource) -> E {
+    e.set_resource(r);
+    e
+}

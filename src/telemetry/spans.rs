@@ -1,0 +1,277 @@
+//! One CLIENT span per proxied request, and W3C trace context in and out.
+//!
+//! The span starts when the request arrives (so its context can go upstream
+//! in `traceparent`) and gets its attributes only when the call ends, from
+//! the finished [`Call`] — the same record metrics come from, so spans and
+//! metrics never disagree. Building attributes once at the end also keeps
+//! the request path free of that work.
+
+use std::time::SystemTime;
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
+};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::SdkTracer;
+
+use super::names::{attr, value};
+use crate::call::Call;
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+fn propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+}
+
+/// The caller's context (`traceparent`, `tracestate`, `baggage`), or an empty one.
+pub fn extract(headers: &HeaderMap) -> Context {
+    propagator().extract(&HeaderExtractor(headers))
+}
+
+/// Writes `cx`'s span as `traceparent`/`tracestate` (and its baggage) into upstream headers.
+pub fn inject(cx: &Context, headers: &mut HeaderMap) {
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+    }
+}
+
+/// `traceresponse` (W3C Trace Context level 2) for `cx`'s span.
+pub fn traceresponse(cx: &Context) -> Option<HeaderValue> {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    HeaderValue::from_str(&format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    ))
+    .ok()
+}
+
+/// Span name per SPEC §4: `{operation} {model}` for model calls, the method otherwise.
+pub fn span_name(call: &Call) -> String {
+    match (call.operation, call.request.model.as_deref()) {
+        (Some(op), Some(model)) => format!("{} {model}", op.name()),
+        (Some(op), None) => op.name().to_owned(),
+        (None, _) => call.method.clone(),
+    }
+}
+
+/// Starts the CLIENT span of `call` under `parent`, timed from `start`.
+pub fn start(tracer: &SdkTracer, parent: &Context, call: &Call, start: SystemTime) -> Context {
+    let span = tracer
+        .span_builder(span_name(call))
+        .with_kind(SpanKind::Client)
+        .with_start_time(start)
+        .start_with_context(tracer, parent);
+    parent.with_span(span)
+}
+
+fn strings(v: &[String]) -> Value {
+    Value::Array(Array::String(
+        v.iter().map(|s| StringValue::from(s.clone())).collect(),
+    ))
+}
+
+/// Everything the finished call reveals, as span attributes.
+pub fn attributes(call: &Call) -> Vec<KeyValue> {
+    let mut a = Vec::with_capacity(32);
+    let req = &call.request;
+    let resp = &call.response;
+    if let Some(op) = call.operation {
+        a.push(KeyValue::new(attr::GEN_AI_OPERATION_NAME, op.name()));
+        a.push(KeyValue::new(
+            attr::GEN_AI_PROVIDER_NAME,
+            value::PROVIDER_OPENAI,
+        ));
+        a.push(KeyValue::new(attr::OPENAI_API_TYPE, op.api_type()));
+        if let Some(m) = &req.model {
+            a.push(KeyValue::new(attr::GEN_AI_REQUEST_MODEL, m.clone()));
+        }
+        a.push(KeyValue::new(attr::GEN_AI_REQUEST_STREAM, req.stream));
+        let floats = [
+            (attr::GEN_AI_REQUEST_TEMPERATURE, req.temperature),
+            (attr::GEN_AI_REQUEST_TOP_P, req.top_p),
+            (
+                attr::GEN_AI_REQUEST_FREQUENCY_PENALTY,
+                req.frequency_penalty,
+            ),
+            (attr::GEN_AI_REQUEST_PRESENCE_PENALTY, req.presence_penalty),
+        ];
+        a.extend(
+            floats
+                .into_iter()
+                .filter_map(|(k, v)| Some(KeyValue::new(k, v?))),
+        );
+        let ints = [
+            (attr::GEN_AI_REQUEST_MAX_TOKENS, req.max_tokens),
+            (attr::GEN_AI_REQUEST_SEED, req.seed),
+            (attr::GEN_AI_REQUEST_CHOICE_COUNT, req.choice_count),
+        ];
+        a.extend(
+            ints.into_iter()
+                .filter_map(|(k, v)| Some(KeyValue::new(k, v?))),
+        );
+        if !req.stop_sequences.is_empty() {
+            a.push(KeyValue::new(
+                attr::GEN_AI_REQUEST_STOP_SEQUENCES,
+                strings(&req.stop_sequences),
+            ));
+        }
+        if !req.encoding_formats.is_empty() {
+            a.push(KeyValue::new(
+                attr::GEN_AI_REQUEST_ENCODING_FORMATS,
+                strings(&req.encoding_formats),
+            ));
+        }
+        if let Some(t) = req.output_type {
+            a.push(KeyValue::new(attr::GEN_AI_OUTPUT_TYPE, t));
+        }
+        if let Some(t) = &req.service_tier {
+            a.push(KeyValue::new(attr::OPENAI_REQUEST_SERVICE_TIER, t.clone()));
+        }
+        let strs = [
+            (attr::GEN_AI_RESPONSE_ID, &resp.id),
+            (attr::GEN_AI_RESPONSE_MODEL, &resp.model),
+            (attr::OPENAI_RESPONSE_SERVICE_TIER, &resp.service_tier),
+            (
+                attr::OPENAI_RESPONSE_SYSTEM_FINGERPRINT,
+                &resp.system_fingerprint,
+            ),
+        ];
+        a.extend(
+            strs.into_iter()
+                .filter_map(|(k, v)| Some(KeyValue::new(k, v.clone()?))),
+        );
+        if !resp.finish_reasons.is_empty() {
+            a.push(KeyValue::new(
+                attr::GEN_AI_RESPONSE_FINISH_REASONS,
+                strings(&resp.finish_reasons),
+            ));
+        }
+        if call.streamed {
+            if let Some(t) = call.time_to_first_chunk {
+                a.push(KeyValue::new(
+                    attr::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
+                    t.as_secs_f64(),
+                ));
+            }
+        }
+        if let Some(u) = &resp.usage {
+            a.push(KeyValue::new(
+                attr::GEN_AI_USAGE_INPUT_TOKENS,
+                u.input_tokens as i64,
+            ));
+            a.push(KeyValue::new(
+                attr::GEN_AI_USAGE_OUTPUT_TOKENS,
+                u.output_tokens as i64,
+            ));
+            if let Some(c) = u.cached_input_tokens {
+                a.push(KeyValue::new(
+                    attr::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+                    c as i64,
+                ));
+            }
+            if let Some(r) = u.reasoning_tokens {
+                a.push(KeyValue::new(
+                    attr::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+                    r as i64,
+                ));
+            }
+        }
+        if let Some(d) = resp.embedding_dimensions {
+            a.push(KeyValue::new(
+                attr::GEN_AI_EMBEDDINGS_DIMENSION_COUNT,
+                d as i64,
+            ));
+        }
+        if let Some(c) = call.cost {
+            a.push(KeyValue::new(attr::LLM_COST_USD, c));
+        }
+        if call.usage_injected {
+            a.push(KeyValue::new(attr::TOKENTAP_USAGE_INJECTED, true));
+        }
+    }
+    a.push(KeyValue::new(
+        attr::SERVER_ADDRESS,
+        call.server_address.clone(),
+    ));
+    a.push(KeyValue::new(
+        attr::SERVER_PORT,
+        i64::from(call.server_port),
+    ));
+    a.push(KeyValue::new(
+        attr::HTTP_REQUEST_METHOD,
+        call.method.clone(),
+    ));
+    a.push(KeyValue::new(attr::URL_PATH, call.path.clone()));
+    if let Some(s) = call.status {
+        a.push(KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
+    }
+    if let Some(id) = &call.request_id {
+        a.push(KeyValue::new(
+            attr::HTTP_RESPONSE_HEADER_X_REQUEST_ID,
+            strings(std::slice::from_ref(id)),
+        ));
+    }
+    if let Some(e) = call.error_type() {
+        a.push(KeyValue::new(attr::ERROR_TYPE, e));
+    }
+    if let Some(c) = &call.content {
+        if let Some(s) = &c.system_instructions {
+            a.push(KeyValue::new(attr::GEN_AI_SYSTEM_INSTRUCTIONS, s.clone()));
+        }
+        if let Some(s) = &c.input_messages {
+            a.push(KeyValue::new(attr::GEN_AI_INPUT_MESSAGES, s.clone()));
+        }
+        if let Some(s) = &c.output_messages {
+            a.push(KeyValue::new(attr::GEN_AI_OUTPUT_MESSAGES, s.clone()));
+        }
+    }
+    a
+}
+
+/// Sets the call's attributes and status on its span and ends it.
+pub fn finish(cx: &Context, call: &Call) {
+    let span = cx.span();
+    if !span.is_recording() {
+        return;
+    }
+    span.set_attributes(attributes(call));
+    if let Some(e) = call.error_type() {
+        span.set_status(Status::error(e));
+    }
+    span.end();
+}
