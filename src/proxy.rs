@@ -316,6 +316,9 @@ impl Proxy {
                 HeaderValue::from_static("identity"),
             );
         }
+        if let Some(cx) = &call.trace {
+            spans::inject(cx, &mut headers);
+        }
         let mut up = Request::new(Full::new(body));
         *up.method_mut() = parts.method;
         *up.uri_mut() = uri;

@@ -25,7 +25,7 @@ use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
-/// Items a queue holds before it drops.
+/// Items a queue holds before it drops (`OTEL_BSP_MAX_QUEUE_SIZE` / `OTEL_BLRP_MAX_QUEUE_SIZE`).
 pub const QUEUE_CAPACITY: usize = 2048;
 /// Items per export call.
 const MAX_BATCH: usize = 512;
@@ -131,8 +131,9 @@ impl<T: Send + 'static> Queue<T> {
         health: Arc<ExportHealth>,
         dropped: Counter,
         timeout: Duration,
+        capacity: usize,
     ) -> Queue<T> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         tokio::spawn(run(rx, sink, health, timeout));
         Queue { tx, dropped }
     }

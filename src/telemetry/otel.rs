@@ -23,8 +23,8 @@ use opentelemetry_sdk::runtime;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanExporter};
 
 use super::export::{
-    ExportHealth, GuardedMetricExporter, LogSink, Queue, QueueLogProcessor, QueueSpanProcessor,
-    SpanSink, log_with_resource, with_resource,
+    ExportHealth, GuardedMetricExporter, LogSink, QUEUE_CAPACITY, Queue, QueueLogProcessor,
+    QueueSpanProcessor, SpanSink, log_with_resource, with_resource,
 };
 use super::names::{attr, buckets, instrument, signal, span, value};
 use crate::call::Call;
@@ -46,6 +46,8 @@ pub struct OtelSettings {
     pub logs: Exporter,
     pub metric_interval: Option<Duration>,
     pub export_timeout: Duration,
+    pub span_queue_size: usize,
+    pub log_queue_size: usize,
     pub resource: Resource,
 }
 
@@ -77,6 +79,18 @@ fn exporter(var: &str, protocol_var: &str) -> Result<Exporter, String> {
         Some("console") => Ok(Exporter::Console),
         Some("none") => Ok(Exporter::None),
         Some(other) => Err(format!("{var}={other:?}: use otlp, console or none")),
+    }
+}
+
+fn count(var: &str) -> Result<Option<usize>, String> {
+    match env(var) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| format!("{var}={v:?}: expected a positive number")),
     }
 }
 
@@ -116,6 +130,8 @@ impl OtelSettings {
         let metric_interval = millis("OTEL_METRIC_EXPORT_INTERVAL")?;
         let export_timeout =
             millis("OTEL_EXPORTER_OTLP_TIMEOUT")?.unwrap_or(Duration::from_secs(10));
+        let span_queue_size = count("OTEL_BSP_MAX_QUEUE_SIZE")?.unwrap_or(QUEUE_CAPACITY);
+        let log_queue_size = count("OTEL_BLRP_MAX_QUEUE_SIZE")?.unwrap_or(QUEUE_CAPACITY);
         let mut extra = vec![KeyValue::new("service.name", service_name.to_owned())];
         if let Some(v) = env("OTEL_SERVICE_VERSION") {
             extra.push(KeyValue::new("service.version", v));
@@ -134,6 +150,8 @@ impl OtelSettings {
             logs,
             metric_interval,
             export_timeout,
+            span_queue_size,
+            log_queue_size,
             resource,
         })
     }
@@ -147,6 +165,8 @@ impl OtelSettings {
             logs: Exporter::None,
             metric_interval: None,
             export_timeout: Duration::from_secs(10),
+            span_queue_size: QUEUE_CAPACITY,
+            log_queue_size: QUEUE_CAPACITY,
             resource: Resource::builder_empty()
                 .with_service_name("tokentap")
                 .build(),
@@ -191,6 +211,7 @@ pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers,
     };
     let r = &settings.resource;
     let t = settings.export_timeout;
+    let (sq, lq) = (settings.span_queue_size, settings.log_queue_size);
 
     let span_queue = match traces {
         Exporter::None => None,
@@ -199,6 +220,7 @@ pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers,
             r,
             drops,
             t,
+            sq,
         )),
         Exporter::Otlp(p) => {
             let b = opentelemetry_otlp::SpanExporter::builder();
@@ -207,7 +229,7 @@ pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers,
                 _ => b.with_http().with_protocol(p).with_timeout(t).build(),
             }
             .map_err(|e| format!("OTLP trace exporter: {e}"))?;
-            Some(span_queue(e, r, drops, t))
+            Some(span_queue(e, r, drops, t, sq))
         }
     };
     let mut tp = SdkTracerProvider::builder().with_resource(r.clone());
@@ -241,6 +263,7 @@ pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers,
             r,
             drops,
             t,
+            lq,
         )),
         Exporter::Otlp(p) => {
             let b = opentelemetry_otlp::LogExporter::builder();
@@ -249,7 +272,7 @@ pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers,
                 _ => b.with_http().with_protocol(p).with_timeout(t).build(),
             }
             .map_err(|e| format!("OTLP log exporter: {e}"))?;
-            Some(log_queue(e, r, drops, t))
+            Some(log_queue(e, r, drops, t, lq))
         }
     };
     let logger_provider = log_queue.as_ref().map(|q| {
@@ -273,12 +296,14 @@ pub fn span_queue<E: SpanExporter + 'static>(
     r: &Resource,
     drops: &DropCounters,
     timeout: Duration,
+    capacity: usize,
 ) -> Queue<opentelemetry_sdk::trace::SpanData> {
     Queue::start(
         SpanSink(with_resource(e, r)),
         Arc::new(ExportHealth::new(signal::TRACES)),
         drops.traces.clone(),
         timeout,
+        capacity,
     )
 }
 
@@ -288,12 +313,14 @@ pub fn log_queue<E: LogExporter + 'static>(
     r: &Resource,
     drops: &DropCounters,
     timeout: Duration,
+    capacity: usize,
 ) -> Queue<(opentelemetry_sdk::logs::SdkLogRecord, InstrumentationScope)> {
     Queue::start(
         LogSink(log_with_resource(e, r)),
         Arc::new(ExportHealth::new(signal::LOGS)),
         drops.logs.clone(),
         timeout,
+        capacity,
     )
 }
 

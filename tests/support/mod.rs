@@ -2,6 +2,8 @@
 //! plus a raw HTTP client and a small Prometheus text parser.
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -11,9 +13,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tokentap::config::{Config, Upstream};
 use tokentap::demo::{DemoOptions, DemoUpstream};
 use tokentap::server::{self, Running};
+use tokentap::telemetry::Telemetry;
+use tokentap::telemetry::otel::Providers;
 
 pub struct Stack {
     pub demo: DemoUpstream,
@@ -42,6 +47,23 @@ impl Stack {
         Stack { demo, proxy }
     }
 
+    /// Like `start_with`, with spans going to an in-memory exporter (exported as each span ends).
+    pub async fn start_traced(tweak: impl FnOnce(&mut Config)) -> (Stack, InMemorySpanExporter) {
+        let demo = DemoUpstream::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            DemoOptions {
+                chunk_delay: Duration::ZERO,
+                first_byte_delay: Duration::ZERO,
+            },
+        )
+        .await
+        .expect("demo starts");
+        let mut cfg = Config::for_upstream(Upstream::parse(&demo.base_url()).expect("url"));
+        tweak(&mut cfg);
+        let (proxy, spans) = start_traced_proxy(cfg).await;
+        (Stack { demo, proxy }, spans)
+    }
+
     pub fn direct(&self) -> String {
         self.demo.base_url()
     }
@@ -55,6 +77,29 @@ impl Stack {
         assert_eq!(r.status, StatusCode::OK);
         String::from_utf8(r.body.to_vec()).expect("utf8 page")
     }
+}
+
+/// tokentap for `cfg` with spans in memory.
+pub async fn start_traced_proxy(cfg: Config) -> (Running, InMemorySpanExporter) {
+    let exporter = InMemorySpanExporter::default();
+    let e = exporter.clone();
+    let telemetry = Telemetry::with_providers(
+        server::recorder_options(&cfg).expect("options"),
+        move |_| {
+            Ok(Providers {
+                tracer_provider: SdkTracerProvider::builder().with_simple_exporter(e).build(),
+                meter_provider: None,
+                logger_provider: None,
+                span_queue: None,
+                log_queue: None,
+            })
+        },
+    )
+    .expect("telemetry");
+    let proxy = server::start_with(cfg, telemetry)
+        .await
+        .expect("tokentap starts");
+    (proxy, exporter)
 }
 
 #[derive(Debug)]
