@@ -134,7 +134,7 @@ impl<T: Send + 'static> Queue<T> {
         capacity: usize,
     ) -> Queue<T> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        tokio::spawn(run(rx, sink, health, timeout));
+        tokio::spawn(run(rx, sink, health, dropped.clone(), timeout));
         Queue { tx, dropped }
     }
 
@@ -162,6 +162,7 @@ async fn run<T, S: Sink<T>>(
     mut rx: mpsc::Receiver<Msg<T>>,
     sink: S,
     health: Arc<ExportHealth>,
+    dropped: Counter,
     timeout: Duration,
 ) {
     let mut batch: Vec<T> = Vec::with_capacity(MAX_BATCH);
@@ -202,6 +203,10 @@ async fn run<T, S: Sink<T>>(
                 Ok(r) => r,
                 Err(_) => Err(OTelSdkError::Timeout(timeout)),
             };
+            if result.is_err() {
+                // a failed batch is lost like a dropped one (no retry buffer to grow)
+                dropped.inc_by(n as u64);
+            }
             health.report(&result);
         }
         if let Some(r) = flush_reply {

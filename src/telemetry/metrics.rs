@@ -167,7 +167,7 @@ impl Metrics {
         let dropped = Family::default();
         registry.register(
             metric::TELEMETRY_DROPPED,
-            "Telemetry items dropped because an export queue was full, by signal",
+            "Telemetry items dropped because an export queue was full or their export failed, by signal",
             dropped.clone(),
         );
         Metrics {
