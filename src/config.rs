@@ -224,6 +224,37 @@ pub struct Cli {
     #[arg(long, env = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", value_parser = parse_capture, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
     pub capture_content: bool,
 
+    /// The agent's default model
+    #[arg(
+        long,
+        env = "TOKENTAP_AGENT_MODEL",
+        default_value = "gpt-4o-mini",
+        value_name = "MODEL"
+    )]
+    pub agent_model: String,
+
+    /// The agent's system prompt
+    #[arg(long, env = "TOKENTAP_AGENT_SYSTEM_PROMPT", default_value = DEFAULT_SYSTEM_PROMPT, value_name = "TEXT")]
+    pub agent_system_prompt: String,
+
+    /// Most conversations the agent keeps (least recently used ones are evicted)
+    #[arg(
+        long,
+        env = "TOKENTAP_AGENT_MAX_CONVERSATIONS",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub agent_max_conversations: usize,
+
+    /// Most messages kept per conversation (oldest turns are trimmed; the system prompt stays)
+    #[arg(
+        long,
+        env = "TOKENTAP_AGENT_MAX_HISTORY",
+        default_value_t = 100,
+        value_name = "N"
+    )]
+    pub agent_max_history: usize,
+
     /// Grace period for in-flight requests at shutdown
     #[arg(long, env = "TOKENTAP_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
@@ -281,6 +312,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub service_name: String,
     pub api_key: Option<Secret>,
+    pub agent_model: String,
+    pub agent_system_prompt: String,
+    pub agent_max_conversations: usize,
+    pub agent_max_history: usize,
 }
 
 impl Config {
@@ -301,6 +336,10 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             service_name: "tokentap".to_owned(),
             api_key: None,
+            agent_model: "gpt-4o-mini".to_owned(),
+            agent_system_prompt: DEFAULT_SYSTEM_PROMPT.to_owned(),
+            agent_max_conversations: 10_000,
+            agent_max_history: 100,
         }
     }
 }
@@ -325,6 +364,10 @@ impl From<Cli> for Config {
                 .ok()
                 .filter(|k| !k.is_empty())
                 .map(Secret::new),
+            agent_model: c.agent_model,
+            agent_system_prompt: c.agent_system_prompt,
+            agent_max_conversations: c.agent_max_conversations.max(1),
+            agent_max_history: c.agent_max_history.max(2),
         }
     }
 }

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+pub mod agent;
 pub mod call;
 pub mod config;
 pub mod demo;

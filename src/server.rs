@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::agent::Agent;
 use crate::config::{Config, Upstream};
 use crate::demo::{DemoOptions, DemoUpstream};
 use crate::genai::pricing::PriceTable;
@@ -50,6 +51,7 @@ impl std::error::Error for StartError {}
 
 struct App {
     proxy: Proxy,
+    agent: Agent,
     recorder: Arc<Recorder>,
     health: Bytes,
 }
@@ -150,6 +152,7 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
     );
     let app = Arc::new(App {
         proxy: Proxy::new(&cfg, upstream.clone(), recorder.clone()),
+        agent: Agent::new(&cfg),
         recorder: recorder.clone(),
         health,
     });
@@ -234,6 +237,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ResponseBody> {
             }
         }
         _ => {
+            let req = match app.agent.route(&app.proxy, &app.recorder, req).await {
+                Ok(resp) => return resp,
+                Err(req) => req,
+            };
             let resp = app.proxy.forward(req).await;
             tracing::trace!(
                 elapsed_us = started.elapsed().as_micros() as u64,

@@ -36,6 +36,18 @@ impl Recorder {
         &self.tracer
     }
 
+    /// USD for `usage`, by the lookup order of SPEC §7; `None` without a price.
+    pub fn price(
+        &self,
+        response_model: Option<&str>,
+        request_model: Option<&str>,
+        usage: &crate::genai::response::Usage,
+    ) -> Option<f64> {
+        self.pricing
+            .lookup(response_model, request_model)
+            .map(|p| cost(p, usage))
+    }
+
     /// Prices `call` and records it everywhere. Called exactly once per call.
     pub fn record(&self, mut call: Call) {
         if let Some(u) = call.usage() {

@@ -342,3 +342,46 @@ async fn dead_collector_changes_nothing_for_clients() {
         "a live collector keeps up"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_affects_spans_only() {
+    let receiver = Receiver::grpc().await;
+    let mut p = spawn(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+        ("OTEL_TRACES_SAMPLER", "always_off"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "60000"),
+    ]);
+    for _ in 0..3 {
+        let r = authed(
+            &p.url,
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        // the trace id still goes back, marked not sampled
+        assert!(
+            r.headers["traceresponse"]
+                .to_str()
+                .expect("ascii")
+                .ends_with("-00")
+        );
+    }
+    let page = String::from_utf8(
+        send(&p.url, "GET", "/metrics", &[], Bytes::new())
+            .await
+            .body
+            .to_vec(),
+    )
+    .expect("utf8");
+    assert_eq!(sum(&page, "llm_requests_total", &[]), 3.0);
+    assert_eq!(terminate(&mut p).await, Some(0));
+    assert!(
+        receiver
+            .wait_for(Duration::from_secs(10), |r| r
+                .metric_names()
+                .iter()
+                .any(|n| n == "llm_requests_total"))
+            .await
+    );
+    assert!(receiver.spans().is_empty(), "no spans when sampled out");
+}
