@@ -278,6 +278,10 @@ pub struct Cli {
     )]
     pub log: String,
 
+    /// Check that a tokentap listening on --listen is healthy (GET /health) and exit 0 or 1; for container healthchecks
+    #[arg(long)]
+    pub healthcheck: bool,
+
     /// Service name reported in /health and telemetry
     #[arg(
         long,

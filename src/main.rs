@@ -94,6 +94,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.healthcheck {
+        return healthcheck(cli.listen).await;
+    }
     let (log_format, log_filter, demo) = (cli.log_format, cli.log.clone(), cli.demo);
     let cfg = Config::from(cli);
     let settings = match OtelSettings::from_env(&cfg.service_name) {
@@ -141,6 +144,55 @@ async fn main() -> ExitCode {
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// GET /health on the listen address (loopback when it listens on all interfaces).
+async fn healthcheck(listen: std::net::SocketAddr) -> ExitCode {
+    use http_body_util::{BodyExt, Empty};
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let uri = format!("http://{addr}/health");
+    let req = match http::Request::get(&uri).body(Empty::<bytes::Bytes>::new()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokentap: healthcheck: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    })
+    .await;
+    match result {
+        Ok(Ok((status, body))) if status == http::StatusCode::OK => {
+            println!("{}", String::from_utf8_lossy(&body));
+            ExitCode::SUCCESS
+        }
+        Ok(Ok((status, _))) => {
+            eprintln!("tokentap: healthcheck: {uri} answered {status}");
+            ExitCode::from(1)
+        }
+        Ok(Err(e)) => {
+            eprintln!("tokentap: healthcheck: {uri}: {e}");
+            ExitCode::from(1)
+        }
+        Err(_) => {
+            eprintln!("tokentap: healthcheck: {uri}: no answer within 3s");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -60,7 +60,17 @@ impl Recorder {
                 .map(|p| cost(p, u));
         }
         let bounded = self.metrics.bound(&call);
-        self.metrics.record(&call, &bounded);
+        let exemplar = call.trace.as_ref().and_then(|cx| {
+            let span = cx.span();
+            let sc = span.span_context();
+            sc.is_sampled().then(|| {
+                vec![
+                    ("trace_id", sc.trace_id().to_string()),
+                    ("span_id", sc.span_id().to_string()),
+                ]
+            })
+        });
+        self.metrics.record(&call, &bounded, exemplar.as_ref());
         if let Some(i) = &self.instruments {
             i.record(&call, &bounded);
         }
@@ -156,7 +166,7 @@ impl Telemetry {
         let recorder = Recorder {
             metrics,
             pricing: opts.pricing,
-            instruments: providers.meter().map(|m| Instruments::new(&m)),
+            instruments: providers.meter().map(|m| Instruments::new(&m, &drops)),
             tracer: providers.tracer(),
             capture_content: opts.capture_content,
         };

@@ -183,3 +183,37 @@ async fn sigterm_lets_the_stream_finish_then_exits_zero() {
     let addr = url.trim_start_matches("http://");
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_flag_for_containers() {
+    let s = support::Stack::start().await;
+    let out = tokentap()
+        .args(["--healthcheck", "--listen", &s.proxy.addr.to_string()])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healthy"));
+    // nothing listening: unhealthy, exit 1, one line
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let out = tokentap()
+        .args(["--healthcheck", "--listen", &format!("0.0.0.0:{port}")])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
+}

@@ -362,3 +362,45 @@ async fn page_passes_promtool_check_metrics() {
             .ends_with("# EOF")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openmetrics_scrape_carries_trace_exemplars_on_durations() {
+    let (s, spans) = Stack::start_traced(|_| {}).await;
+    let r = post_json(
+        &s.via(),
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    let tr = r.headers["traceresponse"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let trace_id = tr.split('-').nth(1).expect("trace id").to_owned();
+    assert!(eventually(async || !spans.get_finished_spans().expect("spans").is_empty()).await);
+    let om = send(
+        &s.via(),
+        "GET",
+        "/metrics",
+        &[(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )],
+        Bytes::new(),
+    )
+    .await;
+    let page = String::from_utf8(om.body.to_vec()).expect("utf8");
+    for name in [
+        "llm_request_duration_seconds_bucket",
+        "gen_ai_client_operation_duration_seconds_bucket",
+    ] {
+        let line = page
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(" # {"))
+            .unwrap_or_else(|| panic!("{name} exemplar in\n{page}"));
+        assert!(line.contains(&format!("trace_id=\"{trace_id}\"")), "{line}");
+    }
+    // the 0.0.4 text format has no exemplars (and still passes promtool)
+    let plain = s.metrics().await;
+    assert!(!plain.contains(" # {"));
+}

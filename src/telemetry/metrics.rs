@@ -7,6 +7,7 @@
 
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
@@ -29,6 +30,14 @@ pub struct BoundedLabels {
     pub error_type: Option<String>,
 }
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+/// Exemplar labels: the trace (and span) a sample came from, so dashboards link to it.
+pub type ExemplarLabels = Vec<(&'static str, String)>;
+type ExemplarHistogram = HistogramWithExemplars<ExemplarLabels>;
+type ExemplarFamily = Family<Labels, ExemplarHistogram, fn() -> ExemplarHistogram>;
+
+fn duration_histogram_with_exemplars() -> ExemplarHistogram {
+    HistogramWithExemplars::new(buckets::DURATION.iter().copied())
+}
 
 fn duration_histogram() -> Histogram {
     Histogram::new(buckets::DURATION.iter().copied())
@@ -44,13 +53,13 @@ pub struct Metrics {
     registry: Registry,
     guard: LabelGuard,
     llm_requests: Family<Labels, Counter>,
-    llm_duration: HistogramFamily,
+    llm_duration: ExemplarFamily,
     llm_tokens: Family<Labels, Counter>,
     llm_cost: Family<Labels, Counter<f64, AtomicU64>>,
     agent_conversations: Family<Labels, Counter>,
     agent_messages: Family<Labels, Counter>,
     token_usage: HistogramFamily,
-    op_duration: HistogramFamily,
+    op_duration: ExemplarFamily,
     ttfc: HistogramFamily,
     per_chunk: HistogramFamily,
     unpriced: Family<Labels, Counter>,
@@ -91,8 +100,9 @@ impl Metrics {
             "LLM requests, by model and outcome",
             llm_requests.clone(),
         );
-        let llm_duration =
-            HistogramFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let llm_duration = ExemplarFamily::new_with_constructor(
+            duration_histogram_with_exemplars as fn() -> ExemplarHistogram,
+        );
         registry.register_with_unit(
             metric::LLM_REQUEST_DURATION,
             "Duration of LLM requests until the last byte",
@@ -130,8 +140,9 @@ impl Metrics {
             "Number of input and output tokens used per call (gen_ai.client.token.usage)",
             token_usage.clone(),
         );
-        let op_duration =
-            HistogramFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let op_duration = ExemplarFamily::new_with_constructor(
+            duration_histogram_with_exemplars as fn() -> ExemplarHistogram,
+        );
         registry.register_with_unit(
             metric::GEN_AI_OPERATION_DURATION,
             "GenAI operation duration (gen_ai.client.operation.duration)",
@@ -212,7 +223,8 @@ impl Metrics {
     }
 
     /// Records one finished call.
-    pub fn record(&self, call: &Call, b: &BoundedLabels) {
+    /// `exemplar`: the sampled trace of the call, attached to its duration samples.
+    pub fn record(&self, call: &Call, b: &BoundedLabels, exemplar: Option<&ExemplarLabels>) {
         for f in &call.parse_failures {
             self.parse_errors
                 .get_or_create(&vec![(label::REASON, f.label().to_owned())])
@@ -233,7 +245,9 @@ impl Metrics {
         ];
         self.llm_requests.get_or_create(&lab).inc();
         let secs = call.duration.as_secs_f64();
-        self.llm_duration.get_or_create(&lab).observe(secs);
+        self.llm_duration
+            .get_or_create(&lab)
+            .observe(secs, exemplar.cloned(), None);
 
         let mut genai: Labels = vec![
             (label::GEN_AI_OPERATION_NAME, op.name().to_owned()),
@@ -252,7 +266,9 @@ impl Metrics {
         if let Some(e) = &b.error_type {
             with_error.push((label::ERROR_TYPE, e.clone()));
         }
-        self.op_duration.get_or_create(&with_error).observe(secs);
+        self.op_duration
+            .get_or_create(&with_error)
+            .observe(secs, exemplar.cloned(), None);
 
         if let Some(u) = call.usage() {
             for (kind, n) in [

@@ -147,6 +147,7 @@ pub mod instrument {
     pub const GEN_AI_TIME_PER_OUTPUT_CHUNK: &str = "gen_ai.client.operation.time_per_output_chunk";
     pub const UNPRICED_CALLS: &str = "tokentap_unpriced_calls_total";
     pub const PARSE_ERRORS: &str = "tokentap_parse_errors_total";
+    pub const TELEMETRY_DROPPED: &str = "tokentap_telemetry_dropped_total";
 }
 
 /// Signals, as in `tokentap_telemetry_dropped_total{signal}`.

@@ -99,8 +99,10 @@ fn millis(var: &str) -> Result<Option<Duration>, String> {
         None => Ok(None),
         Some(v) => v
             .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms > 0)
             .map(|ms| Some(Duration::from_millis(ms)))
-            .map_err(|_| format!("{var}={v:?}: expected milliseconds")),
+            .ok_or_else(|| format!("{var}={v:?}: expected a positive number of milliseconds")),
     }
 }
 
@@ -119,6 +121,22 @@ impl OtelSettings {
             "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
         )?;
         let logs = exporter("OTEL_LOGS_EXPORTER", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL")?;
+        if let Some(s) = env("OTEL_TRACES_SAMPLER") {
+            const KNOWN: [&str; 6] = [
+                "always_on",
+                "always_off",
+                "traceidratio",
+                "parentbased_always_on",
+                "parentbased_always_off",
+                "parentbased_traceidratio",
+            ];
+            if !KNOWN.contains(&s.as_str()) {
+                return Err(format!(
+                    "OTEL_TRACES_SAMPLER={s:?}: use one of {}",
+                    KNOWN.join(", ")
+                ));
+            }
+        }
         if let Some(s) = env("OTEL_TRACES_SAMPLER_ARG") {
             s.parse::<f64>()
                 .ok()
@@ -403,10 +421,13 @@ pub struct Instruments {
     per_chunk: Histogram<f64>,
     unpriced: Counter<u64>,
     parse_errors: Counter<u64>,
+    /// Reports `tokentap_telemetry_dropped_total` at each collection.
+    _dropped: opentelemetry::metrics::ObservableCounter<u64>,
 }
 
 impl Instruments {
-    pub fn new(m: &Meter) -> Instruments {
+    pub fn new(m: &Meter, drops: &DropCounters) -> Instruments {
+        let d = drops.clone();
         Instruments {
             requests: m
                 .u64_counter(instrument::LLM_REQUESTS)
@@ -423,8 +444,8 @@ impl Instruments {
                 .with_description("Tokens used by LLM requests")
                 .build(),
             cost: m
+                // no unit: a collector's Prometheus exporter would append it to the name
                 .f64_counter(instrument::LLM_COST_USD)
-                .with_unit("USD")
                 .with_description("Cost of LLM requests in USD")
                 .build(),
             conversations: m.u64_counter(instrument::AGENT_CONVERSATIONS).build(),
@@ -455,6 +476,19 @@ impl Instruments {
                 .build(),
             unpriced: m.u64_counter(instrument::UNPRICED_CALLS).build(),
             parse_errors: m.u64_counter(instrument::PARSE_ERRORS).build(),
+            _dropped: m
+                .u64_observable_counter(instrument::TELEMETRY_DROPPED)
+                .with_description("Telemetry items dropped (queue full or export failed)")
+                .with_callback(move |o| {
+                    for (signal, c) in [
+                        (signal::TRACES, &d.traces),
+                        (signal::METRICS, &d.metrics),
+                        (signal::LOGS, &d.logs),
+                    ] {
+                        o.observe(c.get(), &[KeyValue::new("signal", signal)]);
+                    }
+                })
+                .build(),
         }
     }
 
