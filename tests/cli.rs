@@ -84,6 +84,9 @@ fn help_lists_every_flag_with_its_env_var() {
             "--capture-content",
             "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
         ),
+        ("--agent-model", "TOKENTAP_AGENT_MODEL"),
+        ("--agent-system-prompt", "TOKENTAP_AGENT_SYSTEM_PROMPT"),
+        ("--agent-max-history", "TOKENTAP_AGENT_MAX_HISTORY"),
     ] {
         assert!(
             help.contains(flag) && help.contains(env),
