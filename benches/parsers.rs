@@ -201,6 +201,7 @@ fn new_call() -> Call {
         chunk_gaps: Vec::new(),
         trace: None,
         content: None,
+        overhead: Duration::ZERO,
         request_id: None,
         parse_failures: Vec::new(),
         usage_injected: false,

@@ -72,6 +72,9 @@ pub struct Call {
     pub usage_injected: bool,
     /// USD, when usage and a price are both known.
     pub cost: Option<f64>,
+    /// Time spent inside tokentap for this call, not waiting on the upstream or the
+    /// client: preparing the upstream request, handling each chunk, finishing.
+    pub overhead: Duration,
     /// The call's span (its context), when tracing is on.
     pub trace: Option<opentelemetry::Context>,
     /// Prompts and completions, only with content capture on.

@@ -226,6 +226,7 @@ impl Proxy {
             parse_failures: Vec::new(),
             usage_injected: false,
             cost: None,
+            overhead: std::time::Duration::ZERO,
             trace: None,
             content: None,
         }
@@ -259,6 +260,7 @@ impl Proxy {
         parent: &opentelemetry::Context,
     ) -> Response<ResponseBody> {
         let started = timing.started;
+        let work = Instant::now();
         let op = Operation::from_path(parts.uri.path());
         let mut parse_failure = None;
         let facts = match op {
@@ -324,6 +326,7 @@ impl Proxy {
         *up.uri_mut() = uri;
         *up.headers_mut() = headers;
 
+        call.overhead += work.elapsed();
         let sent = tokio::time::timeout(self.read_timeout, self.client.request(up)).await;
         let resp = match sent {
             Err(_) => {

@@ -93,7 +93,9 @@ impl<B> Tap<B> {
             } = p;
             call.outcome = outcome;
             call.duration = started.elapsed();
+            let work = Instant::now();
             observer.finish_into(&mut call, outcome == Outcome::Completed);
+            call.overhead += work.elapsed();
             recorder.record(call);
         }
     }
@@ -147,6 +149,7 @@ where
             let Some(p) = this.pending.as_mut() else {
                 continue;
             };
+            let work = Instant::now();
             let out = match frame.data_ref() {
                 Some(data) => match p.observer.on_data(data) {
                     Pass::Unchanged => Some(frame),
@@ -159,6 +162,7 @@ where
                 },
                 None => Some(frame), // trailers pass as they are
             };
+            p.call.overhead += work.elapsed();
             if at_end {
                 this.finish(Outcome::Completed);
             }

@@ -404,3 +404,30 @@ async fn openmetrics_scrape_carries_trace_exemplars_on_durations() {
     let plain = s.metrics().await;
     assert!(!plain.contains(" # {"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overhead_histogram_counts_every_call_and_excludes_upstream_time() {
+    let s = Stack::start().await;
+    // the upstream waits 200 ms before answering; tokentap's own time must not include it
+    for body in [
+        r#"{"model":"demo-slow-200","messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    ] {
+        assert_eq!(
+            post_json(&s.via(), "/v1/chat/completions", body)
+                .await
+                .status,
+            200
+        );
+    }
+    send(&s.via(), "GET", "/v1/models", &[], Bytes::new()).await;
+    let page = s.metrics().await;
+    assert_eq!(sum(&page, "tokentap_overhead_seconds_count", &[]), 3.0);
+    let overhead = sum(&page, "tokentap_overhead_seconds_sum", &[]);
+    let durations = sum(&page, "llm_request_duration_seconds_sum", &[]);
+    assert!(overhead > 0.0);
+    assert!(
+        durations >= 0.2 && overhead < 0.1,
+        "overhead {overhead}s vs durations {durations}s"
+    );
+}

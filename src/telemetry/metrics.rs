@@ -45,6 +45,9 @@ fn duration_histogram() -> Histogram {
 fn token_histogram() -> Histogram {
     Histogram::new(buckets::TOKENS.iter().copied())
 }
+fn overhead_histogram() -> Histogram {
+    Histogram::new(buckets::OVERHEAD.iter().copied())
+}
 fn chunk_histogram() -> Histogram {
     Histogram::new(buckets::PER_CHUNK.iter().copied())
 }
@@ -65,6 +68,7 @@ pub struct Metrics {
     unpriced: Family<Labels, Counter>,
     parse_errors: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
+    overhead: Histogram,
 }
 
 /// The exposition format a scraper asked for.
@@ -181,7 +185,15 @@ impl Metrics {
             "Telemetry items dropped because an export queue was full or their export failed, by signal",
             dropped.clone(),
         );
+        let overhead = overhead_histogram();
+        registry.register_with_unit(
+            metric::OVERHEAD,
+            "Time tokentap spent on each proxied call, excluding waiting on the upstream and the client",
+            Unit::Seconds,
+            overhead.clone(),
+        );
         Metrics {
+            overhead,
             registry,
             guard: LabelGuard::new(max_label_values),
             llm_requests,
@@ -225,6 +237,7 @@ impl Metrics {
     /// Records one finished call.
     /// `exemplar`: the sampled trace of the call, attached to its duration samples.
     pub fn record(&self, call: &Call, b: &BoundedLabels, exemplar: Option<&ExemplarLabels>) {
+        self.overhead.observe(call.overhead.as_secs_f64());
         for f in &call.parse_failures {
             self.parse_errors
                 .get_or_create(&vec![(label::REASON, f.label().to_owned())])

@@ -33,6 +33,8 @@ pub mod metric {
     pub const PARSE_ERRORS: &str = "tokentap_parse_errors";
     /// `tokentap_telemetry_dropped_total`
     pub const TELEMETRY_DROPPED: &str = "tokentap_telemetry_dropped";
+    /// `tokentap_overhead_seconds`
+    pub const OVERHEAD: &str = "tokentap_overhead";
 }
 
 /// Prometheus label names.
@@ -79,6 +81,11 @@ pub mod buckets {
     /// `gen_ai.client.operation.duration` and time to first chunk (seconds).
     pub const DURATION: &[f64] = &[
         0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    ];
+    /// Time tokentap itself spends on a call (seconds): microseconds to tens of milliseconds.
+    pub const OVERHEAD: &[f64] = &[
+        0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+        0.025, 0.05, 0.1,
     ];
     /// Time per output chunk (seconds).
     pub const PER_CHUNK: &[f64] = &[
@@ -148,6 +155,7 @@ pub mod instrument {
     pub const UNPRICED_CALLS: &str = "tokentap_unpriced_calls_total";
     pub const PARSE_ERRORS: &str = "tokentap_parse_errors_total";
     pub const TELEMETRY_DROPPED: &str = "tokentap_telemetry_dropped_total";
+    pub const OVERHEAD: &str = "tokentap_overhead_seconds";
 }
 
 /// Signals, as in `tokentap_telemetry_dropped_total{signal}`.

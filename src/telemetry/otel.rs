@@ -421,6 +421,7 @@ pub struct Instruments {
     per_chunk: Histogram<f64>,
     unpriced: Counter<u64>,
     parse_errors: Counter<u64>,
+    overhead: Histogram<f64>,
     /// Reports `tokentap_telemetry_dropped_total` at each collection.
     _dropped: opentelemetry::metrics::ObservableCounter<u64>,
 }
@@ -476,6 +477,12 @@ impl Instruments {
                 .build(),
             unpriced: m.u64_counter(instrument::UNPRICED_CALLS).build(),
             parse_errors: m.u64_counter(instrument::PARSE_ERRORS).build(),
+            overhead: m
+                .f64_histogram(instrument::OVERHEAD)
+                .with_unit("s")
+                .with_boundaries(buckets::OVERHEAD.to_vec())
+                .with_description("Time tokentap spent on each proxied call, excluding waits")
+                .build(),
             _dropped: m
                 .u64_observable_counter(instrument::TELEMETRY_DROPPED)
                 .with_description("Telemetry items dropped (queue full or export failed)")
@@ -495,6 +502,7 @@ impl Instruments {
     /// Records one call; `model`, `request_model`, `response_model`, `server` and `error` are
     /// already bounded by the label guard.
     pub fn record(&self, call: &Call, bounded: &super::metrics::BoundedLabels) {
+        self.overhead.record(call.overhead.as_secs_f64(), &[]);
         for f in &call.parse_failures {
             self.parse_errors
                 .add(1, &[KeyValue::new("reason", f.label())]);
