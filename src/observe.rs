@@ -217,10 +217,13 @@ impl Observer {
                 if too_large {
                     call.note_parse_failure(ParseFailure::TooLarge);
                 } else if complete && !buf.is_empty() {
-                    match serde_json::from_slice::<serde_json::Value>(&buf) {
-                        Ok(v) => {
-                            call.response = ResponseFacts::from_value(op, &v);
-                            if let (true, Some(c)) = (self.capture, call.content.as_mut()) {
+                    match ResponseFacts::from_body(op, &buf) {
+                        Ok(facts) => {
+                            call.response = facts;
+                            let captured = serde_json::from_slice::<serde_json::Value>(&buf).ok();
+                            if let (true, Some(c), Some(v)) =
+                                (self.capture, call.content.as_mut(), captured)
+                            {
                                 c.output_messages =
                                     content::output_json(&content::output_from_value(op, &v));
                             }

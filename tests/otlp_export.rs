@@ -271,8 +271,8 @@ async fn run_against(endpoint: &str) -> (Duration, String, String) {
     let mut p = spawn(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "300"),
-        ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
-        ("OTEL_BLRP_MAX_QUEUE_SIZE", "4"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "256"),
+        ("OTEL_BLRP_MAX_QUEUE_SIZE", "256"),
         ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ("OTEL_LOGS_EXPORTER", "otlp"),
     ]);

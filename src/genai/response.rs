@@ -6,10 +6,31 @@
 //! needs to know which API produced them. Reading is lenient: a missing or
 //! oddly typed field leaves that fact unknown.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::request::Operation;
+
+/// A string that borrows from the event when it has no escapes. serde only
+/// borrows into a `Cow` that is a field's whole type, not one inside an
+/// `Option`, hence the newtype.
+#[derive(Deserialize)]
+pub(crate) struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Str<'_> {
+    pub(crate) fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Token counts exactly as the provider reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -112,11 +133,148 @@ pub fn responses_finish_reason(resp: &Value) -> Option<String> {
     }
 }
 
+/// A whole response body, read without building a `Value` tree: only the
+/// fields telemetry needs are kept (an embeddings body's vectors are counted,
+/// not stored).
+#[derive(Deserialize)]
+struct RawBody<'a> {
+    #[serde(borrow)]
+    id: Option<Str<'a>>,
+    #[serde(borrow)]
+    model: Option<Str<'a>>,
+    #[serde(borrow)]
+    system_fingerprint: Option<Str<'a>>,
+    #[serde(borrow)]
+    service_tier: Option<Str<'a>>,
+    usage: Option<RawUsage>,
+    #[serde(borrow)]
+    choices: Option<Vec<RawChoice<'a>>>,
+    #[serde(borrow)]
+    status: Option<Str<'a>>,
+    #[serde(borrow)]
+    incomplete_details: Option<RawIncomplete<'a>>,
+    data: Option<FirstEmbedding>,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawChoice<'a> {
+    index: Option<u64>,
+    #[serde(borrow)]
+    finish_reason: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawIncomplete<'a> {
+    #[serde(borrow)]
+    reason: Option<Str<'a>>,
+}
+
+/// The dimension count of the first embedding in `data`.
+struct FirstEmbedding(Option<u64>);
+
+impl<'de> Deserialize<'de> for FirstEmbedding {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FirstEmbedding;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of embeddings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FirstEmbedding, A::Error> {
+                #[derive(Deserialize)]
+                struct Item {
+                    embedding: Option<EmbeddingLen>,
+                }
+                let first: Option<Item> = seq.next_element()?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstEmbedding(first.and_then(|i| i.embedding).map(|e| e.0)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Length of one embedding: a float list, or base64 of little-endian f32s.
+struct EmbeddingLen(u64);
+
+impl<'de> Deserialize<'de> for EmbeddingLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EmbeddingLen;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an embedding")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<EmbeddingLen, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(EmbeddingLen(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<EmbeddingLen, E> {
+                let pad = s.bytes().rev().take_while(|&b| b == b'=').count();
+                Ok(EmbeddingLen(
+                    ((s.len() / 4 * 3).saturating_sub(pad) / 4) as u64,
+                ))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl ResponseFacts {
     /// Reads a whole (non-stream) JSON body of `op`. Also reads error bodies.
     pub fn from_body(op: Operation, body: &[u8]) -> Result<ResponseFacts, serde_json::Error> {
-        let v: Value = serde_json::from_slice(body)?;
-        Ok(Self::from_value(op, &v))
+        let raw: RawBody<'_> = serde_json::from_slice(body)?;
+        let own = |s: Option<Str<'_>>| s.map(Str::into_owned);
+        let mut f = ResponseFacts {
+            error_type: raw
+                .error
+                .as_ref()
+                .and_then(|e| error_type(&serde_json::json!({ "error": e }))),
+            id: own(raw.id),
+            model: own(raw.model),
+            system_fingerprint: own(raw.system_fingerprint),
+            service_tier: own(raw.service_tier),
+            usage: raw.usage.and_then(Usage::from_raw),
+            ..ResponseFacts::default()
+        };
+        match op {
+            Operation::ChatCompletions | Operation::Completions => {
+                let mut reasons: Vec<(u64, String)> = raw
+                    .choices
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| {
+                        Some((c.index.unwrap_or(i as u64), c.finish_reason?.into_owned()))
+                    })
+                    .collect();
+                reasons.sort_by_key(|r| r.0);
+                f.finish_reasons = reasons.into_iter().map(|r| r.1).collect();
+            }
+            Operation::Responses => {
+                f.finish_reasons = match raw.status.as_deref() {
+                    Some("incomplete") => vec![
+                        raw.incomplete_details
+                            .and_then(|d| d.reason)
+                            .map_or_else(|| "incomplete".to_owned(), Str::into_owned),
+                    ],
+                    Some("in_progress" | "queued") | None => Vec::new(),
+                    Some(other) => vec![other.to_owned()],
+                };
+            }
+            Operation::Embeddings => f.embedding_dimensions = raw.data.and_then(|d| d.0),
+        }
+        Ok(f)
     }
 
     pub fn from_value(op: Operation, v: &Value) -> ResponseFacts {

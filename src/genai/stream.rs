@@ -5,14 +5,12 @@
 //! whether it carried output (for time-per-chunk) and whether it was the
 //! usage-only chunk (for the usage-injection edit).
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::content::{OutputChoice, output_from_value, output_json, push_capped};
 use super::request::Operation;
-use super::response::{RawUsage, ResponseFacts, Usage, error_type, responses_finish_reason};
+use super::response::{RawUsage, ResponseFacts, Str, Usage, error_type, responses_finish_reason};
 
 /// What one event was, as far as the caller cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,25 +101,6 @@ struct ResponsesEvent<'a> {
     delta: Option<Str<'a>>,
     #[serde(borrow)]
     code: Option<Str<'a>>,
-}
-
-/// A string that borrows from the event when it has no escapes. serde only
-/// borrows into a `Cow` that is a field's whole type, not one inside an
-/// `Option`, hence the newtype.
-#[derive(Deserialize)]
-struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
-
-impl Str<'_> {
-    fn into_owned(self) -> String {
-        self.0.into_owned()
-    }
-}
-
-impl std::ops::Deref for Str<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
 }
 
 fn non_empty(s: &Option<Str<'_>>) -> bool {
