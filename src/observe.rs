@@ -106,8 +106,7 @@ impl Observer {
     pub fn capturing(mut self, on: bool) -> Observer {
         self.capture = on;
         if let Mode::Sse { acc, .. } = &mut self.mode {
-            let a = std::mem::replace(acc, StreamAccumulator::new(Operation::ChatCompletions));
-            *acc = a.capturing(on);
+            acc.set_capture(on);
         }
         self
     }

@@ -121,8 +121,13 @@ impl StreamAccumulator {
 
     /// Also assembles the output text (content capture).
     pub fn capturing(mut self, on: bool) -> Self {
-        self.capture = on.then(Vec::new);
+        self.set_capture(on);
         self
+    }
+
+    /// Turns output assembly on or off (before the first event).
+    pub fn set_capture(&mut self, on: bool) {
+        self.capture = on.then(Vec::new);
     }
 
     /// `gen_ai.output.messages` JSON of what was assembled, when capturing.
