@@ -1,0 +1,640 @@
+//! Result rows, the three tables, the issue-6 targets, and the JSON file.
+
+use serde::Serialize;
+
+use crate::stats::Summary;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Direct,
+    Nginx,
+    Tokentap,
+}
+
+impl Target {
+    pub const ALL: [Target; 3] = [Target::Direct, Target::Nginx, Target::Tokentap];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Nginx => "nginx",
+            Target::Tokentap => "tokentap",
+        }
+    }
+}
+
+/// CPU over the measured window (100 % = one core) and the proxy's peak RSS.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Resources {
+    pub proxy_cpu_pct: Option<f64>,
+    pub mock_cpu_pct: f64,
+    /// The harness on core 0 (pacer included), without the OTLP receiver thread.
+    pub generator_cpu_pct: f64,
+    pub otlp_receiver_cpu_pct: f64,
+    /// `VmHWM` summed over the proxy's processes (nginx: master + worker).
+    pub proxy_peak_rss_mib: Option<f64>,
+    /// Per CPU, whoever used it (ours, other users', softirq): `/proc/stat`.
+    pub core_busy_pct: Vec<f64>,
+    /// Per CPU, time the hypervisor gave to another guest.
+    pub core_steal_pct: Vec<f64>,
+}
+
+impl Resources {
+    /// The highest per-CPU steal, the noise this VM cannot see otherwise.
+    fn steal(&self) -> String {
+        let max = self.core_steal_pct.iter().copied().fold(0.0, f64::max);
+        format!("{max:.0}%")
+    }
+
+    /// `core0/core1` busy, including softirq and other users' processes.
+    fn cores(&self) -> String {
+        self.core_busy_pct
+            .iter()
+            .take(2)
+            .map(|b| format!("{b:.0}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+/// What the proxy itself said during the run.
+#[derive(Debug, Default, Serialize)]
+pub struct Health {
+    pub log_lines: usize,
+    pub log_issues: usize,
+    pub log_samples: Vec<String>,
+    /// tokentap only: requests the harness sent it in this run (warm-up included).
+    pub calls_sent: Option<u64>,
+    pub llm_requests_total: Option<f64>,
+    pub telemetry_dropped_total: Option<f64>,
+    pub spans_received: Option<usize>,
+    pub log_records_received: Option<usize>,
+    pub metric_names_received: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClosedRow {
+    pub target: Target,
+    pub connections: usize,
+    pub seconds: f64,
+    pub throughput_rps: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub latency: Summary,
+    pub resources: Resources,
+    pub health: Health,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenRow {
+    pub target: Target,
+    pub rate_rps: u32,
+    pub connections: usize,
+    pub seconds: f64,
+    pub scheduled: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub late_sends: u64,
+    pub max_send_lag_us: u32,
+    pub unfinished: u64,
+    pub achieved_rps: f64,
+    pub first_error: Option<String>,
+    /// From the intended send time (coordinated omission corrected).
+    pub latency: Summary,
+    pub resources: Resources,
+    pub health: Health,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StreamRow {
+    pub target: Target,
+    pub streams: usize,
+    pub rounds: usize,
+    pub started: usize,
+    pub completed: usize,
+    pub errors: usize,
+    pub first_error: Option<String>,
+    pub ttfb: Summary,
+    pub chunk_gap: Summary,
+    /// The proxy's `VmHWM` after each round: growth from round to round is retained memory.
+    pub peak_rss_after_round_mib: Vec<f64>,
+    pub resources: Resources,
+    pub health: Health,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub scenario: &'static str,
+    pub target: &'static str,
+    pub value: Option<f64>,
+    pub limit: f64,
+    pub unit: &'static str,
+    /// `None`: could not be judged (a row is missing).
+    pub met: Option<bool>,
+    pub note: String,
+}
+
+impl Verdict {
+    fn line(&self) -> String {
+        let status = match self.met {
+            Some(true) => "MET",
+            Some(false) => "MISSED",
+            None => "n/a",
+        };
+        format!(
+            "  target {} {}: {status} — {}",
+            self.scenario, self.target, self.note
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting
+// ---------------------------------------------------------------------------------------------
+
+/// `left`: how many leading columns are left-aligned (labels); the rest are numbers.
+fn print_table(title: &str, headers: &[&str], left: usize, rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let render = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, &w))| {
+                let pad = w - c.chars().count();
+                if i < left {
+                    format!("{c}{}", " ".repeat(pad))
+                } else {
+                    format!("{}{c}", " ".repeat(pad))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!();
+    println!("{title}");
+    let head: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    let line = render(&head);
+    println!("{line}");
+    println!("{}", "-".repeat(line.chars().count()));
+    for row in rows {
+        println!("{}", render(row));
+    }
+}
+
+fn us(v: u32) -> String {
+    v.to_string()
+}
+
+fn ms(v_us: u32) -> String {
+    format!("{:.2}", f64::from(v_us) / 1000.0)
+}
+
+fn pct(v: f64) -> String {
+    format!("{v:.0}%")
+}
+
+fn opt_pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), pct)
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".to_owned(),
+    }
+}
+
+fn delta_us(a: u32, b: Option<u32>) -> String {
+    b.map_or_else(
+        || "-".to_owned(),
+        |b| format!("{:+}", i64::from(a) - i64::from(b)),
+    )
+}
+
+fn lat(s: &Summary, f: impl Fn(&Summary) -> u32, fmt: fn(u32) -> String) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        fmt(f(s))
+    }
+}
+
+fn health_lines(target: Target, h: &Health) -> Vec<String> {
+    let mut out = Vec::new();
+    if target == Target::Tokentap {
+        let f = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
+        let u = |v: Option<usize>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+        out.push(format!(
+            "  tokentap telemetry: {} calls sent, llm_requests_total {}, OTLP receiver got {} spans / {} log records / {} metric names, tokentap_telemetry_dropped_total {}",
+            h.calls_sent.map_or_else(|| "?".to_owned(), |v| v.to_string()),
+            f(h.llm_requests_total),
+            u(h.spans_received),
+            u(h.log_records_received),
+            u(h.metric_names_received),
+            f(h.telemetry_dropped_total),
+        ));
+    }
+    if target != Target::Direct && (h.log_issues > 0 || target == Target::Tokentap) {
+        out.push(format!(
+            "  {} log: {} lines, {} warning/error lines{}",
+            target.name(),
+            h.log_lines,
+            h.log_issues,
+            h.log_samples
+                .first()
+                .map_or_else(String::new, |s| format!(", e.g. {s}"))
+        ));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario (i)
+// ---------------------------------------------------------------------------------------------
+
+pub fn closed_table(rows: &[ClosedRow], title: &str) -> Vec<Verdict> {
+    let rps = |t: Target| {
+        rows.iter()
+            .find(|r| r.target == t)
+            .map(|r| r.throughput_rps)
+    };
+    let p99 = |t: Target| {
+        rows.iter()
+            .find(|r| r.target == t && !r.latency.is_empty())
+            .map(|r| r.latency.p99_us)
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.target.name().to_owned(),
+                format!("{:.0}", r.throughput_rps),
+                ratio(r.throughput_rps, rps(Target::Direct)),
+                ratio(r.throughput_rps, rps(Target::Nginx)),
+                lat(&r.latency, |s| s.p50_us, us),
+                lat(&r.latency, |s| s.p90_us, us),
+                lat(&r.latency, |s| s.p99_us, us),
+                delta_us(r.latency.p99_us, p99(Target::Direct)),
+                r.errors.to_string(),
+                opt_pct(r.resources.proxy_cpu_pct),
+                pct(r.resources.mock_cpu_pct),
+                pct(r.resources.generator_cpu_pct),
+                r.resources.cores(),
+                r.resources.steal(),
+            ]
+        })
+        .collect();
+    print_table(
+        title,
+        &[
+            "target",
+            "req/s",
+            "vs direct",
+            "vs nginx",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "p99 +µs vs direct",
+            "errors",
+            "proxy CPU",
+            "mock CPU",
+            "gen CPU",
+            "core0/1 busy %",
+            "steal",
+        ],
+        1,
+        &table,
+    );
+    for r in rows {
+        for l in health_lines(r.target, &r.health) {
+            println!("{l}");
+        }
+        if let Some(e) = &r.first_error {
+            println!("  {} first error: {e}", r.target.name());
+        }
+    }
+    let verdict = match (rps(Target::Tokentap), rps(Target::Nginx)) {
+        (Some(t), Some(n)) if n > 0.0 => {
+            let r = t / n;
+            Verdict {
+                scenario: "(i)",
+                target: "throughput tokentap/nginx >= 0.90",
+                value: Some(r),
+                limit: 0.9,
+                unit: "ratio",
+                met: Some(r >= 0.9),
+                note: if r >= 0.9 {
+                    format!("{r:.2}x nginx ({t:.0} vs {n:.0} req/s)")
+                } else {
+                    format!(
+                        "{r:.2}x nginx ({t:.0} vs {n:.0} req/s), short by {:.0} req/s ({:.1} % of nginx)",
+                        0.9 * n - t,
+                        (0.9 - r) * 100.0
+                    )
+                },
+            }
+        }
+        _ => Verdict {
+            scenario: "(i)",
+            target: "throughput tokentap/nginx >= 0.90",
+            value: None,
+            limit: 0.9,
+            unit: "ratio",
+            met: None,
+            note: "needs both the nginx and the tokentap row".to_owned(),
+        },
+    };
+    println!("{}", verdict.line());
+    vec![verdict]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario (ii)
+// ---------------------------------------------------------------------------------------------
+
+pub fn open_table(rows: &[OpenRow], title: &str) -> Vec<Verdict> {
+    let p99 = |t: Target| {
+        rows.iter()
+            .find(|r| r.target == t && !r.latency.is_empty())
+            .map(|r| r.latency.p99_us)
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.target.name().to_owned(),
+                format!("{:.0}", r.achieved_rps),
+                lat(&r.latency, |s| s.p50_us, us),
+                lat(&r.latency, |s| s.p90_us, us),
+                lat(&r.latency, |s| s.p99_us, us),
+                lat(&r.latency, |s| s.max_us, us),
+                delta_us(r.latency.p99_us, p99(Target::Direct)),
+                delta_us(r.latency.p99_us, p99(Target::Nginx)),
+                r.late_sends.to_string(),
+                r.errors.to_string(),
+                r.unfinished.to_string(),
+                opt_pct(r.resources.proxy_cpu_pct),
+                pct(r.resources.mock_cpu_pct),
+                pct(r.resources.generator_cpu_pct),
+                r.resources.cores(),
+                r.resources.steal(),
+            ]
+        })
+        .collect();
+    print_table(
+        title,
+        &[
+            "target",
+            "req/s",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "max µs",
+            "p99 +µs vs direct",
+            "p99 +µs vs nginx",
+            "late sends",
+            "errors",
+            "unfinished",
+            "proxy CPU",
+            "mock CPU",
+            "gen CPU",
+            "core0/1 busy %",
+            "steal",
+        ],
+        1,
+        &table,
+    );
+    println!(
+        "  (gen CPU ~100 % by design: the pacer busy-waits for its slots; late sends = sent over one slot late)"
+    );
+    for r in rows {
+        for l in health_lines(r.target, &r.health) {
+            println!("{l}");
+        }
+        if let Some(e) = &r.first_error {
+            println!("  {} first error: {e}", r.target.name());
+        }
+    }
+    let tok = rows.iter().find(|r| r.target == Target::Tokentap);
+    let verdict = match (tok, p99(Target::Direct)) {
+        (Some(t), Some(d)) if !t.latency.is_empty() => {
+            let added = f64::from(t.latency.p99_us) - f64::from(d);
+            let failures = t.errors + t.unfinished;
+            let met = added <= 1000.0 && failures == 0;
+            let mut note = format!(
+                "tokentap p99 {} µs − direct p99 {d} µs = {added:+.0} µs (limit +1000 µs)",
+                t.latency.p99_us
+            );
+            if added > 1000.0 {
+                note.push_str(&format!(", over by {:.0} µs", added - 1000.0));
+            }
+            if failures > 0 {
+                note.push_str(&format!(", and {failures} requests failed or unfinished"));
+            }
+            Verdict {
+                scenario: "(ii)",
+                target: "p99 tokentap - direct <= 1 ms",
+                value: Some(added),
+                limit: 1000.0,
+                unit: "µs",
+                met: Some(met),
+                note,
+            }
+        }
+        _ => Verdict {
+            scenario: "(ii)",
+            target: "p99 tokentap - direct <= 1 ms",
+            value: None,
+            limit: 1000.0,
+            unit: "µs",
+            met: None,
+            note: "needs both the direct and the tokentap row".to_owned(),
+        },
+    };
+    println!("{}", verdict.line());
+    vec![verdict]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario (iii)
+// ---------------------------------------------------------------------------------------------
+
+pub fn streams_table(rows: &[StreamRow], title: &str, judged_level: usize) -> Vec<Verdict> {
+    let gap99 = |t: Target, level: usize| {
+        rows.iter()
+            .find(|r| r.target == t && r.streams == level && !r.chunk_gap.is_empty())
+            .map(|r| f64::from(r.chunk_gap.p99_us))
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.streams.to_string(),
+                r.target.name().to_owned(),
+                format!("{}/{}", r.completed, r.started),
+                lat(&r.ttfb, |s| s.p50_us, ms),
+                lat(&r.ttfb, |s| s.p99_us, ms),
+                lat(&r.chunk_gap, |s| s.p50_us, ms),
+                lat(&r.chunk_gap, |s| s.p99_us, ms),
+                ratio(
+                    f64::from(r.chunk_gap.p99_us),
+                    gap99(Target::Direct, r.streams),
+                ),
+                ratio(
+                    f64::from(r.chunk_gap.p99_us),
+                    gap99(Target::Nginx, r.streams),
+                ),
+                r.resources
+                    .proxy_peak_rss_mib
+                    .map_or_else(|| "-".to_owned(), |m| format!("{m:.1}")),
+                opt_pct(r.resources.proxy_cpu_pct),
+                pct(r.resources.mock_cpu_pct),
+                pct(r.resources.generator_cpu_pct),
+                r.resources.cores(),
+                r.resources.steal(),
+            ]
+        })
+        .collect();
+    print_table(
+        title,
+        &[
+            "streams",
+            "target",
+            "completed",
+            "TTFB p50 ms",
+            "TTFB p99 ms",
+            "gap p50 ms",
+            "gap p99 ms",
+            "gap p99 vs direct",
+            "gap p99 vs nginx",
+            "peak RSS MiB",
+            "proxy CPU",
+            "mock CPU",
+            "gen CPU",
+            "core0/1 busy %",
+            "steal",
+        ],
+        2,
+        &table,
+    );
+    for r in rows {
+        for l in health_lines(r.target, &r.health) {
+            println!("  [{} streams]{l}", r.streams);
+        }
+        if let Some(e) = &r.first_error {
+            println!(
+                "  [{} streams] {} first error: {e}",
+                r.streams,
+                r.target.name()
+            );
+        }
+    }
+    let tok = rows
+        .iter()
+        .find(|r| r.target == Target::Tokentap && r.streams == judged_level);
+    let mut verdicts = Vec::new();
+    let missing = |target: &'static str, limit: f64, unit: &'static str| Verdict {
+        scenario: "(iii)",
+        target,
+        value: None,
+        limit,
+        unit,
+        met: None,
+        note: format!("needs the tokentap row at {judged_level} streams"),
+    };
+    match tok {
+        Some(t) => {
+            let all = t.completed == t.started && t.started > 0;
+            verdicts.push(Verdict {
+                scenario: "(iii)",
+                target: "all streams complete",
+                value: Some(t.completed as f64),
+                limit: t.started as f64,
+                unit: "streams",
+                met: Some(all),
+                note: format!(
+                    "{}/{} streams of {judged_level} concurrent completed{}",
+                    t.completed,
+                    t.started,
+                    if all {
+                        String::new()
+                    } else {
+                        format!(", {} short", t.started - t.completed)
+                    }
+                ),
+            });
+            match (
+                gap99(Target::Tokentap, judged_level),
+                gap99(Target::Direct, judged_level),
+            ) {
+                (Some(g), Some(d)) if d > 0.0 => {
+                    let r = g / d;
+                    verdicts.push(Verdict {
+                        scenario: "(iii)",
+                        target: "chunk-gap p99 tokentap/direct <= 1.10",
+                        value: Some(r),
+                        limit: 1.1,
+                        unit: "ratio",
+                        met: Some(r <= 1.1),
+                        note: format!(
+                            "{r:.3}x direct ({:.2} ms vs {:.2} ms){}",
+                            g / 1000.0,
+                            d / 1000.0,
+                            if r <= 1.1 {
+                                String::new()
+                            } else {
+                                format!(", over by {:.2} ms", (g - 1.1 * d) / 1000.0)
+                            }
+                        ),
+                    });
+                }
+                _ => verdicts.push(Verdict {
+                    note: format!("needs the direct and tokentap rows at {judged_level} streams"),
+                    ..missing("chunk-gap p99 tokentap/direct <= 1.10", 1.1, "ratio")
+                }),
+            }
+            match t.resources.proxy_peak_rss_mib {
+                Some(m) => verdicts.push(Verdict {
+                    scenario: "(iii)",
+                    target: "peak RSS <= 64 MiB",
+                    value: Some(m),
+                    limit: 64.0,
+                    unit: "MiB",
+                    met: Some(m <= 64.0),
+                    note: format!(
+                        "{m:.1} MiB at {judged_level} streams{}",
+                        if m <= 64.0 {
+                            String::new()
+                        } else {
+                            format!(", over by {:.1} MiB", m - 64.0)
+                        }
+                    ),
+                }),
+                None => verdicts.push(missing("peak RSS <= 64 MiB", 64.0, "MiB")),
+            }
+        }
+        None => {
+            verdicts.push(missing("all streams complete", 0.0, "streams"));
+            verdicts.push(missing(
+                "chunk-gap p99 tokentap/direct <= 1.10",
+                1.1,
+                "ratio",
+            ));
+            verdicts.push(missing("peak RSS <= 64 MiB", 64.0, "MiB"));
+        }
+    }
+    for v in &verdicts {
+        println!("{}", v.line());
+    }
+    verdicts
+}
