@@ -32,20 +32,17 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
+use support::prometheus::{
+    HttpClient, api, available, encode, free_port, scratch_dir, spawn_prometheus, write_config,
+};
 use support::*;
 use tokentap::config::Secret;
 
@@ -469,29 +466,9 @@ fn dashboard_is_provisionable_and_covers_the_metrics() {
 // promtool
 // ---------------------------------------------------------------------------------------
 
-/// `true` when `bin` runs; skips (or fails in CI) otherwise.
-fn available(bin: &str) -> bool {
-    match Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{bin} is required in CI: apt-get install prometheus ({e})"
-            );
-            eprintln!("SKIPPED: {bin} not installed ({e})");
-            false
-        }
-    }
-}
-
 #[test]
 fn promtool_checks_and_unit_tests_the_alert_rules() {
-    if !available("promtool") {
+    if !available("promtool", "SKIPPED") {
         return;
     }
     for (cmd, file) in [("check", ALERTS), ("test", ALERTS_TEST)] {
@@ -517,114 +494,15 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
 // Prometheus
 // ---------------------------------------------------------------------------------------
 
-/// The running Prometheus: killed and reaped in every path. On a panic its log is
-/// printed and its directory kept; otherwise the directory is removed.
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!(
-                "---- prometheus log ({}) ----\n{log}---- end of prometheus log ----",
-                self.log.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn scratch_dir() -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir =
-        std::env::temp_dir().join(format!("tokentap-dashboard-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn spawn_prometheus(dir: &Path, target: SocketAddr, listen: &str) -> Prometheus {
-    let config = dir.join("prometheus.yml");
-    let rules = repo_file(ALERTS);
-    let yml = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-         rule_files:\n  - '{}'\n\
-         scrape_configs:\n  - job_name: {JOB}\n    metrics_path: /metrics\n    \
-         static_configs:\n      - targets: ['{target}']\n",
-        rules.display()
-    );
-    std::fs::write(&config, yml).expect("write prometheus.yml");
-    let log = dir.join("prometheus.log");
-    let out = File::create(&log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={listen}"))
-        .arg("--enable-feature=exemplar-storage")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn prometheus");
-    Prometheus {
-        child,
-        dir: dir.to_owned(),
-        log,
-    }
-}
-
-/// Percent-encodes a query-string value.
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// `GET url` → the API's JSON answer; `None` while Prometheus is not up yet. A query
-/// Prometheus rejects (`400`/`422`, `status: error`) fails the test at once.
-async fn api(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> Option<Value> {
-    let req = Request::get(url)
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = client.request(req).await.ok()?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    let v: Value = serde_json::from_slice(&body).ok()?;
-    if status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY {
-        panic!("Prometheus rejected {url}: {v}");
-    }
-    (status == StatusCode::OK && v["status"] == "success").then_some(v)
+/// Starts Prometheus scraping `target` as job `tokentap`, with the alert rules loaded and
+/// exemplar storage on.
+fn start_prometheus(dir: &Path, target: SocketAddr, listen: &str) -> prometheus::Prometheus {
+    let config = write_config(dir, JOB, target, &[repo_file(ALERTS)]);
+    spawn_prometheus(dir, &config, listen, &["--enable-feature=exemplar-storage"])
 }
 
 /// Series returned by an instant query, and how many of them have a finite value.
-async fn series(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    prom: &str,
-    q: &str,
-) -> Option<(usize, usize)> {
+async fn series(client: &HttpClient, prom: &str, q: &str) -> Option<(usize, usize)> {
     let v = api(client, &format!("{prom}/api/v1/query?query={}", encode(q))).await?;
     let data = &v["data"];
     let finite = |s: &Value| {
@@ -643,11 +521,7 @@ async fn series(
 }
 
 /// Exemplars for `q` over the last 5 minutes: `(total, with a trace_id)`.
-async fn exemplars(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    prom: &str,
-    q: &str,
-) -> Option<(usize, usize)> {
+async fn exemplars(client: &HttpClient, prom: &str, q: &str) -> Option<(usize, usize)> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -683,10 +557,7 @@ async fn exemplars(
 type RuleState = (String, String, String, String);
 
 /// All rules of `/api/v1/rules`.
-async fn rule_health(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    prom: &str,
-) -> Option<Vec<RuleState>> {
+async fn rule_health(client: &HttpClient, prom: &str) -> Option<Vec<RuleState>> {
     let v = api(client, &format!("{prom}/api/v1/rules")).await?;
     let mut out = Vec::new();
     for g in v["data"]["groups"].as_array().into_iter().flatten() {
@@ -820,7 +691,7 @@ impl Drop for StopOnDrop {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_dashboard_and_alert_query_returns_data_on_real_prometheus() {
-    if !available("prometheus") {
+    if !available("prometheus", "SKIPPED") {
         return;
     }
     let test_started = Instant::now();
@@ -842,10 +713,10 @@ async fn every_dashboard_and_alert_query_returns_data_on_real_prometheus() {
         .expect("first round of load within 20s")
         .expect("load task alive");
 
-    let dir = scratch_dir();
+    let dir = scratch_dir("tokentap-dashboard");
     let listen = format!("127.0.0.1:{}", free_port());
     let prom = format!("http://{listen}");
-    let _prometheus = spawn_prometheus(&dir, s.proxy.addr, &listen);
+    let _prometheus = start_prometheus(&dir, s.proxy.addr, &listen);
     let client = http_client();
     let prom_started = Instant::now();
 

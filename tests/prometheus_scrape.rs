@@ -6,99 +6,17 @@
 
 mod support;
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use serde_json::Value;
+use http::StatusCode;
+use support::prometheus::{
+    available, free_port, get_json, query, scratch_dir, spawn_prometheus, write_config,
+};
 use support::*;
 
 /// Bound on the whole wait for Prometheus (start-up plus the first scrapes).
 const DEADLINE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(250);
-
-/// The running Prometheus: killed and reaped in every path. On a panic its log is
-/// printed and its directory kept; otherwise the directory is removed.
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!(
-                "---- prometheus log ({}) ----\n{log}---- end of prometheus log ----",
-                self.log.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// Percent-encodes a PromQL expression for a query string.
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// `GET base+path` → the JSON body of a 200, or `None` while Prometheus is not up yet.
-async fn get_json(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> Option<Value> {
-    let req = Request::get(url)
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = client.request(req).await.ok()?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    if status != StatusCode::OK {
-        return None;
-    }
-    serde_json::from_slice(&body).ok()
-}
-
-/// The instant vector of `q`: each series' labels and value (`None` until the API answers).
-async fn query(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    prom: &str,
-    q: &str,
-) -> Option<Vec<(Value, f64)>> {
-    let v = get_json(client, &format!("{prom}/api/v1/query?query={}", encode(q))).await?;
-    assert_eq!(v["status"], "success", "query {q}: {v}");
-    let result = v["data"]["result"].as_array().expect("result vector");
-    Some(
-        result
-            .iter()
-            .map(|r| {
-                let val = r["value"][1].as_str().expect("sample value");
-                let val: f64 = val.parse().expect("float sample");
-                (r["metric"].clone(), val)
-            })
-            .collect(),
-    )
-}
 
 /// Polls `check` every 250 ms until it is true or the deadline passes.
 async fn until(started: Instant, what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -114,76 +32,9 @@ async fn until(started: Instant, what: &str, mut check: impl AsyncFnMut() -> boo
     }
 }
 
-fn scratch_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tokentap-prometheus-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn write_config(dir: &Path, target: SocketAddr) -> PathBuf {
-    let path = dir.join("prometheus.yml");
-    let yml = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-         scrape_configs:\n  - job_name: tokentap\n    metrics_path: /metrics\n    \
-         static_configs:\n      - targets: ['{target}']\n"
-    );
-    std::fs::write(&path, yml).expect("write prometheus.yml");
-    path
-}
-
-fn spawn_prometheus(dir: &Path, config: &Path, listen: &str) -> Prometheus {
-    let log = dir.join("prometheus.log");
-    let out = File::create(&log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={listen}"))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn prometheus");
-    Prometheus {
-        child,
-        dir: dir.to_owned(),
-        log,
-    }
-}
-
-/// `true` when the binary runs; skips (or fails in CI) otherwise.
-fn prometheus_available() -> bool {
-    match Command::new("prometheus")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "prometheus is required in CI: apt-get install prometheus ({e})"
-            );
-            eprintln!("SKIPPED prometheus scrape test: prometheus not installed ({e})");
-            false
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn real_prometheus_scrapes_openmetrics_page() {
-    if !prometheus_available() {
+    if !available("prometheus", "SKIPPED prometheus scrape test") {
         return;
     }
     let s = Stack::start().await;
@@ -219,11 +70,11 @@ async fn real_prometheus_scrapes_openmetrics_page() {
     let page_total_tokens = sum(&page, "llm_tokens_used_total", &[("type", "total")]);
     let page_samples = parse_metrics(&page).len() as f64;
 
-    let dir = scratch_dir();
-    let config = write_config(&dir, s.proxy.addr);
+    let dir = scratch_dir("tokentap-prometheus");
+    let config = write_config(&dir, "tokentap", s.proxy.addr, &[]);
     let listen = format!("127.0.0.1:{}", free_port());
     let prom_url = format!("http://{listen}");
-    let _prom = spawn_prometheus(&dir, &config, &listen);
+    let _prom = spawn_prometheus(&dir, &config, &listen, &[]);
     let client = http_client();
     let started = Instant::now();
 

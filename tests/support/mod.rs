@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod otlp;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
