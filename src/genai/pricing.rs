@@ -190,6 +190,12 @@ impl PriceTable {
 }
 
 /// `gpt-4o-2024-08-06` → `gpt-4o`.
+///
+/// ```
+/// use tokentap::genai::pricing::undated;
+/// assert_eq!(undated("gpt-4o-2024-08-06"), Some("gpt-4o"));
+/// assert_eq!(undated("gpt-4o"), None);
+/// ```
 pub fn undated(model: &str) -> Option<&str> {
     let b = model.as_bytes();
     if b.len() < 12 {

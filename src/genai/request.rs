@@ -20,6 +20,12 @@ pub enum Operation {
 impl Operation {
     /// Recognises the operation from the client's path (any prefix before `/v1` is allowed,
     /// as is a path without `/v1`, which some gateways use).
+    ///
+    /// ```
+    /// use tokentap::genai::request::Operation;
+    /// assert_eq!(Operation::from_path("/v1/chat/completions"), Some(Operation::ChatCompletions));
+    /// assert_eq!(Operation::from_path("/v1/models"), None);
+    /// ```
     pub fn from_path(path: &str) -> Option<Operation> {
         let path = path.trim_end_matches('/');
         if path.ends_with("/chat/completions") {
