@@ -33,34 +33,14 @@ impl Stack {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Stack {
-        let demo = DemoUpstream::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            DemoOptions {
-                chunk_delay: Duration::ZERO,
-                first_byte_delay: Duration::ZERO,
-            },
-        )
-        .await
-        .expect("demo starts");
-        let mut cfg = Config::for_upstream(Upstream::parse(&demo.base_url()).expect("url"));
-        tweak(&mut cfg);
+        let (demo, cfg) = demo_and_config(tweak).await;
         let proxy = server::start(cfg).await.expect("tokentap starts");
         Stack { demo, proxy }
     }
 
     /// Like `start_with`, with spans going to an in-memory exporter (exported as each span ends).
     pub async fn start_traced(tweak: impl FnOnce(&mut Config)) -> (Stack, InMemorySpanExporter) {
-        let demo = DemoUpstream::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            DemoOptions {
-                chunk_delay: Duration::ZERO,
-                first_byte_delay: Duration::ZERO,
-            },
-        )
-        .await
-        .expect("demo starts");
-        let mut cfg = Config::for_upstream(Upstream::parse(&demo.base_url()).expect("url"));
-        tweak(&mut cfg);
+        let (demo, cfg) = demo_and_config(tweak).await;
         let (proxy, spans) = start_traced_proxy(cfg).await;
         (Stack { demo, proxy }, spans)
     }
@@ -78,6 +58,22 @@ impl Stack {
         assert_eq!(r.status, StatusCode::OK);
         String::from_utf8(r.body.to_vec()).expect("utf8 page")
     }
+}
+
+/// A demo upstream without pacing, and tokentap's configuration pointing at it.
+async fn demo_and_config(tweak: impl FnOnce(&mut Config)) -> (DemoUpstream, Config) {
+    let demo = DemoUpstream::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        DemoOptions {
+            chunk_delay: Duration::ZERO,
+            first_byte_delay: Duration::ZERO,
+        },
+    )
+    .await
+    .expect("demo starts");
+    let mut cfg = Config::for_upstream(Upstream::parse(&demo.base_url()).expect("url"));
+    tweak(&mut cfg);
+    (demo, cfg)
 }
 
 /// tokentap for `cfg` with spans in memory.
