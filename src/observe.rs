@@ -6,7 +6,7 @@
 //! tokentap injected `include_usage`, the observer also edits the stream
 //! (see `genai::inject`) and says which bytes the client gets.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::call::{Call, ParseFailure};
 use crate::genai::content;
@@ -244,10 +244,5 @@ impl Observer {
                 }
             }
         }
-    }
-
-    /// Time since the call started (for idle checks and durations).
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
     }
 }

@@ -152,10 +152,6 @@ impl Proxy {
         }
     }
 
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
-    }
-
     /// Reads the client's body (bounded) and forwards the request.
     pub async fn forward<B>(&self, req: Request<B>) -> Response<ResponseBody>
     where

@@ -82,16 +82,6 @@ impl Running {
             p.shutdown(TELEMETRY_FLUSH_DEADLINE).await;
         }
     }
-
-    /// Resolves when the server stopped on its own (it never does before `shutdown`).
-    pub async fn wait(&mut self) {
-        let _ = (&mut self.task).await;
-    }
-
-    /// Asks the server to stop without waiting.
-    pub fn trigger_shutdown(&self) {
-        let _ = self.shutdown.send(true);
-    }
 }
 
 /// Longest time spent flushing telemetry at shutdown.

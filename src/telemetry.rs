@@ -13,7 +13,7 @@ pub mod names;
 pub mod otel;
 pub mod spans;
 
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::trace::SdkTracer;
 
 use crate::call::Call;
@@ -60,34 +60,29 @@ impl Recorder {
                 .map(|p| cost(p, u));
         }
         let bounded = self.metrics.bound(&call);
-        let exemplar = call.trace.as_ref().and_then(|cx| {
-            let span = cx.span();
-            let sc = span.span_context();
-            sc.is_sampled().then(|| {
-                vec![
-                    ("trace_id", sc.trace_id().to_string()),
-                    ("span_id", sc.span_id().to_string()),
-                ]
-            })
+        // one span context for the exemplar and the log line; ids are formatted only where used
+        let sc = call
+            .trace
+            .as_ref()
+            .map_or_else(SpanContext::empty_context, |cx| {
+                cx.span().span_context().clone()
+            });
+        let exemplar = sc.is_sampled().then(|| {
+            vec![
+                ("trace_id", sc.trace_id().to_string()),
+                ("span_id", sc.span_id().to_string()),
+            ]
         });
         self.metrics.record(&call, &bounded, exemplar.as_ref());
         if let Some(i) = &self.instruments {
             i.record(&call, &bounded);
         }
-        let (trace_id, span_id) = match &call.trace {
-            Some(cx) => {
-                let span = cx.span();
-                let sc = span.span_context();
-                (sc.trace_id().to_string(), sc.span_id().to_string())
-            }
-            None => (String::new(), String::new()),
-        };
         // logs of this call carry its trace context (OTLP logs read the current context)
         let _guard = call.trace.clone().map(|cx| cx.attach());
         if call.operation.is_some() {
             tracing::info!(
-                trace_id = %trace_id,
-                span_id = %span_id,
+                trace_id = %sc.trace_id(),
+                span_id = %sc.span_id(),
                 method = %call.method,
                 path = %call.path,
                 status = call.status,
@@ -101,8 +96,8 @@ impl Recorder {
             );
         } else {
             tracing::debug!(
-                trace_id = %trace_id,
-                span_id = %span_id,
+                trace_id = %sc.trace_id(),
+                span_id = %sc.span_id(),
                 method = %call.method,
                 path = %call.path,
                 status = call.status,

@@ -114,15 +114,7 @@ async fn server_error_without_code_uses_its_type() {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_leaving_mid_stream_is_recorded_as_cancelled() {
     let s = Stack::start().await;
-    let req = http::Request::post(format!("{}/v1/chat/completions", s.via()))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(Bytes::from_static(
-            br#"{"model":"demo-hang-stream","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        )))
-        .expect("req");
-    let resp = http_client().request(req).await.expect("response");
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
+    let mut body = open_hung_stream(&s.via()).await;
     let first = body.frame().await.expect("a frame").expect("ok frame");
     assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
     drop(body); // the client goes away while the upstream still streams
@@ -258,15 +250,8 @@ async fn slow_upstream_is_a_504_and_hung_stream_ends() {
     assert_eq!(r.status, 504);
     assert_eq!(error_code(&r), "timeout");
     // a stream that goes quiet after starting is cut, and recorded as a timeout
-    let req = http::Request::post(format!("{}/v1/chat/completions", s.via()))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(Bytes::from_static(
-            br#"{"model":"demo-hang-stream","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        )))
-        .expect("req");
-    let resp = http_client().request(req).await.expect("response");
-    assert_eq!(resp.status(), 200);
-    let collected = resp.into_body().collect().await;
+    let body = open_hung_stream(&s.via()).await;
+    let collected = body.collect().await;
     assert!(
         collected.is_err(),
         "the client sees the stream break, not a clean end"

@@ -193,14 +193,7 @@ async fn error_and_cancel_spans() {
 
     // the client leaves mid-stream
     spans.reset();
-    let req = http::Request::post(format!("{}/v1/chat/completions", s.via()))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(Bytes::from_static(
-            br#"{"model":"demo-hang-stream","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        )))
-        .expect("req");
-    let resp = http_client().request(req).await.expect("resp");
-    let mut body = resp.into_body();
+    let mut body = open_hung_stream(&s.via()).await;
     body.frame().await.expect("frame").expect("ok");
     drop(body);
     let span = one_span(&spans).await;

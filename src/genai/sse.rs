@@ -38,11 +38,6 @@ impl SseDecoder {
         Self::default()
     }
 
-    /// Bytes seen so far.
-    pub fn consumed(&self) -> u64 {
-        self.consumed
-    }
-
     /// Bytes held for an incomplete line (bounded by the longest line).
     pub fn buffered(&self) -> usize {
         self.partial.len() + self.data.len()

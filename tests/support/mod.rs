@@ -149,6 +149,20 @@ pub async fn post_json(base: &str, path: &str, json: &str) -> Reply {
     .await
 }
 
+/// Starts a stream from the demo's `demo-hang-stream` model (one chunk, then silence)
+/// through `base` and returns its body once the response (200) has started.
+pub async fn open_hung_stream(base: &str) -> hyper::body::Incoming {
+    let req = Request::post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"demo-hang-stream","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .expect("req");
+    let resp = http_client().request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body()
+}
+
 /// Headers that must match between a direct and a proxied response (all but per-connection ones).
 pub fn comparable_headers(h: &HeaderMap) -> BTreeMap<String, String> {
     h.iter()
