@@ -219,12 +219,12 @@ impl Observer {
                     match ResponseFacts::from_body(op, &buf) {
                         Ok(facts) => {
                             call.response = facts;
-                            let captured = serde_json::from_slice::<serde_json::Value>(&buf).ok();
-                            if let (true, Some(c), Some(v)) =
-                                (self.capture, call.content.as_mut(), captured)
-                            {
-                                c.output_messages =
-                                    content::output_json(&content::output_from_value(op, &v));
+                            // a tree of the body is built only when its text is captured
+                            if let (true, Some(c)) = (self.capture, call.content.as_mut()) {
+                                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf) {
+                                    c.output_messages =
+                                        content::output_json(&content::output_from_value(op, &v));
+                                }
                             }
                         }
                         Err(_) => call.note_parse_failure(ParseFailure::InvalidJson),

@@ -77,33 +77,53 @@ impl Recorder {
         if let Some(i) = &self.instruments {
             i.record(&call, &bounded);
         }
-        // logs of this call carry its trace context (OTLP logs read the current context)
-        let _guard = call.trace.clone().map(|cx| cx.attach());
-        if call.operation.is_some() {
-            tracing::info!(
-                trace_id = %sc.trace_id(),
-                span_id = %sc.span_id(),
-                method = %call.method,
-                path = %call.path,
-                status = call.status,
-                model = call.model(),
-                input_tokens = call.usage().map(|u| u.input_tokens),
-                output_tokens = call.usage().map(|u| u.output_tokens),
-                cost_usd = call.cost,
-                error_type = call.error_type(),
-                duration_ms = call.duration.as_millis() as u64,
-                "llm call finished"
-            );
+        // A line per successful call would cost the hot path more than all the metrics
+        // together (issue 6's profile): those go out at `debug`, failed calls at `info`.
+        let failed = call.error_type().is_some();
+        let wanted = if call.operation.is_none() {
+            tracing::enabled!(tracing::Level::DEBUG)
+        } else if failed {
+            tracing::enabled!(tracing::Level::INFO)
         } else {
-            tracing::debug!(
-                trace_id = %sc.trace_id(),
-                span_id = %sc.span_id(),
-                method = %call.method,
-                path = %call.path,
-                status = call.status,
-                duration_ms = call.duration.as_millis() as u64,
-                "request forwarded"
-            );
+            tracing::enabled!(tracing::Level::DEBUG)
+        };
+        if wanted {
+            // logs of this call carry its trace context (OTLP logs read the current context)
+            let _guard = call.trace.clone().map(|cx| cx.attach());
+            macro_rules! finished {
+                ($level:expr) => {
+                    tracing::event!(
+                        $level,
+                        trace_id = %sc.trace_id(),
+                        span_id = %sc.span_id(),
+                        method = %call.method,
+                        path = %call.path,
+                        status = call.status,
+                        model = call.model(),
+                        input_tokens = call.usage().map(|u| u.input_tokens),
+                        output_tokens = call.usage().map(|u| u.output_tokens),
+                        cost_usd = call.cost,
+                        error_type = call.error_type(),
+                        duration_ms = call.duration.as_millis() as u64,
+                        "llm call finished"
+                    )
+                };
+            }
+            if call.operation.is_none() {
+                tracing::debug!(
+                    trace_id = %sc.trace_id(),
+                    span_id = %sc.span_id(),
+                    method = %call.method,
+                    path = %call.path,
+                    status = call.status,
+                    duration_ms = call.duration.as_millis() as u64,
+                    "request forwarded"
+                );
+            } else if failed {
+                finished!(tracing::Level::INFO);
+            } else {
+                finished!(tracing::Level::DEBUG);
+            }
         }
         if let Some(cx) = &call.trace {
             spans::finish(cx, &call);

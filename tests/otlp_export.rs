@@ -124,6 +124,8 @@ async fn exports_everything(receiver: Receiver, protocol: &str) {
         ("OTEL_RESOURCE_ATTRIBUTES", "team=observability"),
         ("OTEL_LOGS_EXPORTER", "otlp"),
         ("TOKENTAP_LOG_FORMAT", "json"),
+        // successful calls are logged at debug
+        ("TOKENTAP_LOG", "info,tokentap=debug"),
     ]);
     let a = authed(
         &p.url,
@@ -384,4 +386,60 @@ async fn sampling_affects_spans_only() {
             .await
     );
     assert!(receiver.spans().is_empty(), "no spans when sampled out");
+}
+
+/// At the default level a successful call costs no log line (issue 6: logging was the
+/// largest telemetry cost on the hot path); a failed call is still logged, correlated.
+#[tokio::test(flavor = "multi_thread")]
+async fn default_level_logs_failed_calls_only() {
+    let receiver = Receiver::grpc().await;
+    let mut p = spawn(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+        ("OTEL_LOGS_EXPORTER", "otlp"),
+        ("TOKENTAP_LOG_FORMAT", "json"),
+    ]);
+    let ok = authed(
+        &p.url,
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}"#,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let failed = authed(
+        &p.url,
+        r#"{"model":"demo-error-500","messages":[{"role":"user","content":"hello"}]}"#,
+    )
+    .await;
+    assert_eq!(failed.status, 500);
+    assert_eq!(terminate(&mut p).await, Some(0));
+
+    let stderr = std::fs::read_to_string(&p.stderr_path).expect("stderr");
+    let finished: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.contains("llm call finished"))
+        .map(|l| serde_json::from_str(l).expect("json log line"))
+        .collect();
+    assert_eq!(
+        finished.len(),
+        1,
+        "one line, for the failed call:\n{stderr}"
+    );
+    assert_eq!(finished[0]["level"], "INFO");
+    let line = finished[0].to_string();
+    assert!(line.contains("demo-error-500"), "{line}");
+    let trace = failed
+        .headers
+        .get("traceresponse")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .expect("traceresponse")
+        .to_owned();
+    assert!(line.contains(&trace), "{line} carries {trace}");
+    // and over OTLP: exactly that record
+    let logs = receiver.logs();
+    let calls: Vec<_> = logs
+        .iter()
+        .filter(|l| !l.trace_id.is_empty() && hex(&l.trace_id) != "0".repeat(32))
+        .collect();
+    assert_eq!(calls.len(), 1, "{logs:?}");
+    assert_eq!(hex(&calls[0].trace_id), trace);
 }

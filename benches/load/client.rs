@@ -1,8 +1,9 @@
 //! The load generator: raw hyper HTTP/1.1 connections, one request at a time on each.
 //!
-//! Everything here runs on the harness's single-threaded runtime (core 0). The open-loop
-//! pacer busy-waits (yielding) for each slot: tokio's timer has 1 ms granularity, too
-//! coarse for 500 µs slots, and a sleeping thread pays the vCPU wake-up latency.
+//! Everything here runs on the harness's single-threaded runtime (core 0), except the
+//! open-loop pacer: a thread that sleeps until 200 µs before each slot and spins the rest
+//! (tokio's timer has 1 ms granularity, too coarse for 500 µs slots, and a thread that
+//! sleeps to the slot pays the vCPU wake-up latency).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -241,6 +242,9 @@ pub struct OpenOutcome {
     pub elapsed: Duration,
 }
 
+/// How long before each slot the pacer stops sleeping and spins.
+const SPIN_WINDOW: Duration = Duration::from_micros(350);
+
 pub async fn open_loop(
     conns: Vec<Conn>,
     rate: u32,
@@ -251,28 +255,46 @@ pub async fn open_loop(
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let (tx, rx) = mpsc::unbounded_channel::<Instant>();
     let start = Instant::now() + Duration::from_millis(5);
-    // Pacing spins on this runtime (core 0 is the generator's alone): a sleeping pacer
-    // would add the wake-up latency of an idle vCPU (hundreds of µs here) to every request.
-    let pacer = tokio::spawn(async move {
-        for i in 0..scheduled {
-            let intended = start + interval.mul_f64(i as f64);
-            loop {
+    // The pacer is a thread of its own: it sleeps until SPIN_WINDOW before each slot
+    // (tokio's timer is too coarse for 500 µs slots), then spins to the slot, so the
+    // vCPU's wake-up latency is absorbed by the spin, and core 0 keeps idle time for
+    // the OTLP receiver (which runs in the idle scheduling class there).
+    let pacer = std::thread::Builder::new()
+        .name("pacer".into())
+        .spawn(move || {
+            for i in 0..scheduled {
+                let intended = start + interval.mul_f64(i as f64);
                 let now = Instant::now();
-                if now >= intended {
+                if intended > now + SPIN_WINDOW {
+                    std::thread::sleep(intended - now - SPIN_WINDOW);
+                }
+                while Instant::now() < intended {
+                    std::hint::spin_loop();
+                }
+                if tx.send(intended).is_err() {
                     break;
                 }
-                if intended - now > Duration::from_millis(3) {
-                    tokio::time::sleep(intended - now - Duration::from_millis(2)).await;
-                } else {
-                    // Lets the I/O driver and the workers run between two checks.
-                    tokio::task::yield_now().await;
-                }
             }
-            if tx.send(intended).is_err() {
-                break;
-            }
+        });
+    let pacer = match pacer {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                conns,
+                OpenOutcome {
+                    latencies_us: Vec::new(),
+                    scheduled,
+                    ok: 0,
+                    errors: 1,
+                    late: 0,
+                    max_lag_us: 0,
+                    unfinished: scheduled,
+                    first_error: Some(format!("cannot start the pacer thread: {e}")),
+                    elapsed: duration,
+                },
+            );
         }
-    });
+    };
     let rx = Arc::new(Mutex::new(rx));
     let deadline = tokio::time::Instant::from_std(start + duration + drain);
     let mut set = JoinSet::new();
@@ -316,7 +338,8 @@ pub async fn open_loop(
             t.unfinished += 1;
         }
     }
-    pacer.abort();
+    // the receiver is closed: the pacer's next send fails and it ends
+    let _ = pacer.join();
     let outcome = OpenOutcome {
         latencies_us: t.latencies_us,
         scheduled,

@@ -1,6 +1,7 @@
 //! The live OTLP receiver tokentap exports to: the test suite's gRPC receiver
 //! (`tests/support/otlp.rs`) on its own thread and runtime, named `otlp-receiver` so
-//! its CPU time can be told apart from the load generator's.
+//! its CPU time can be told apart from the load generator's, in the idle scheduling
+//! class so it never takes the generator's core from under a request.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -25,6 +26,28 @@ pub struct OtlpSink {
 }
 
 pub const THREAD: &str = "otlp-receiver";
+
+/// Puts the thread named `name` in the idle scheduling class (`chrt --idle`): on the
+/// generator's core it then only uses time the generator leaves, so decoding a batch
+/// of spans never delays a request (which the fixed-rate scenario would charge to the
+/// proxy). In production the collector is elsewhere.
+fn idle_class(name: &str) -> Result<(), String> {
+    let tasks = std::fs::read_dir("/proc/self/task").map_err(|e| e.to_string())?;
+    let tid = tasks
+        .flatten()
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .ok_or("thread not found")?;
+    let status = std::process::Command::new("chrt")
+        .args(["--idle", "-p", "0", &tid])
+        .status()
+        .map_err(|e| format!("chrt: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("chrt exited with {status}"))
+    }
+}
 
 impl OtlpSink {
     pub fn start() -> crate::Result<OtlpSink> {
@@ -53,6 +76,9 @@ impl OtlpSink {
         let endpoint = endpoint_rx
             .recv_timeout(Duration::from_secs(10))
             .map_err(|e| format!("OTLP receiver did not start: {e}"))?;
+        if let Err(e) = idle_class(THREAD) {
+            eprintln!("load: the OTLP receiver keeps the normal scheduling class ({e})");
+        }
         Ok(OtlpSink {
             endpoint,
             stop: Some(stop),

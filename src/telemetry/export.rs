@@ -31,6 +31,8 @@ pub const QUEUE_CAPACITY: usize = 2048;
 const MAX_BATCH: usize = 512;
 /// How long items wait for a batch to fill.
 const BATCH_DELAY: Duration = Duration::from_millis(500);
+/// How often a filling batch looks at its queue (a queue of 2,048 at 10 ms holds 200k items/s).
+const GATHER_TICK: Duration = Duration::from_millis(10);
 
 /// Remembers whether a signal's exports are failing, so each change is logged once.
 #[derive(Debug)]
@@ -63,6 +65,59 @@ impl ExportHealth {
                     );
                 }
             }
+        }
+    }
+}
+
+/// A thread of its own with a single-threaded tokio runtime, where the export
+/// tasks, the OTLP clients and the metric reader run. Encoding a batch of 512
+/// spans takes milliseconds of CPU in one poll; on the request workers that
+/// was a stall every few hundred calls (issue 6's fixed-rate p99). Here the
+/// OS scheduler preempts it for the proxy, and on more than one core it runs
+/// beside it.
+#[derive(Debug)]
+pub struct ExportThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExportThread {
+    pub fn start() -> Result<ExportThread, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the telemetry export runtime: {e}"))?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("tokentap-export".to_owned())
+            .spawn(move || {
+                // runs the spawned export tasks until stopped (or the sender is dropped)
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(|e| format!("cannot start the telemetry export thread: {e}"))?;
+        Ok(ExportThread {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Tasks spawned while the guard lives go to the export thread.
+    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.handle.enter()
+    }
+
+    /// Stops the runtime (dropping what is left on it) and waits for the thread.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
 }
@@ -125,7 +180,7 @@ impl<T> Clone for Queue<T> {
 }
 
 impl<T: Send + 'static> Queue<T> {
-    /// Starts the export task on the current tokio runtime.
+    /// Starts the export task on the current tokio runtime (the export thread's, in the binary).
     pub fn start<S: Sink<T>>(
         sink: S,
         health: Arc<ExportHealth>,
@@ -176,19 +231,23 @@ async fn run<T, S: Sink<T>>(
             Msg::Item(i) => batch.push(i),
             Msg::Flush(r) => flush_reply = Some(r),
         }
-        if flush_reply.is_none() {
-            // gather a batch: until full, a flush request, or the delay passes
-            let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-            while batch.len() < MAX_BATCH {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(Msg::Item(i))) => batch.push(i),
-                    Ok(Some(Msg::Flush(r))) => {
-                        flush_reply = Some(r);
-                        break;
-                    }
-                    Ok(None) | Err(_) => break,
+        // Gather a batch: until full, a flush request, or the delay passes. The queue
+        // is drained on a tick rather than awaited item by item, so a busy proxy wakes
+        // this task (and its thread) once per batch, not once per span.
+        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+        loop {
+            while flush_reply.is_none() && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Item(i)) => batch.push(i),
+                    Ok(Msg::Flush(r)) => flush_reply = Some(r),
+                    Err(_) => break,
                 }
             }
+            let now = tokio::time::Instant::now();
+            if flush_reply.is_some() || batch.len() >= MAX_BATCH || now >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(deadline.min(now + GATHER_TICK)).await;
         }
         if flush_reply.is_some() {
             // take whatever else is already queued

@@ -23,8 +23,8 @@ use opentelemetry_sdk::runtime;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanExporter};
 
 use super::export::{
-    ExportHealth, GuardedMetricExporter, LogSink, QUEUE_CAPACITY, Queue, QueueLogProcessor,
-    QueueSpanProcessor, SpanSink, log_with_resource, with_resource,
+    ExportHealth, ExportThread, GuardedMetricExporter, LogSink, QUEUE_CAPACITY, Queue,
+    QueueLogProcessor, QueueSpanProcessor, SpanSink, log_with_resource, with_resource,
 };
 use super::names::{attr, buckets, instrument, signal, span, value};
 use crate::call::Call;
@@ -208,9 +208,11 @@ pub struct Providers {
     pub logger_provider: Option<SdkLoggerProvider>,
     pub span_queue: Option<Queue<opentelemetry_sdk::trace::SpanData>>,
     pub log_queue: Option<Queue<(opentelemetry_sdk::logs::SdkLogRecord, InstrumentationScope)>>,
+    /// Where the exporters run; `None` when nothing is exported.
+    pub export_thread: Option<ExportThread>,
 }
 
-/// Builds the providers for `settings`. Must run inside the tokio runtime.
+/// Builds the providers for `settings`, their exporters on an [`ExportThread`].
 pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers, String> {
     let traces = if settings.disabled {
         Exporter::None
@@ -227,6 +229,16 @@ pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers,
     } else {
         settings.logs
     };
+    let export_thread = if [traces, metrics, logs]
+        .iter()
+        .all(|e| matches!(e, Exporter::None))
+    {
+        None
+    } else {
+        Some(ExportThread::start()?)
+    };
+    // exporters, their clients and queue tasks spawn onto the export thread
+    let _on_export_thread = export_thread.as_ref().map(ExportThread::enter);
     let r = &settings.resource;
     let t = settings.export_timeout;
     let (sq, lq) = (settings.span_queue_size, settings.log_queue_size);
@@ -305,6 +317,7 @@ pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers,
         logger_provider,
         span_queue,
         log_queue,
+        export_thread,
     })
 }
 
@@ -403,6 +416,9 @@ impl Providers {
             tp.shutdown_with_timeout(Duration::from_millis(100))
         })
         .await;
+        if let Some(t) = self.export_thread {
+            t.stop().await;
+        }
     }
 }
 

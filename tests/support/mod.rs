@@ -89,6 +89,7 @@ pub async fn start_traced_proxy(cfg: Config) -> (Running, InMemorySpanExporter) 
                 logger_provider: None,
                 span_queue: None,
                 log_queue: None,
+                export_thread: None,
             })
         },
     )
