@@ -415,7 +415,7 @@ pub fn open_table(rows: &[OpenRow], title: &str) -> Vec<Verdict> {
         &table,
     );
     println!(
-        "  (gen CPU ~100 % by design: the pacer busy-waits for its slots; late sends = sent over one slot late)"
+        "  (gen CPU high by design: the pacer spins the last 350 µs before each slot; late sends = sent over one slot late)"
     );
     for r in rows {
         for l in health_lines(r.target, &r.health) {
