@@ -112,7 +112,7 @@ pub struct DemoUpstream {
 impl DemoUpstream {
     /// Binds 127.0.0.1:0 (or the given address) and serves in a tokio task until dropped or shut down.
     pub async fn start(addr: SocketAddr, opts: DemoOptions) -> std::io::Result<DemoUpstream> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::server::listen(addr)?;
         let addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let live_streams = Arc::new(AtomicUsize::new(0));
