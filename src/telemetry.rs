@@ -59,7 +59,7 @@ impl Recorder {
                 )
                 .map(|p| cost(p, u));
         }
-        let bounded = self.metrics.bound(&call);
+        let series = self.metrics.series(&call);
         // one span context for the exemplar and the log line; ids are formatted only where used
         let sc = call
             .trace
@@ -73,9 +73,9 @@ impl Recorder {
                 ("span_id", sc.span_id().to_string()),
             ]
         });
-        self.metrics.record(&call, &bounded, exemplar.as_ref());
+        self.metrics.record(&call, &series, exemplar.as_ref());
         if let Some(i) = &self.instruments {
-            i.record(&call, &bounded);
+            i.record(&call, &series);
         }
         // A line per successful call would cost the hot path more than all the metrics
         // together (issue 6's profile): those go out at `debug`, failed calls at `info`.

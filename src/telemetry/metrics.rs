@@ -11,11 +11,15 @@ use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use super::labels::LabelGuard;
 use super::names::{buckets, label, metric, value};
 use crate::call::Call;
+use crate::genai::request::Operation;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -29,6 +33,111 @@ pub struct BoundedLabels {
     pub server_address: String,
     pub error_type: Option<String>,
 }
+/// Most distinct label combinations whose series are kept ready; past it a call's
+/// series is built for that call only (client-chosen model names can't grow it).
+const SERIES_CACHE_MAX: usize = 4096;
+
+/// The raw values that decide a call's labels.
+#[derive(Debug, PartialEq, Eq)]
+struct SeriesKey {
+    operation: Option<Operation>,
+    request_model: Option<String>,
+    response_model: Option<String>,
+    server_address: String,
+    error_type: Option<String>,
+}
+
+impl SeriesKey {
+    fn of(call: &Call, error_type: Option<&str>) -> SeriesKey {
+        SeriesKey {
+            operation: call.operation,
+            request_model: call.request.model.clone(),
+            response_model: call.response.model.clone(),
+            server_address: call.server_address.clone(),
+            error_type: error_type.map(str::to_owned),
+        }
+    }
+
+    fn matches(&self, call: &Call, error_type: Option<&str>) -> bool {
+        self.operation == call.operation
+            && self.request_model.as_deref() == call.request.model.as_deref()
+            && self.response_model.as_deref() == call.response.model.as_deref()
+            && self.server_address == call.server_address
+            && self.error_type.as_deref() == error_type
+    }
+}
+
+/// One label combination: its bounded values and, made on first use, the metric
+/// children they select, shared by every call with the same values. Looking up
+/// and hashing ten label sets per call was a tenth of the proxy's CPU (issue 6).
+#[derive(Debug)]
+pub struct Series {
+    key: SeriesKey,
+    pub labels: BoundedLabels,
+    requests: OnceLock<Counter>,
+    duration: OnceLock<ExemplarHistogram>,
+    op_duration: OnceLock<ExemplarHistogram>,
+    tokens: [OnceLock<Counter>; 3],
+    token_usage: [OnceLock<Histogram>; 2],
+    cost: OnceLock<Counter<f64, AtomicU64>>,
+    unpriced: OnceLock<Counter>,
+    ttfc: OnceLock<Histogram>,
+    per_chunk: OnceLock<Histogram>,
+    /// The same labels as OTel attributes (built by the OTel instruments).
+    pub otel: OnceLock<super::otel::Attributes>,
+}
+
+impl Series {
+    fn new(key: SeriesKey, labels: BoundedLabels) -> Series {
+        Series {
+            key,
+            labels,
+            requests: OnceLock::new(),
+            duration: OnceLock::new(),
+            op_duration: OnceLock::new(),
+            tokens: Default::default(),
+            token_usage: Default::default(),
+            cost: OnceLock::new(),
+            unpriced: OnceLock::new(),
+            ttfc: OnceLock::new(),
+            per_chunk: OnceLock::new(),
+            otel: OnceLock::new(),
+        }
+    }
+
+    /// The lab's labels: model, provider, status.
+    fn lab(&self) -> Labels {
+        let status = if self.labels.error_type.is_some() {
+            value::STATUS_ERROR
+        } else {
+            value::STATUS_SUCCESS
+        };
+        vec![
+            (label::MODEL, self.labels.model.clone()),
+            (label::PROVIDER, value::PROVIDER_OPENAI.to_owned()),
+            (label::STATUS, status.to_owned()),
+        ]
+    }
+
+    /// The GenAI conventions' labels (without `error.type`).
+    fn genai(&self, op: Operation) -> Labels {
+        let b = &self.labels;
+        let mut genai: Labels = vec![
+            (label::GEN_AI_OPERATION_NAME, op.name().to_owned()),
+            (
+                label::GEN_AI_PROVIDER_NAME,
+                value::PROVIDER_OPENAI.to_owned(),
+            ),
+            (label::GEN_AI_REQUEST_MODEL, b.request_model.clone()),
+        ];
+        if let Some(rm) = &b.response_model {
+            genai.push((label::GEN_AI_RESPONSE_MODEL, rm.clone()));
+        }
+        genai.push((label::SERVER_ADDRESS, b.server_address.clone()));
+        genai
+    }
+}
+
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 /// Exemplar labels: the trace (and span) a sample came from, so dashboards link to it.
 pub type ExemplarLabels = Vec<(&'static str, String)>;
@@ -69,6 +178,8 @@ pub struct Metrics {
     parse_errors: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
     overhead: Histogram,
+    series: RwLock<HashMap<u64, Arc<Series>>>,
+    hasher: RandomState,
 }
 
 /// The exposition format a scraper asked for.
@@ -209,11 +320,43 @@ impl Metrics {
             unpriced,
             parse_errors,
             dropped,
+            series: RwLock::new(HashMap::new()),
+            hasher: RandomState::new(),
         }
     }
 
-    /// Bounds the label values of `call` (see [`LabelGuard`]).
-    pub fn bound(&self, call: &Call) -> BoundedLabels {
+    /// The series of `call`: its label values bounded (see [`LabelGuard`]) and the
+    /// metric children they select, from the cache when these values were seen before.
+    pub fn series(&self, call: &Call) -> Arc<Series> {
+        let error_type = call.error_type();
+        let error_type = error_type.as_deref();
+        let hash = self.hasher.hash_one((
+            call.operation,
+            call.request.model.as_deref(),
+            call.response.model.as_deref(),
+            call.server_address.as_str(),
+            error_type,
+        ));
+        if let Ok(cache) = self.series.read() {
+            if let Some(s) = cache.get(&hash) {
+                if s.key.matches(call, error_type) {
+                    return s.clone();
+                }
+            }
+        }
+        let series = Arc::new(Series::new(
+            SeriesKey::of(call, error_type),
+            self.bound(call, error_type),
+        ));
+        if let Ok(mut cache) = self.series.write() {
+            if cache.len() < SERIES_CACHE_MAX {
+                cache.entry(hash).or_insert_with(|| series.clone());
+            }
+        }
+        series
+    }
+
+    fn bound(&self, call: &Call, error_type: Option<&str>) -> BoundedLabels {
         let g = &self.guard;
         BoundedLabels {
             model: g.bound(
@@ -230,13 +373,13 @@ impl Metrics {
                 .as_deref()
                 .map(|m| g.bound(label::GEN_AI_RESPONSE_MODEL, m)),
             server_address: g.bound(label::SERVER_ADDRESS, &call.server_address),
-            error_type: call.error_type().map(|e| g.bound(label::ERROR_TYPE, &e)),
+            error_type: error_type.map(|e| g.bound(label::ERROR_TYPE, e)),
         }
     }
 
     /// Records one finished call.
     /// `exemplar`: the sampled trace of the call, attached to its duration samples.
-    pub fn record(&self, call: &Call, b: &BoundedLabels, exemplar: Option<&ExemplarLabels>) {
+    pub fn record(&self, call: &Call, s: &Series, exemplar: Option<&ExemplarLabels>) {
         self.overhead.observe(call.overhead.as_secs_f64());
         for f in &call.parse_failures {
             self.parse_errors
@@ -246,78 +389,76 @@ impl Metrics {
         let Some(op) = call.operation else {
             return; // not a model call: forwarded, not metered
         };
-        let status = if b.error_type.is_some() {
-            value::STATUS_ERROR
-        } else {
-            value::STATUS_SUCCESS
-        };
-        let lab: Labels = vec![
-            (label::MODEL, b.model.clone()),
-            (label::PROVIDER, value::PROVIDER_OPENAI.to_owned()),
-            (label::STATUS, status.to_owned()),
-        ];
-        self.llm_requests.get_or_create(&lab).inc();
+        s.requests
+            .get_or_init(|| self.llm_requests.get_or_create(&s.lab()).clone())
+            .inc();
         let secs = call.duration.as_secs_f64();
-        self.llm_duration
-            .get_or_create(&lab)
+        s.duration
+            .get_or_init(|| self.llm_duration.get_or_create(&s.lab()).clone())
             .observe(secs, exemplar.cloned(), None);
-
-        let mut genai: Labels = vec![
-            (label::GEN_AI_OPERATION_NAME, op.name().to_owned()),
-            (
-                label::GEN_AI_PROVIDER_NAME,
-                value::PROVIDER_OPENAI.to_owned(),
-            ),
-            (label::GEN_AI_REQUEST_MODEL, b.request_model.clone()),
-        ];
-        if let Some(rm) = &b.response_model {
-            genai.push((label::GEN_AI_RESPONSE_MODEL, rm.clone()));
-        }
-        genai.push((label::SERVER_ADDRESS, b.server_address.clone()));
-
-        let mut with_error = genai.clone();
-        if let Some(e) = &b.error_type {
-            with_error.push((label::ERROR_TYPE, e.clone()));
-        }
-        self.op_duration
-            .get_or_create(&with_error)
+        s.op_duration
+            .get_or_init(|| {
+                let mut l = s.genai(op);
+                if let Some(e) = &s.labels.error_type {
+                    l.push((label::ERROR_TYPE, e.clone()));
+                }
+                self.op_duration.get_or_create(&l).clone()
+            })
             .observe(secs, exemplar.cloned(), None);
 
         if let Some(u) = call.usage() {
-            for (kind, n) in [
+            let kinds = [
                 (value::TOKENS_PROMPT, u.input_tokens),
                 (value::TOKENS_COMPLETION, u.output_tokens),
                 (value::TOKENS_TOTAL, u.total_tokens),
-            ] {
-                let mut l = lab.clone();
-                l.push((label::TYPE, kind.to_owned()));
-                self.llm_tokens.get_or_create(&l).inc_by(n);
+            ];
+            for (slot, (kind, n)) in s.tokens.iter().zip(kinds) {
+                slot.get_or_init(|| {
+                    let mut l = s.lab();
+                    l.push((label::TYPE, kind.to_owned()));
+                    self.llm_tokens.get_or_create(&l).clone()
+                })
+                .inc_by(n);
             }
-            for (kind, n) in [
+            let kinds = [
                 (value::TOKEN_INPUT, u.input_tokens),
                 (value::TOKEN_OUTPUT, u.output_tokens),
-            ] {
-                let mut l = genai.clone();
-                l.push((label::GEN_AI_TOKEN_TYPE, kind.to_owned()));
-                self.token_usage.get_or_create(&l).observe(n as f64);
+            ];
+            for (slot, (kind, n)) in s.token_usage.iter().zip(kinds) {
+                slot.get_or_init(|| {
+                    let mut l = s.genai(op);
+                    l.push((label::GEN_AI_TOKEN_TYPE, kind.to_owned()));
+                    self.token_usage.get_or_create(&l).clone()
+                })
+                .observe(n as f64);
             }
             match call.cost {
                 Some(c) => {
-                    self.llm_cost.get_or_create(&lab).inc_by(c);
+                    s.cost
+                        .get_or_init(|| self.llm_cost.get_or_create(&s.lab()).clone())
+                        .inc_by(c);
                 }
                 None => {
-                    self.unpriced
-                        .get_or_create(&vec![(label::MODEL, b.model.clone())])
+                    s.unpriced
+                        .get_or_init(|| {
+                            self.unpriced
+                                .get_or_create(&vec![(label::MODEL, s.labels.model.clone())])
+                                .clone()
+                        })
                         .inc();
                 }
             }
         }
         if call.streamed {
             if let Some(t) = call.time_to_first_chunk {
-                self.ttfc.get_or_create(&genai).observe(t.as_secs_f64());
+                s.ttfc
+                    .get_or_init(|| self.ttfc.get_or_create(&s.genai(op)).clone())
+                    .observe(t.as_secs_f64());
             }
             if !call.chunk_gaps.is_empty() {
-                let h = self.per_chunk.get_or_create(&genai);
+                let h = s
+                    .per_chunk
+                    .get_or_init(|| self.per_chunk.get_or_create(&s.genai(op)).clone());
                 for g in &call.chunk_gaps {
                     h.observe(f64::from(*g));
                 }

@@ -422,6 +422,68 @@ impl Providers {
     }
 }
 
+/// A series' labels as OTel attributes, built once per label combination.
+#[derive(Debug)]
+pub struct Attributes {
+    lab: [KeyValue; 3],
+    genai: Vec<KeyValue>,
+    with_error: Vec<KeyValue>,
+    tokens: [Vec<KeyValue>; 3],
+    token_usage: [Vec<KeyValue>; 2],
+    model: [KeyValue; 1],
+}
+
+impl Attributes {
+    fn new(op: crate::genai::request::Operation, b: &super::metrics::BoundedLabels) -> Self {
+        let status = if b.error_type.is_some() {
+            value::STATUS_ERROR
+        } else {
+            value::STATUS_SUCCESS
+        };
+        let lab = [
+            KeyValue::new("model", b.model.clone()),
+            KeyValue::new("provider", value::PROVIDER_OPENAI),
+            KeyValue::new("status", status),
+        ];
+        let mut genai = vec![
+            KeyValue::new(attr::GEN_AI_OPERATION_NAME, op.name()),
+            KeyValue::new(attr::GEN_AI_PROVIDER_NAME, value::PROVIDER_OPENAI),
+            KeyValue::new(attr::GEN_AI_REQUEST_MODEL, b.request_model.clone()),
+            KeyValue::new(attr::SERVER_ADDRESS, b.server_address.clone()),
+        ];
+        if let Some(rm) = &b.response_model {
+            genai.push(KeyValue::new(attr::GEN_AI_RESPONSE_MODEL, rm.clone()));
+        }
+        let mut with_error = genai.clone();
+        if let Some(e) = &b.error_type {
+            with_error.push(KeyValue::new(attr::ERROR_TYPE, e.clone()));
+        }
+        let tokens = [
+            value::TOKENS_PROMPT,
+            value::TOKENS_COMPLETION,
+            value::TOKENS_TOTAL,
+        ]
+        .map(|kind| {
+            let mut l = lab.to_vec();
+            l.push(KeyValue::new("type", kind));
+            l
+        });
+        let token_usage = [value::TOKEN_INPUT, value::TOKEN_OUTPUT].map(|kind| {
+            let mut l = genai.clone();
+            l.push(KeyValue::new(attr::GEN_AI_TOKEN_TYPE, kind));
+            l
+        });
+        Attributes {
+            model: [KeyValue::new("model", b.model.clone())],
+            lab,
+            genai,
+            with_error,
+            tokens,
+            token_usage,
+        }
+    }
+}
+
 /// The OTel instruments, mirroring `/metrics`.
 #[derive(Debug, Clone)]
 pub struct Instruments {
@@ -517,71 +579,39 @@ impl Instruments {
 
     /// Records one call; `model`, `request_model`, `response_model`, `server` and `error` are
     /// already bounded by the label guard.
-    pub fn record(&self, call: &Call, bounded: &super::metrics::BoundedLabels) {
+    pub fn record(&self, call: &Call, series: &super::metrics::Series) {
         self.overhead.record(call.overhead.as_secs_f64(), &[]);
         for f in &call.parse_failures {
             self.parse_errors
                 .add(1, &[KeyValue::new("reason", f.label())]);
         }
         let Some(op) = call.operation else { return };
-        let status = if bounded.error_type.is_some() {
-            value::STATUS_ERROR
-        } else {
-            value::STATUS_SUCCESS
-        };
-        let lab = [
-            KeyValue::new("model", bounded.model.clone()),
-            KeyValue::new("provider", value::PROVIDER_OPENAI),
-            KeyValue::new("status", status),
-        ];
+        let a = series
+            .otel
+            .get_or_init(|| Attributes::new(op, &series.labels));
         let secs = call.duration.as_secs_f64();
-        self.requests.add(1, &lab);
-        self.duration.record(secs, &lab);
-        let mut genai = vec![
-            KeyValue::new(attr::GEN_AI_OPERATION_NAME, op.name()),
-            KeyValue::new(attr::GEN_AI_PROVIDER_NAME, value::PROVIDER_OPENAI),
-            KeyValue::new(attr::GEN_AI_REQUEST_MODEL, bounded.request_model.clone()),
-            KeyValue::new(attr::SERVER_ADDRESS, bounded.server_address.clone()),
-        ];
-        if let Some(rm) = &bounded.response_model {
-            genai.push(KeyValue::new(attr::GEN_AI_RESPONSE_MODEL, rm.clone()));
-        }
-        let mut with_error = genai.clone();
-        if let Some(e) = &bounded.error_type {
-            with_error.push(KeyValue::new(attr::ERROR_TYPE, e.clone()));
-        }
-        self.op_duration.record(secs, &with_error);
+        self.requests.add(1, &a.lab);
+        self.duration.record(secs, &a.lab);
+        self.op_duration.record(secs, &a.with_error);
         if let Some(u) = call.usage() {
-            for (kind, n) in [
-                (value::TOKENS_PROMPT, u.input_tokens),
-                (value::TOKENS_COMPLETION, u.output_tokens),
-                (value::TOKENS_TOTAL, u.total_tokens),
-            ] {
-                let mut l = lab.to_vec();
-                l.push(KeyValue::new("type", kind));
-                self.tokens.add(n, &l);
+            let counts = [u.input_tokens, u.output_tokens, u.total_tokens];
+            for (attrs, n) in a.tokens.iter().zip(counts) {
+                self.tokens.add(n, attrs);
             }
-            for (kind, n) in [
-                (value::TOKEN_INPUT, u.input_tokens),
-                (value::TOKEN_OUTPUT, u.output_tokens),
-            ] {
-                let mut l = genai.clone();
-                l.push(KeyValue::new(attr::GEN_AI_TOKEN_TYPE, kind));
-                self.token_usage.record(n, &l);
+            for (attrs, n) in a.token_usage.iter().zip(counts) {
+                self.token_usage.record(n, attrs);
             }
             match call.cost {
-                Some(c) => self.cost.add(c, &lab),
-                None => self
-                    .unpriced
-                    .add(1, &[KeyValue::new("model", bounded.model.clone())]),
+                Some(c) => self.cost.add(c, &a.lab),
+                None => self.unpriced.add(1, &a.model),
             }
         }
         if call.streamed {
             if let Some(t) = call.time_to_first_chunk {
-                self.ttfc.record(t.as_secs_f64(), &genai);
+                self.ttfc.record(t.as_secs_f64(), &a.genai);
             }
             for g in &call.chunk_gaps {
-                self.per_chunk.record(f64::from(*g), &genai);
+                self.per_chunk.record(f64::from(*g), &a.genai);
             }
         }
     }
