@@ -54,6 +54,9 @@ impl Timing {
 }
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// Largest read buffer of an upstream connection (also the largest response head).
+const UPSTREAM_MAX_BUF: usize = 8 * 1024;
+
 /// Everything `forward` needs, shared by all connections.
 pub struct Proxy {
     client: Client<Connector, Full<Bytes>>,
@@ -120,6 +123,12 @@ pub fn build_client(cfg: &Config) -> Client<Connector, Full<Bytes>> {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
+        // hyper grows a connection's read buffer (up to ~400 KiB) whenever a read fills
+        // it, and never shrinks it: a pooled connection that once caught up with a burst
+        // of chunks kept the bigger buffer, and peak memory crept up round after round of
+        // 1,000 streams (issue 6). 8 KiB is also nginx's default limit on a response
+        // head (`proxy_buffer_size`); OpenAI's are under 2 KiB.
+        .http1_max_buf_size(UPSTREAM_MAX_BUF)
         .build(https)
 }
 

@@ -278,3 +278,105 @@ async fn health_in_the_labs_shape() {
         serde_json::json!({"status":"healthy","service":"tokentap"})
     );
 }
+
+/// A one-shot raw HTTP/1.1 upstream: reads a request, answers `response`, closes.
+async fn raw_upstream(response: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // the head, then as many body bytes as it declares
+                loop {
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let _ = sock.write_all(&response).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Upstream read buffers are capped at 8 KiB (so pooled connections don't keep grown
+/// buffers): a multi-megabyte body still arrives byte for byte, a head over the cap
+/// is a clear 502 (nginx's default `proxy_buffer_size` draws the same line).
+#[tokio::test(flavor = "multi_thread")]
+async fn big_bodies_pass_and_oversized_response_heads_are_a_502() {
+    let words = "tokens ".repeat(3 * 1024 * 1024 / 7);
+    let body = format!(
+        r#"{{"id":"x","object":"chat.completion","model":"gpt-4o-mini","choices":[{{"index":0,"message":{{"role":"assistant","content":"{words}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}}}"#
+    );
+    let mut ok = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-big: {}\r\n\r\n",
+        body.len(),
+        "h".repeat(4000)
+    )
+    .into_bytes();
+    ok.extend_from_slice(body.as_bytes());
+    let cfg = Config::for_upstream(Upstream::parse(&raw_upstream(ok).await).expect("url"));
+    let proxy = server::start(cfg).await.expect("starts");
+    let r = post_json(
+        &proxy.url(),
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, body.as_bytes(), "the body, byte for byte");
+    assert_eq!(r.headers["x-big"].len(), 4000);
+    let page = String::from_utf8(
+        send(&proxy.url(), "GET", "/metrics", &[], Bytes::new())
+            .await
+            .body
+            .to_vec(),
+    )
+    .expect("utf8");
+    assert_eq!(
+        sum(&page, "llm_tokens_used_total", &[("type", "completion")]),
+        5.0,
+        "usage read from the end of the big body"
+    );
+    proxy.shutdown().await;
+
+    let huge = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nx-huge: {}\r\n\r\n{{}}",
+        "h".repeat(16 * 1024)
+    );
+    let cfg =
+        Config::for_upstream(Upstream::parse(&raw_upstream(huge.into_bytes()).await).expect("url"));
+    let proxy = server::start(cfg).await.expect("starts");
+    let r = post_json(
+        &proxy.url(),
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(error_code(&r), "connection_error");
+    proxy.shutdown().await;
+}
