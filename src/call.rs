@@ -82,6 +82,39 @@ pub struct Call {
 }
 
 impl Call {
+    /// A call that has just arrived: nothing observed yet.
+    pub fn new(
+        operation: Option<Operation>,
+        request: RequestFacts,
+        method: String,
+        path: String,
+        server_address: String,
+        server_port: u16,
+    ) -> Call {
+        Call {
+            operation,
+            request,
+            method,
+            path,
+            server_address,
+            server_port,
+            status: None,
+            outcome: Outcome::Completed,
+            response: ResponseFacts::default(),
+            streamed: false,
+            duration: Duration::ZERO,
+            time_to_first_chunk: None,
+            chunk_gaps: Vec::new(),
+            request_id: None,
+            parse_failures: Vec::new(),
+            usage_injected: false,
+            cost: None,
+            overhead: Duration::ZERO,
+            trace: None,
+            content: None,
+        }
+    }
+
     pub fn usage(&self) -> Option<&Usage> {
         self.response.usage.as_ref()
     }

@@ -26,7 +26,6 @@ use crate::error::{ProxyError, chain, is_timeout};
 use crate::genai::content;
 use crate::genai::inject::request_with_usage;
 use crate::genai::request::{Operation, RequestFacts};
-use crate::genai::response::ResponseFacts;
 use crate::observe::Observer;
 use crate::tap::{BoxError, Tap};
 use crate::telemetry::Recorder;
@@ -213,28 +212,14 @@ impl Proxy {
         op: Option<Operation>,
         request: RequestFacts,
     ) -> Call {
-        Call {
-            operation: op,
+        Call::new(
+            op,
             request,
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_owned(),
-            server_address: self.upstream.host().to_owned(),
-            server_port: self.upstream.port(),
-            status: None,
-            outcome: Outcome::Completed,
-            response: ResponseFacts::default(),
-            streamed: false,
-            duration: std::time::Duration::ZERO,
-            time_to_first_chunk: None,
-            chunk_gaps: Vec::new(),
-            request_id: None,
-            parse_failures: Vec::new(),
-            usage_injected: false,
-            cost: None,
-            overhead: std::time::Duration::ZERO,
-            trace: None,
-            content: None,
-        }
+            parts.method.to_string(),
+            parts.uri.path().to_owned(),
+            self.upstream.host().to_owned(),
+            self.upstream.port(),
+        )
     }
 
     fn reject(&self, mut call: Call, e: ProxyError, started: Instant) -> Response<ResponseBody> {

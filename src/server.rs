@@ -170,6 +170,8 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    // as tokio's own `bind` does on Unix (on Windows it would let another process share the port)
+    #[cfg(unix)]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)

@@ -1,7 +1,7 @@
 //! The load generator: raw hyper HTTP/1.1 connections, one request at a time on each.
 //!
 //! Everything here runs on the harness's single-threaded runtime (core 0), except the
-//! open-loop pacer: a thread that sleeps until 200 µs before each slot and spins the rest
+//! open-loop pacer: a thread that sleeps until 350 µs before each slot and spins the rest
 //! (tokio's timer has 1 ms granularity, too coarse for 500 µs slots, and a thread that
 //! sleeps to the slot pays the vCPU wake-up latency).
 

@@ -84,21 +84,36 @@ pub struct ExportThread {
 
 impl ExportThread {
     pub fn start() -> Result<ExportThread, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the telemetry export runtime: {e}"))?;
-        let handle = rt.handle().clone();
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("tokentap-export".to_owned())
             .spawn(move || {
+                // the runtime lives and dies on this thread (never dropped in async code)
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(rt.handle().clone()));
                 // runs the spawned export tasks until stopped (or the sender is dropped)
                 rt.block_on(async {
                     let _ = stopped.await;
                 });
+                // don't wait for blocking work left behind (a hung DNS lookup of the collector)
+                rt.shutdown_background();
             })
             .map_err(|e| format!("cannot start the telemetry export thread: {e}"))?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|e| format!("cannot start the telemetry export runtime: {e}"))?;
         Ok(ExportThread {
             handle,
             stop: Some(stop),
@@ -111,13 +126,14 @@ impl ExportThread {
         self.handle.enter()
     }
 
-    /// Stops the runtime (dropping what is left on it) and waits for the thread.
-    pub async fn stop(mut self) {
+    /// Stops the runtime (dropping what is left on it) and waits for the thread, at most `limit`.
+    pub async fn stop(mut self, limit: Duration) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            let _ =
+                tokio::time::timeout(limit, tokio::task::spawn_blocking(move || t.join())).await;
         }
     }
 }
@@ -221,38 +237,46 @@ async fn run<T, S: Sink<T>>(
     timeout: Duration,
 ) {
     let mut batch: Vec<T> = Vec::with_capacity(MAX_BATCH);
-    loop {
+    let mut open = true;
+    while open {
         let first = match rx.recv().await {
             Some(m) => m,
             None => break,
         };
-        let mut flush_reply = None;
+        let mut flush_replies = Vec::new();
         match first {
             Msg::Item(i) => batch.push(i),
-            Msg::Flush(r) => flush_reply = Some(r),
+            Msg::Flush(r) => flush_replies.push(r),
         }
         // Gather a batch: until full, a flush request, or the delay passes. The queue
         // is drained on a tick rather than awaited item by item, so a busy proxy wakes
         // this task (and its thread) once per batch, not once per span.
         let deadline = tokio::time::Instant::now() + BATCH_DELAY;
         loop {
-            while flush_reply.is_none() && batch.len() < MAX_BATCH {
+            while flush_replies.is_empty() && batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(Msg::Item(i)) => batch.push(i),
-                    Ok(Msg::Flush(r)) => flush_reply = Some(r),
-                    Err(_) => break,
+                    Ok(Msg::Flush(r)) => flush_replies.push(r),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
                 }
             }
             let now = tokio::time::Instant::now();
-            if flush_reply.is_some() || batch.len() >= MAX_BATCH || now >= deadline {
+            if !open || !flush_replies.is_empty() || batch.len() >= MAX_BATCH || now >= deadline {
                 break;
             }
             tokio::time::sleep_until(deadline.min(now + GATHER_TICK)).await;
         }
-        if flush_reply.is_some() {
-            // take whatever else is already queued
-            while let Ok(Msg::Item(i)) = rx.try_recv() {
-                batch.push(i);
+        if !flush_replies.is_empty() {
+            // take whatever else is already queued (answering any later flush too)
+            while let Ok(m) = rx.try_recv() {
+                match m {
+                    Msg::Item(i) => batch.push(i),
+                    Msg::Flush(r) => flush_replies.push(r),
+                }
             }
         }
         while !batch.is_empty() {
@@ -268,7 +292,7 @@ async fn run<T, S: Sink<T>>(
             }
             health.report(&result);
         }
-        if let Some(r) = flush_reply {
+        for r in flush_replies {
             let _ = r.send(());
         }
     }
@@ -362,4 +386,85 @@ pub fn with_resource<E: SpanExporter>(mut e: E, r: &Resource) -> E {
 pub fn log_with_resource<E: LogExporter>(mut e: E, r: &Resource) -> E {
     e.set_resource(r);
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Remembers every batch it was given.
+    #[derive(Clone, Default)]
+    struct Recording(Arc<Mutex<Vec<Vec<u32>>>>);
+
+    impl Sink<u32> for Recording {
+        async fn export(&self, batch: Vec<u32>) -> OTelSdkResult {
+            self.0.lock().unwrap().push(batch);
+            Ok(())
+        }
+        fn shutdown(&self) {}
+    }
+
+    fn queue(sink: &Recording, capacity: usize) -> (Queue<u32>, Counter) {
+        let dropped = Counter::default();
+        let q = Queue::start(
+            sink.clone(),
+            Arc::new(ExportHealth::new("test")),
+            dropped.clone(),
+            Duration::from_secs(1),
+            capacity,
+        );
+        (q, dropped)
+    }
+
+    #[tokio::test]
+    async fn flushes_answer_after_everything_queued_before_them() {
+        let sink = Recording::default();
+        let (q, dropped) = queue(&sink, 2048);
+        for i in 0..1000 {
+            q.push(i);
+        }
+        // two flushes in a row: both answered, none early
+        let (a, b) = tokio::join!(
+            q.flush(Duration::from_secs(5)),
+            q.flush(Duration::from_secs(5))
+        );
+        assert!(a && b);
+        let batches = sink.0.lock().unwrap().clone();
+        let all: Vec<u32> = batches.iter().flatten().copied().collect();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>(), "in order, none lost");
+        assert!(
+            batches.iter().all(|b| b.len() <= MAX_BATCH),
+            "batches capped"
+        );
+        assert_eq!(dropped.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_waiting() {
+        let sink = Recording::default();
+        let (q, dropped) = queue(&sink, 8);
+        // nothing drains the queue before this loop ends (same thread, no await)
+        for i in 0..20 {
+            q.push(i);
+        }
+        assert_eq!(dropped.get(), 12);
+        assert!(q.flush(Duration::from_secs(5)).await);
+        let exported: usize = sink.0.lock().unwrap().iter().map(Vec::len).sum();
+        assert_eq!(exported, 8);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_export_thread_runs_tasks_spawned_under_its_guard() {
+        let t = ExportThread::start().expect("thread");
+        let name = {
+            let _g = t.enter();
+            tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+        };
+        assert_eq!(
+            name.await.expect("task").as_deref(),
+            Some("tokentap-export")
+        );
+        t.stop(Duration::from_secs(5)).await;
+    }
 }

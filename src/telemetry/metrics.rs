@@ -37,6 +37,10 @@ pub struct BoundedLabels {
 /// series is built for that call only (client-chosen model names can't grow it).
 const SERIES_CACHE_MAX: usize = 4096;
 
+/// Longest raw values (summed) a cached series keeps: model names are short, and a
+/// client sending huge ones shouldn't park them in memory.
+const SERIES_KEY_MAX_BYTES: usize = 512;
+
 /// The raw values that decide a call's labels.
 #[derive(Debug, PartialEq, Eq)]
 struct SeriesKey {
@@ -56,6 +60,13 @@ impl SeriesKey {
             server_address: call.server_address.clone(),
             error_type: error_type.map(str::to_owned),
         }
+    }
+
+    fn len(&self) -> usize {
+        self.request_model.as_ref().map_or(0, String::len)
+            + self.response_model.as_ref().map_or(0, String::len)
+            + self.server_address.len()
+            + self.error_type.as_ref().map_or(0, String::len)
     }
 
     fn matches(&self, call: &Call, error_type: Option<&str>) -> bool {
@@ -348,9 +359,13 @@ impl Metrics {
             SeriesKey::of(call, error_type),
             self.bound(call, error_type),
         ));
-        if let Ok(mut cache) = self.series.write() {
-            if cache.len() < SERIES_CACHE_MAX {
-                cache.entry(hash).or_insert_with(|| series.clone());
+        let cacheable = series.key.len() <= SERIES_KEY_MAX_BYTES
+            && self.series.read().is_ok_and(|c| c.len() < SERIES_CACHE_MAX);
+        if cacheable {
+            if let Ok(mut cache) = self.series.write() {
+                if cache.len() < SERIES_CACHE_MAX {
+                    cache.entry(hash).or_insert_with(|| series.clone());
+                }
             }
         }
         series
@@ -502,5 +517,96 @@ impl Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::Outcome;
+    use crate::genai::request::RequestFacts;
+
+    fn chat(model: &str) -> Call {
+        let request = RequestFacts {
+            model: Some(model.to_owned()),
+            ..RequestFacts::default()
+        };
+        Call::new(
+            Some(Operation::ChatCompletions),
+            request,
+            "POST".into(),
+            "/v1/chat/completions".into(),
+            "api.openai.com".into(),
+            443,
+        )
+    }
+
+    #[test]
+    fn calls_with_the_same_labels_share_a_series_and_others_do_not() {
+        let m = Metrics::new(100);
+        let a = m.series(&chat("gpt-4o"));
+        let b = m.series(&chat("gpt-4o"));
+        assert!(Arc::ptr_eq(&a, &b));
+        let mut failed = chat("gpt-4o");
+        failed.outcome = Outcome::Cancelled;
+        let c = m.series(&failed);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.labels.error_type.as_deref(), Some("cancelled"));
+        let d = m.series(&chat("gpt-4o-mini"));
+        assert_eq!(d.labels.model, "gpt-4o-mini");
+        // a model name too long to cache still gets its (bounded) labels
+        let long = "m".repeat(SERIES_KEY_MAX_BYTES + 1);
+        let e = m.series(&chat(&long));
+        let f = m.series(&chat(&long));
+        assert!(!Arc::ptr_eq(&e, &f));
+        assert_eq!(e.labels.model, long);
+    }
+
+    #[test]
+    fn a_cached_series_creates_only_the_children_it_records() {
+        let m = Metrics::new(100);
+        let call = chat("gpt-4o");
+        let s = m.series(&call);
+        m.record(&call, &s, None);
+        m.record(&call, &s, None);
+        let page = m.encode(Format::PrometheusText).expect("encode");
+        assert!(
+            page.contains(
+                r#"llm_requests_total{model="gpt-4o",provider="openai",status="success"} 2"#
+            ),
+            "{page}"
+        );
+        // no usage, no stream: no token, cost, unpriced or chunk series
+        for absent in [
+            "llm_tokens_used_total{",
+            "llm_cost_usd_total{",
+            "tokentap_unpriced_calls_total{",
+            "gen_ai_client_operation_time_to_first_chunk_seconds_count{",
+        ] {
+            assert!(!page.contains(absent), "{absent} in {page}");
+        }
+        // the same series, once a call brings usage, a price and a stream: they appear
+        let mut streamed = call.clone();
+        streamed.response.usage = Some(crate::genai::response::Usage {
+            input_tokens: 7,
+            output_tokens: 5,
+            total_tokens: 12,
+            cached_input_tokens: None,
+            reasoning_tokens: None,
+        });
+        streamed.cost = Some(0.25);
+        streamed.streamed = true;
+        streamed.time_to_first_chunk = Some(std::time::Duration::from_millis(30));
+        m.record(&streamed, &m.series(&streamed), None);
+        let page = m.encode(Format::PrometheusText).expect("encode");
+        for present in [
+            r#"llm_tokens_used_total{model="gpt-4o",provider="openai",status="success",type="completion"} 5"#,
+            r#"llm_cost_usd_total{model="gpt-4o",provider="openai",status="success"} 0.25"#,
+            "gen_ai_client_operation_time_to_first_chunk_seconds_count{",
+            r#"llm_requests_total{model="gpt-4o",provider="openai",status="success"} 3"#,
+        ] {
+            assert!(page.contains(present), "{present} in {page}");
+        }
+        assert!(!page.contains("tokentap_unpriced_calls_total{"), "{page}");
     }
 }

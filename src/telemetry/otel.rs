@@ -417,7 +417,7 @@ impl Providers {
         })
         .await;
         if let Some(t) = self.export_thread {
-            t.stop().await;
+            t.stop(left()).await;
         }
     }
 }
