@@ -27,11 +27,10 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use tokentap::call::{Call, Outcome};
+use tokentap::call::Call;
 use tokentap::genai::inject::UsageStripper;
 use tokentap::genai::pricing::PriceTable;
 use tokentap::genai::request::{Operation, RequestFacts};
-use tokentap::genai::response::ResponseFacts;
 use tokentap::genai::sse::SseDecoder;
 use tokentap::genai::stream::StreamAccumulator;
 use tokentap::observe::Observer;
@@ -179,34 +178,23 @@ fn strip(input: &[u8], sizes: &[usize]) -> (StreamAccumulator, Vec<u8>) {
     (acc, out)
 }
 
-/// A call as `proxy` starts it (see `Proxy::new_call`).
+/// A call as `proxy` starts it, answered 200.
 fn new_call() -> Call {
-    Call {
-        operation: Some(Operation::ChatCompletions),
-        request: RequestFacts {
-            model: Some("gpt-4o-mini".to_owned()),
-            stream: true,
-            ..RequestFacts::default()
-        },
-        method: "POST".to_owned(),
-        path: "/v1/chat/completions".to_owned(),
-        server_address: "api.openai.com".to_owned(),
-        server_port: 443,
-        status: Some(200),
-        outcome: Outcome::Completed,
-        response: ResponseFacts::default(),
-        streamed: false,
-        duration: Duration::ZERO,
-        time_to_first_chunk: None,
-        chunk_gaps: Vec::new(),
-        trace: None,
-        content: None,
-        overhead: Duration::ZERO,
-        request_id: None,
-        parse_failures: Vec::new(),
-        usage_injected: false,
-        cost: None,
-    }
+    let request = RequestFacts {
+        model: Some("gpt-4o-mini".to_owned()),
+        stream: true,
+        ..RequestFacts::default()
+    };
+    let mut call = Call::new(
+        Some(Operation::ChatCompletions),
+        request,
+        "POST".to_owned(),
+        "/v1/chat/completions".to_owned(),
+        "api.openai.com".to_owned(),
+        443,
+    );
+    call.status = Some(200);
+    call
 }
 
 /// Passes `frames` through a [`Tap`] to the end; returns what the client got.

@@ -503,7 +503,7 @@ impl Agent {
         tokio::spawn(async move {
             let mut body = resp.into_body();
             let mut decoder = SseDecoder::new();
-            let mut acc = StreamAccumulator::new(Operation::ChatCompletions).capturing(true);
+            let mut acc = StreamAccumulator::new(Operation::ChatCompletions);
             let mut text = String::new();
             let mut client_gone = false;
             let mut broken = None;

@@ -234,8 +234,9 @@ async fn serve_connection(
 // ---------------------------------------------------------------------------
 // Response body
 
-/// Either a complete buffer or a stream of SSE events fed by a generator task.
-enum DemoBody {
+/// Either a complete buffer or a stream of SSE events fed by a generator task
+/// (also the load benchmark's mock upstream body).
+pub enum DemoBody {
     Full(Option<Bytes>),
     Channel(mpsc::Receiver<Bytes>),
 }

@@ -59,7 +59,8 @@ impl Recorder {
                 )
                 .map(|p| cost(p, u));
         }
-        let series = self.metrics.series(&call);
+        let error_type = call.error_type();
+        let series = self.metrics.series(&call, error_type.as_deref());
         // one span context for the exemplar and the log line; ids are formatted only where used
         let sc = call
             .trace
@@ -67,25 +68,32 @@ impl Recorder {
             .map_or_else(SpanContext::empty_context, |cx| {
                 cx.span().span_context().clone()
             });
-        let exemplar = sc.is_sampled().then(|| {
+        // exemplars go on the duration histograms, which only model calls have
+        let exemplar = (call.operation.is_some() && sc.is_sampled()).then(|| {
             vec![
                 ("trace_id", sc.trace_id().to_string()),
                 ("span_id", sc.span_id().to_string()),
             ]
         });
-        self.metrics.record(&call, &series, exemplar.as_ref());
+        self.metrics.record(&call, &series, exemplar);
         if let Some(i) = &self.instruments {
             i.record(&call, &series);
         }
         // A line per successful call would cost the hot path more than all the metrics
         // together (issue 6's profile): those go out at `debug`, failed calls at `info`.
-        let failed = call.error_type().is_some();
-        let wanted = if call.operation.is_none() {
-            tracing::enabled!(tracing::Level::DEBUG)
-        } else if failed {
-            tracing::enabled!(tracing::Level::INFO)
-        } else {
-            tracing::enabled!(tracing::Level::DEBUG)
+        enum Line {
+            Forwarded,
+            Failed,
+            Finished,
+        }
+        let line = match (call.operation, &error_type) {
+            (None, _) => Line::Forwarded,
+            (Some(_), Some(_)) => Line::Failed,
+            (Some(_), None) => Line::Finished,
+        };
+        let wanted = match line {
+            Line::Failed => tracing::enabled!(tracing::Level::INFO),
+            Line::Forwarded | Line::Finished => tracing::enabled!(tracing::Level::DEBUG),
         };
         if wanted {
             // logs of this call carry its trace context (OTLP logs read the current context)
@@ -103,14 +111,14 @@ impl Recorder {
                         input_tokens = call.usage().map(|u| u.input_tokens),
                         output_tokens = call.usage().map(|u| u.output_tokens),
                         cost_usd = call.cost,
-                        error_type = call.error_type(),
+                        error_type = error_type.as_deref(),
                         duration_ms = call.duration.as_millis() as u64,
                         "llm call finished"
                     )
                 };
             }
-            if call.operation.is_none() {
-                tracing::debug!(
+            match line {
+                Line::Forwarded => tracing::debug!(
                     trace_id = %sc.trace_id(),
                     span_id = %sc.span_id(),
                     method = %call.method,
@@ -118,11 +126,9 @@ impl Recorder {
                     status = call.status,
                     duration_ms = call.duration.as_millis() as u64,
                     "request forwarded"
-                );
-            } else if failed {
-                finished!(tracing::Level::INFO);
-            } else {
-                finished!(tracing::Level::DEBUG);
+                ),
+                Line::Failed => finished!(tracing::Level::INFO),
+                Line::Finished => finished!(tracing::Level::DEBUG),
             }
         }
         if let Some(cx) = &call.trace {

@@ -37,13 +37,7 @@ async fn upstream_down_is_a_502_json_error() {
     assert_eq!(r.status, 502);
     assert_eq!(r.headers["content-type"], "application/json");
     assert_eq!(error_code(&r), "connection_error");
-    let page = String::from_utf8(
-        send(&proxy.url(), "GET", "/metrics", &[], Bytes::new())
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf8");
+    let page = metrics(&proxy.url()).await;
     assert_eq!(
         sum(
             &page,
@@ -348,13 +342,7 @@ async fn big_bodies_pass_and_oversized_response_heads_are_a_502() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, body.as_bytes(), "the body, byte for byte");
     assert_eq!(r.headers["x-big"].len(), 4000);
-    let page = String::from_utf8(
-        send(&proxy.url(), "GET", "/metrics", &[], Bytes::new())
-            .await
-            .body
-            .to_vec(),
-    )
-    .expect("utf8");
+    let page = metrics(&proxy.url()).await;
     assert_eq!(
         sum(&page, "llm_tokens_used_total", &[("type", "completion")]),
         5.0,

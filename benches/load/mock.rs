@@ -18,19 +18,17 @@
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokentap::demo::DemoBody;
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -171,12 +169,12 @@ fn stream_chunks(include_usage: bool) -> Vec<Bytes> {
 async fn handle(
     req: Request<Incoming>,
     canned: Arc<Canned>,
-) -> Result<Response<MockBody>, Infallible> {
+) -> Result<Response<DemoBody>, Infallible> {
     if req.method() != Method::POST || req.uri().path() != "/v1/chat/completions" {
         return Ok(respond(
             StatusCode::NOT_FOUND,
             "application/json",
-            MockBody::Full(Some(canned.not_found.clone())),
+            DemoBody::Full(Some(canned.not_found.clone())),
         ));
     }
     let body = match req.into_body().collect().await {
@@ -185,7 +183,7 @@ async fn handle(
             return Ok(respond(
                 StatusCode::BAD_REQUEST,
                 "application/json",
-                MockBody::Full(Some(canned.not_found.clone())),
+                DemoBody::Full(Some(canned.not_found.clone())),
             ));
         }
     };
@@ -194,7 +192,7 @@ async fn handle(
         return Ok(respond(
             StatusCode::OK,
             "application/json",
-            MockBody::Full(Some(canned.completion.clone())),
+            DemoBody::Full(Some(canned.completion.clone())),
         ));
     }
     let (tx, rx) = mpsc::channel(4);
@@ -202,7 +200,7 @@ async fn handle(
     let mut resp = respond(
         StatusCode::OK,
         "text/event-stream; charset=utf-8",
-        MockBody::Chunks(rx),
+        DemoBody::Channel(rx),
     );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -246,44 +244,11 @@ async fn pace(tx: mpsc::Sender<Bytes>, canned: Arc<Canned>, include_usage: bool)
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: MockBody) -> Response<MockBody> {
+fn respond(status: StatusCode, content_type: &'static str, body: DemoBody) -> Response<DemoBody> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert("x-request-id", HeaderValue::from_static("req_bench"));
     resp
-}
-
-/// A whole body (exact length) or chunks from the pacing task (chunked encoding).
-enum MockBody {
-    Full(Option<Bytes>),
-    Chunks(mpsc::Receiver<Bytes>),
-}
-
-impl Body for MockBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            MockBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            MockBody::Chunks(rx) => rx.poll_recv(cx).map(|c| c.map(|d| Ok(Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self, MockBody::Full(None))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            MockBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            MockBody::Full(None) => SizeHint::with_exact(0),
-            MockBody::Chunks(_) => SizeHint::default(),
-        }
-    }
 }

@@ -41,6 +41,25 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// The columns every table ends with, and [`Resources::cells`] fills.
+    const HEADERS: [&'static str; 5] = [
+        "proxy CPU",
+        "mock CPU",
+        "gen CPU",
+        "core0/1 busy %",
+        "steal",
+    ];
+
+    fn cells(&self) -> [String; 5] {
+        [
+            opt_pct(self.proxy_cpu_pct),
+            pct(self.mock_cpu_pct),
+            pct(self.generator_cpu_pct),
+            self.cores(),
+            self.steal(),
+        ]
+    }
+
     /// The highest per-CPU steal, the noise this VM cannot see otherwise.
     fn steal(&self) -> String {
         let max = self.core_steal_pct.iter().copied().fold(0.0, f64::max);
@@ -286,12 +305,10 @@ pub fn closed_table(rows: &[ClosedRow], title: &str) -> Vec<Verdict> {
                 lat(&r.latency, |s| s.p99_us, us),
                 delta_us(r.latency.p99_us, p99(Target::Direct)),
                 r.errors.to_string(),
-                opt_pct(r.resources.proxy_cpu_pct),
-                pct(r.resources.mock_cpu_pct),
-                pct(r.resources.generator_cpu_pct),
-                r.resources.cores(),
-                r.resources.steal(),
             ]
+            .into_iter()
+            .chain(r.resources.cells())
+            .collect()
         })
         .collect();
     print_table(
@@ -306,12 +323,10 @@ pub fn closed_table(rows: &[ClosedRow], title: &str) -> Vec<Verdict> {
             "p99 µs",
             "p99 +µs vs direct",
             "errors",
-            "proxy CPU",
-            "mock CPU",
-            "gen CPU",
-            "core0/1 busy %",
-            "steal",
-        ],
+        ]
+        .into_iter()
+        .chain(Resources::HEADERS)
+        .collect::<Vec<_>>(),
         1,
         &table,
     );
@@ -383,12 +398,10 @@ pub fn open_table(rows: &[OpenRow], title: &str) -> Vec<Verdict> {
                 r.late_sends.to_string(),
                 r.errors.to_string(),
                 r.unfinished.to_string(),
-                opt_pct(r.resources.proxy_cpu_pct),
-                pct(r.resources.mock_cpu_pct),
-                pct(r.resources.generator_cpu_pct),
-                r.resources.cores(),
-                r.resources.steal(),
             ]
+            .into_iter()
+            .chain(r.resources.cells())
+            .collect()
         })
         .collect();
     print_table(
@@ -405,12 +418,10 @@ pub fn open_table(rows: &[OpenRow], title: &str) -> Vec<Verdict> {
             "late sends",
             "errors",
             "unfinished",
-            "proxy CPU",
-            "mock CPU",
-            "gen CPU",
-            "core0/1 busy %",
-            "steal",
-        ],
+        ]
+        .into_iter()
+        .chain(Resources::HEADERS)
+        .collect::<Vec<_>>(),
         1,
         &table,
     );
@@ -497,12 +508,10 @@ pub fn streams_table(rows: &[StreamRow], title: &str, judged_level: usize) -> Ve
                 r.resources
                     .proxy_peak_rss_mib
                     .map_or_else(|| "-".to_owned(), |m| format!("{m:.1}")),
-                opt_pct(r.resources.proxy_cpu_pct),
-                pct(r.resources.mock_cpu_pct),
-                pct(r.resources.generator_cpu_pct),
-                r.resources.cores(),
-                r.resources.steal(),
             ]
+            .into_iter()
+            .chain(r.resources.cells())
+            .collect()
         })
         .collect();
     print_table(
@@ -518,12 +527,10 @@ pub fn streams_table(rows: &[StreamRow], title: &str, judged_level: usize) -> Ve
             "gap p99 vs direct",
             "gap p99 vs nginx",
             "peak RSS MiB",
-            "proxy CPU",
-            "mock CPU",
-            "gen CPU",
-            "core0/1 busy %",
-            "steal",
-        ],
+        ]
+        .into_iter()
+        .chain(Resources::HEADERS)
+        .collect::<Vec<_>>(),
         2,
         &table,
     );

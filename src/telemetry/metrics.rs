@@ -338,9 +338,8 @@ impl Metrics {
 
     /// The series of `call`: its label values bounded (see [`LabelGuard`]) and the
     /// metric children they select, from the cache when these values were seen before.
-    pub fn series(&self, call: &Call) -> Arc<Series> {
-        let error_type = call.error_type();
-        let error_type = error_type.as_deref();
+    /// `error_type`: `call.error_type()`, which the caller has at hand.
+    pub fn series(&self, call: &Call, error_type: Option<&str>) -> Arc<Series> {
         let hash = self.hasher.hash_one((
             call.operation,
             call.request.model.as_deref(),
@@ -348,20 +347,21 @@ impl Metrics {
             call.server_address.as_str(),
             error_type,
         ));
+        // one read lock per call; a full cache is never write-locked again
+        let mut room = false;
         if let Ok(cache) = self.series.read() {
             if let Some(s) = cache.get(&hash) {
                 if s.key.matches(call, error_type) {
                     return s.clone();
                 }
             }
+            room = cache.len() < SERIES_CACHE_MAX;
         }
         let series = Arc::new(Series::new(
             SeriesKey::of(call, error_type),
             self.bound(call, error_type),
         ));
-        let cacheable = series.key.len() <= SERIES_KEY_MAX_BYTES
-            && self.series.read().is_ok_and(|c| c.len() < SERIES_CACHE_MAX);
-        if cacheable {
+        if room && series.key.len() <= SERIES_KEY_MAX_BYTES {
             if let Ok(mut cache) = self.series.write() {
                 if cache.len() < SERIES_CACHE_MAX {
                     cache.entry(hash).or_insert_with(|| series.clone());
@@ -394,7 +394,7 @@ impl Metrics {
 
     /// Records one finished call.
     /// `exemplar`: the sampled trace of the call, attached to its duration samples.
-    pub fn record(&self, call: &Call, s: &Series, exemplar: Option<&ExemplarLabels>) {
+    pub fn record(&self, call: &Call, s: &Series, exemplar: Option<ExemplarLabels>) {
         self.overhead.observe(call.overhead.as_secs_f64());
         for f in &call.parse_failures {
             self.parse_errors
@@ -410,7 +410,7 @@ impl Metrics {
         let secs = call.duration.as_secs_f64();
         s.duration
             .get_or_init(|| self.llm_duration.get_or_create(&s.lab()).clone())
-            .observe(secs, exemplar.cloned(), None);
+            .observe(secs, exemplar.clone(), None);
         s.op_duration
             .get_or_init(|| {
                 let mut l = s.genai(op);
@@ -419,7 +419,7 @@ impl Metrics {
                 }
                 self.op_duration.get_or_create(&l).clone()
             })
-            .observe(secs, exemplar.cloned(), None);
+            .observe(secs, exemplar, None);
 
         if let Some(u) = call.usage() {
             let kinds = [
@@ -544,20 +544,20 @@ mod tests {
     #[test]
     fn calls_with_the_same_labels_share_a_series_and_others_do_not() {
         let m = Metrics::new(100);
-        let a = m.series(&chat("gpt-4o"));
-        let b = m.series(&chat("gpt-4o"));
+        let a = m.series(&chat("gpt-4o"), None);
+        let b = m.series(&chat("gpt-4o"), None);
         assert!(Arc::ptr_eq(&a, &b));
         let mut failed = chat("gpt-4o");
         failed.outcome = Outcome::Cancelled;
-        let c = m.series(&failed);
+        let c = m.series(&failed, failed.error_type().as_deref());
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(c.labels.error_type.as_deref(), Some("cancelled"));
-        let d = m.series(&chat("gpt-4o-mini"));
+        let d = m.series(&chat("gpt-4o-mini"), None);
         assert_eq!(d.labels.model, "gpt-4o-mini");
         // a model name too long to cache still gets its (bounded) labels
         let long = "m".repeat(SERIES_KEY_MAX_BYTES + 1);
-        let e = m.series(&chat(&long));
-        let f = m.series(&chat(&long));
+        let e = m.series(&chat(&long), None);
+        let f = m.series(&chat(&long), None);
         assert!(!Arc::ptr_eq(&e, &f));
         assert_eq!(e.labels.model, long);
     }
@@ -566,7 +566,7 @@ mod tests {
     fn a_cached_series_creates_only_the_children_it_records() {
         let m = Metrics::new(100);
         let call = chat("gpt-4o");
-        let s = m.series(&call);
+        let s = m.series(&call, None);
         m.record(&call, &s, None);
         m.record(&call, &s, None);
         let page = m.encode(Format::PrometheusText).expect("encode");
@@ -597,7 +597,7 @@ mod tests {
         streamed.cost = Some(0.25);
         streamed.streamed = true;
         streamed.time_to_first_chunk = Some(std::time::Duration::from_millis(30));
-        m.record(&streamed, &m.series(&streamed), None);
+        m.record(&streamed, &m.series(&streamed, None), None);
         let page = m.encode(Format::PrometheusText).expect("encode");
         for present in [
             r#"llm_tokens_used_total{model="gpt-4o",provider="openai",status="success",type="completion"} 5"#,

@@ -430,7 +430,6 @@ pub struct Attributes {
     with_error: Vec<KeyValue>,
     tokens: [Vec<KeyValue>; 3],
     token_usage: [Vec<KeyValue>; 2],
-    model: [KeyValue; 1],
 }
 
 impl Attributes {
@@ -474,7 +473,6 @@ impl Attributes {
             l
         });
         Attributes {
-            model: [KeyValue::new("model", b.model.clone())],
             lab,
             genai,
             with_error,
@@ -603,7 +601,8 @@ impl Instruments {
             }
             match call.cost {
                 Some(c) => self.cost.add(c, &a.lab),
-                None => self.unpriced.add(1, &a.model),
+                // `model` alone (the first of the lab's labels)
+                None => self.unpriced.add(1, &a.lab[..1]),
             }
         }
         if call.streamed {

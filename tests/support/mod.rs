@@ -54,10 +54,15 @@ impl Stack {
     }
 
     pub async fn metrics(&self) -> String {
-        let r = send(&self.via(), "GET", "/metrics", &[], Bytes::new()).await;
-        assert_eq!(r.status, StatusCode::OK);
-        String::from_utf8(r.body.to_vec()).expect("utf8 page")
+        metrics(&self.via()).await
     }
+}
+
+/// The `/metrics` page of the tokentap at `base`.
+pub async fn metrics(base: &str) -> String {
+    let r = send(base, "GET", "/metrics", &[], Bytes::new()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    String::from_utf8(r.body.to_vec()).expect("utf8 page")
 }
 
 /// A demo upstream without pacing, and tokentap's configuration pointing at it.
