@@ -63,6 +63,14 @@ fn bad_configuration_is_one_line_and_exit_2() {
     let mut c = tokentap();
     c.args(["--max-body", "huge"]);
     assert_config_error(c, "--max-body");
+
+    let mut c = tokentap();
+    c.env("OTEL_TRACES_SAMPLER", "sometimes");
+    assert_config_error(c, "OTEL_TRACES_SAMPLER");
+
+    let mut c = tokentap();
+    c.env("OTEL_TRACES_SAMPLER_ARG", "lots");
+    assert_config_error(c, "OTEL_TRACES_SAMPLER_ARG");
 }
 
 #[test]
