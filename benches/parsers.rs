@@ -30,6 +30,7 @@ use http_body_util::{BodyExt, StreamBody};
 use tokentap::call::Call;
 use tokentap::genai::inject::UsageStripper;
 use tokentap::genai::pricing::PriceTable;
+use tokentap::genai::provider::Provider;
 use tokentap::genai::request::{Operation, RequestFacts};
 use tokentap::genai::sse::SseDecoder;
 use tokentap::genai::stream::StreamAccumulator;
@@ -190,6 +191,7 @@ fn new_call() -> Call {
         request,
         "POST".to_owned(),
         "/v1/chat/completions".to_owned(),
+        Provider::default(),
         "api.openai.com".to_owned(),
         443,
     );

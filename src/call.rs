@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 pub use crate::genai::content::Content;
+use crate::genai::provider::Provider;
 use crate::genai::request::{Operation, RequestFacts};
 use crate::genai::response::{ResponseFacts, Usage};
 
@@ -53,6 +54,8 @@ pub struct Call {
     pub method: String,
     /// The client's path (no query).
     pub path: String,
+    /// Who serves the call (the route's provider).
+    pub provider: Provider,
     pub server_address: String,
     pub server_port: u16,
     /// HTTP status the client received, when a response started.
@@ -88,6 +91,7 @@ impl Call {
         request: RequestFacts,
         method: String,
         path: String,
+        provider: Provider,
         server_address: String,
         server_port: u16,
     ) -> Call {
@@ -96,6 +100,7 @@ impl Call {
             request,
             method,
             path,
+            provider,
             server_address,
             server_port,
             status: None,

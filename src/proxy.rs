@@ -25,6 +25,7 @@ use crate::config::{Config, Upstream};
 use crate::error::{ProxyError, chain, is_timeout};
 use crate::genai::content;
 use crate::genai::inject::request_with_usage;
+use crate::genai::provider::Provider;
 use crate::genai::request::{Operation, RequestFacts};
 use crate::observe::Observer;
 use crate::tap::{BoxError, Tap};
@@ -60,6 +61,7 @@ const UPSTREAM_MAX_BUF: usize = 8 * 1024;
 pub struct Proxy {
     client: Client<Connector, Full<Bytes>>,
     upstream: Upstream,
+    provider: Provider,
     recorder: Arc<Recorder>,
     max_body: u64,
     read_timeout: std::time::Duration,
@@ -152,6 +154,7 @@ impl Proxy {
     pub fn new(cfg: &Config, upstream: Upstream, recorder: Arc<Recorder>) -> Proxy {
         Proxy {
             client: build_client(cfg),
+            provider: Provider::for_host(upstream.host()),
             upstream,
             recorder,
             max_body: cfg.max_body,
@@ -217,6 +220,7 @@ impl Proxy {
             request,
             parts.method.to_string(),
             parts.uri.path().to_owned(),
+            self.provider.clone(),
             self.upstream.host().to_owned(),
             self.upstream.port(),
         )

@@ -28,6 +28,8 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Debug, Clone)]
 pub struct BoundedLabels {
     pub model: String,
+    /// Configured per route, not client-controlled: not bounded.
+    pub provider: crate::genai::provider::Provider,
     pub request_model: String,
     pub response_model: Option<String>,
     pub server_address: String,
@@ -45,6 +47,7 @@ const SERIES_KEY_MAX_BYTES: usize = 512;
 #[derive(Debug, PartialEq, Eq)]
 struct SeriesKey {
     operation: Option<Operation>,
+    provider: crate::genai::provider::Provider,
     request_model: Option<String>,
     response_model: Option<String>,
     server_address: String,
@@ -55,6 +58,7 @@ impl SeriesKey {
     fn of(call: &Call, error_type: Option<&str>) -> SeriesKey {
         SeriesKey {
             operation: call.operation,
+            provider: call.provider.clone(),
             request_model: call.request.model.clone(),
             response_model: call.response.model.clone(),
             server_address: call.server_address.clone(),
@@ -71,6 +75,7 @@ impl SeriesKey {
 
     fn matches(&self, call: &Call, error_type: Option<&str>) -> bool {
         self.operation == call.operation
+            && self.provider == call.provider
             && self.request_model.as_deref() == call.request.model.as_deref()
             && self.response_model.as_deref() == call.response.model.as_deref()
             && self.server_address == call.server_address
@@ -125,7 +130,7 @@ impl Series {
         };
         vec![
             (label::MODEL, self.labels.model.clone()),
-            (label::PROVIDER, value::PROVIDER_OPENAI.to_owned()),
+            (label::PROVIDER, self.labels.provider.to_string()),
             (label::STATUS, status.to_owned()),
         ]
     }
@@ -135,10 +140,7 @@ impl Series {
         let b = &self.labels;
         let mut genai: Labels = vec![
             (label::GEN_AI_OPERATION_NAME, op.name().to_owned()),
-            (
-                label::GEN_AI_PROVIDER_NAME,
-                value::PROVIDER_OPENAI.to_owned(),
-            ),
+            (label::GEN_AI_PROVIDER_NAME, b.provider.to_string()),
             (label::GEN_AI_REQUEST_MODEL, b.request_model.clone()),
         ];
         if let Some(rm) = &b.response_model {
@@ -342,6 +344,7 @@ impl Metrics {
     pub fn series(&self, call: &Call, error_type: Option<&str>) -> Arc<Series> {
         let hash = self.hasher.hash_one((
             call.operation,
+            call.provider.as_str(),
             call.request.model.as_deref(),
             call.response.model.as_deref(),
             call.server_address.as_str(),
@@ -378,6 +381,7 @@ impl Metrics {
                 label::MODEL,
                 call.request.model.as_deref().unwrap_or(value::UNKNOWN),
             ),
+            provider: call.provider.clone(),
             request_model: g.bound(
                 label::GEN_AI_REQUEST_MODEL,
                 call.request.model.as_deref().unwrap_or(value::UNKNOWN),
@@ -536,6 +540,7 @@ mod tests {
             request,
             "POST".into(),
             "/v1/chat/completions".into(),
+            crate::genai::provider::Provider::default(),
             "api.openai.com".into(),
             443,
         )

@@ -57,7 +57,6 @@ pub mod label {
 
 /// Fixed label values.
 pub mod value {
-    pub const PROVIDER_OPENAI: &str = "openai";
     pub const STATUS_SUCCESS: &str = "success";
     pub const STATUS_ERROR: &str = "error";
     pub const TOKENS_PROMPT: &str = "prompt";

@@ -441,12 +441,12 @@ impl Attributes {
         };
         let lab = [
             KeyValue::new("model", b.model.clone()),
-            KeyValue::new("provider", value::PROVIDER_OPENAI),
+            KeyValue::new("provider", b.provider.to_string()),
             KeyValue::new("status", status),
         ];
         let mut genai = vec![
             KeyValue::new(attr::GEN_AI_OPERATION_NAME, op.name()),
-            KeyValue::new(attr::GEN_AI_PROVIDER_NAME, value::PROVIDER_OPENAI),
+            KeyValue::new(attr::GEN_AI_PROVIDER_NAME, b.provider.to_string()),
             KeyValue::new(attr::GEN_AI_REQUEST_MODEL, b.request_model.clone()),
             KeyValue::new(attr::SERVER_ADDRESS, b.server_address.clone()),
         ];

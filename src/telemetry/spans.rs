@@ -18,7 +18,7 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracer;
 
-use super::names::{attr, value};
+use super::names::attr;
 use crate::call::Call;
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -122,7 +122,7 @@ pub fn attributes(call: &Call) -> Vec<KeyValue> {
         a.push(KeyValue::new(attr::GEN_AI_OPERATION_NAME, op.name()));
         a.push(KeyValue::new(
             attr::GEN_AI_PROVIDER_NAME,
-            value::PROVIDER_OPENAI,
+            call.provider.to_string(),
         ));
         a.push(KeyValue::new(attr::OPENAI_API_TYPE, op.api_type()));
         if let Some(m) = &req.model {
