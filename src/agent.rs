@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Secret};
+use crate::genai::pricing::{PriceTable, cost};
 use crate::genai::request::Operation;
 use crate::genai::response::ResponseFacts;
 use crate::genai::sse::SseDecoder;
@@ -87,6 +88,43 @@ impl Store {
     }
 }
 
+/// The agent's routes (SPEC §6); every other request is the proxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AgentRoute {
+    Chat,
+    NewConversation,
+    Summary,
+}
+
+impl AgentRoute {
+    /// The agent route `method` and `path` name, if any.
+    pub(crate) fn recognise(method: &Method, path: &str) -> Option<AgentRoute> {
+        match (method, path) {
+            (&Method::POST, "/chat") => Some(AgentRoute::Chat),
+            (&Method::POST, "/new-conversation") => Some(AgentRoute::NewConversation),
+            (&Method::GET, "/conversation-summary") => Some(AgentRoute::Summary),
+            _ => None,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            AgentRoute::Chat => "/chat",
+            AgentRoute::NewConversation => "/new-conversation",
+            AgentRoute::Summary => "/conversation-summary",
+        }
+    }
+
+    /// The lab's name for the route's SERVER span.
+    fn span_name(self) -> &'static str {
+        match self {
+            AgentRoute::Chat => "api.chat",
+            AgentRoute::NewConversation => "api.new_conversation",
+            AgentRoute::Summary => "api.conversation_summary",
+        }
+    }
+}
+
 pub struct Agent {
     store: Mutex<Store>,
     model: String,
@@ -94,6 +132,8 @@ pub struct Agent {
     max_history: usize,
     key: Option<Secret>,
     demo: bool,
+    /// Prices the lab's `metrics.cost_usd` (the same table the recorder prices calls with).
+    pricing: Arc<PriceTable>,
 }
 
 #[derive(Deserialize)]
@@ -138,7 +178,7 @@ fn unprocessable(kind: &str, loc: Value, msg: &str, input: Value) -> Response<Re
 }
 
 impl Agent {
-    pub fn new(cfg: &Config) -> Agent {
+    pub(crate) fn new(cfg: &Config, pricing: Arc<PriceTable>) -> Agent {
         Agent {
             store: Mutex::new(Store {
                 max: cfg.agent_max_conversations,
@@ -150,6 +190,7 @@ impl Agent {
             max_history: cfg.agent_max_history,
             key: cfg.api_key.clone(),
             demo: cfg.demo,
+            pricing,
         }
     }
 
@@ -160,31 +201,22 @@ impl Agent {
         }
     }
 
-    /// Answers the agent's routes; `None` for any other route.
-    pub async fn route(
+    /// Answers one of the agent's routes.
+    pub(crate) async fn handle(
         &self,
+        route: AgentRoute,
         proxy: &Proxy,
         recorder: &Arc<Recorder>,
         req: Request<hyper::body::Incoming>,
-    ) -> Result<Response<ResponseBody>, Request<hyper::body::Incoming>> {
-        let route = match (req.method(), req.uri().path()) {
-            (&Method::POST, "/chat") => "/chat",
-            (&Method::POST, "/new-conversation") => "/new-conversation",
-            (&Method::GET, "/conversation-summary") => "/conversation-summary",
-            _ => return Err(req),
-        };
+    ) -> Response<ResponseBody> {
         let parent = spans::extract(req.headers());
-        let name = match route {
-            "/chat" => "api.chat",
-            "/new-conversation" => "api.new_conversation",
-            _ => "api.conversation_summary",
-        };
+        let name = route.span_name();
         let tracer = recorder.tracer();
         let span = tracer
             .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_attributes([
-                KeyValue::new("http.route", route),
+                KeyValue::new("http.route", route.path()),
                 KeyValue::new("http.request.method", req.method().to_string()),
             ])
             .start_with_context(tracer, &parent);
@@ -193,16 +225,16 @@ impl Agent {
         let body = match req.into_body().collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                return Ok(detail(
+                return detail(
                     StatusCode::BAD_REQUEST,
                     format!("could not read the body: {e}"),
-                ));
+                );
             }
         };
         let mut resp = match route {
-            "/chat" => self.chat(proxy, recorder, &cx, &body).await,
-            "/new-conversation" => self.new_conversation(recorder, &body).await,
-            _ => self.summary(query.as_deref()).await,
+            AgentRoute::Chat => self.chat(proxy, recorder, &cx, &body).await,
+            AgentRoute::NewConversation => self.new_conversation(recorder, &body).await,
+            AgentRoute::Summary => self.summary(query.as_deref()).await,
         };
         let span = cx.span();
         span.set_attribute(KeyValue::new(
@@ -224,7 +256,7 @@ impl Agent {
         } else {
             span.end();
         }
-        Ok(resp)
+        resp
     }
 
     async fn new_conversation(&self, recorder: &Recorder, body: &[u8]) -> Response<ResponseBody> {
@@ -410,7 +442,7 @@ impl Agent {
             return self.failed(&pcx, "upstream answer has no message content");
         };
         let facts = ResponseFacts::from_value(Operation::ChatCompletions, &v);
-        let metrics = call_metrics(recorder, &facts, &model, started);
+        let metrics = call_metrics(&self.pricing, &facts, &model, started);
         let mut guard = guard;
         let turn = commit(
             recorder,
@@ -499,6 +531,7 @@ impl Agent {
         }
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         let rec = recorder.clone();
+        let pricing = self.pricing.clone();
         let max_history = self.max_history;
         tokio::spawn(async move {
             let mut body = resp.into_body();
@@ -570,7 +603,7 @@ impl Agent {
                 return;
             }
             let facts = acc.facts();
-            let metrics = call_metrics(&rec, &facts, &model, started);
+            let metrics = call_metrics(&pricing, &facts, &model, started);
             let turn = commit(&rec, &mut guard, max_history, message, text.clone());
             span.set_attribute(KeyValue::new(
                 "agent.response.length",
@@ -602,7 +635,7 @@ impl Agent {
 
 /// The lab's `metrics` object for a finished model call.
 fn call_metrics(
-    recorder: &Recorder,
+    pricing: &PriceTable,
     facts: &ResponseFacts,
     model: &str,
     started: Instant,
@@ -615,7 +648,11 @@ fn call_metrics(
         completion_tokens: u.output_tokens,
         cost_usd: facts
             .usage
-            .and_then(|u| recorder.price(facts.model.as_deref(), Some(model), &u))
+            .and_then(|u| {
+                pricing
+                    .lookup(facts.model.as_deref(), Some(model))
+                    .map(|p| cost(p, &u))
+            })
             .unwrap_or(0.0),
         model: model.to_owned(),
     }

@@ -88,23 +88,6 @@ impl std::fmt::Display for ProxyError {
 
 impl std::error::Error for ProxyError {}
 
-/// Walks an error's sources looking for a timeout.
-pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        if e.to_string().contains("timed out") || e.to_string().contains("timeout") {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
 /// Renders an error with its sources on one line (no secrets: errors carry no headers).
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut s = err.to_string();

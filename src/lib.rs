@@ -30,6 +30,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod agent;
+pub mod app;
 pub mod call;
 pub mod config;
 pub mod demo;
@@ -37,6 +38,8 @@ pub mod error;
 pub mod genai;
 pub mod observe;
 pub mod proxy;
+pub(crate) mod route;
 pub mod server;
 pub mod tap;
 pub mod telemetry;
+pub(crate) mod upstream;

@@ -1,12 +1,13 @@
-//! `tokentap` binary: configuration → logging → server; nothing else.
+//! `tokentap` binary: flags → configuration → telemetry → logging → [`app`]; nothing else.
+//!
+//! Every start-up failure is an [`app::StartError`] printed as one line with its exit status.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokentap::app::{self, StartError};
 use tokentap::config::{Cli, Config, LogFormat};
-use tokentap::server;
-use tokentap::telemetry::Telemetry;
 use tokentap::telemetry::otel::OtelSettings;
 
 /// Log lines go to stderr (text or JSON) and, when a logs exporter is on, over OTLP.
@@ -50,7 +51,7 @@ fn init_logging(
         .map_err(|e| e.to_string())
 }
 
-fn banner(running: &server::Running, demo: bool) {
+fn banner(running: &app::Running, demo: bool) {
     let url = running.url();
     println!("tokentap listening on {url}");
     if demo {
@@ -100,53 +101,33 @@ async fn main() -> ExitCode {
     if cli.healthcheck {
         return healthcheck(cli.listen).await;
     }
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokentap: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Starts tokentap and serves until SIGINT or SIGTERM.
+async fn run(cli: Cli) -> Result<(), StartError> {
     let (log_format, log_filter, demo) = (cli.log_format, cli.log.clone(), cli.demo);
     let cfg = Config::from(cli);
-    let settings = match OtelSettings::from_env(&cfg.service_name) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tokentap: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let opts = match server::recorder_options(&cfg) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("tokentap: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let telemetry = match Telemetry::new(opts, &settings) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("tokentap: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = init_logging(
+    let settings = OtelSettings::from_env(&cfg.service_name).map_err(StartError::Config)?;
+    let telemetry = app::telemetry(&cfg, &settings)?;
+    init_logging(
         log_format,
         &log_filter,
         telemetry.providers.logger_provider.as_ref(),
-    ) {
-        eprintln!("tokentap: {e}");
-        return ExitCode::from(2);
-    }
-    let running = match server::start_with(cfg, telemetry).await {
-        Ok(r) => r,
-        Err(server::StartError::Config(m)) => {
-            eprintln!("tokentap: {m}");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("tokentap: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    )
+    .map_err(StartError::Config)?;
+    let running = app::start_with(cfg, telemetry).await?;
     banner(&running, demo);
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// GET /health on the listen address (loopback when it listens on all interfaces).

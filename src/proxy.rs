@@ -1,34 +1,47 @@
 //! Forwarding: the client's request goes upstream unchanged, the answer comes
-//! back through a [`Tap`].
+//! back through a [`Tap`](crate::tap::Tap).
 //!
-//! The request body is read once (bounded by `--max-body`) because its facts
-//! — operation, model, stream — decide how the response is observed, and a
-//! stream that would otherwise carry no usage is asked for it (the only
-//! change tokentap ever makes, undone on the way back). Headers lose only
-//! their hop-by-hop members; `Authorization` goes through untouched and is
-//! never looked at.
+//! A request passes named stages, in the spirit of pingora's phases, each in
+//! its own file and each reading only what the stages before it decided:
+//!
+//! ```text
+//! read body (bounded) ─► route ─► prepare ─► upstream request ─► send ─► tap
+//!   Proxy::forward      route.rs  prepare.rs  request.rs         send.rs respond.rs
+//! ```
+//!
+//! - **route** picks the [`Route`](crate::route::Route): upstream, provider, connection pool.
+//! - **prepare** reads the body's facts into a [`Call`](crate::call::Call), starts its
+//!   span, and decides whether a stream must be asked for usage (the only change
+//!   tokentap ever makes, undone on the way back).
+//! - **upstream request** builds the request the upstream gets: the same method,
+//!   path, query and headers minus hop-by-hop ones; `Authorization` goes through
+//!   untouched and is never looked at.
+//! - **send** waits for the upstream's answer and maps failures to typed errors.
+//! - **tap** wraps the answer's body so every frame is observed as it passes.
+//!
+//! The body is read once, before routing, because its facts decide how the
+//! response is observed; a failure at any stage still records the call.
+
+mod headers;
+mod prepare;
+mod request;
+mod respond;
+mod send;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-use crate::call::{Call, Outcome, ParseFailure};
-use crate::config::{Config, Upstream};
-use crate::error::{ProxyError, chain, is_timeout};
-use crate::genai::content;
-use crate::genai::inject::request_with_usage;
-use crate::genai::provider::Provider;
-use crate::genai::request::{Operation, RequestFacts};
-use crate::observe::Observer;
-use crate::tap::{BoxError, Tap};
+use crate::call::{Call, Outcome};
+use crate::config::Config;
+use crate::error::{ProxyError, chain};
+use crate::route::Routes;
+use crate::tap::BoxError;
 use crate::telemetry::Recorder;
 use crate::telemetry::spans;
 
@@ -52,86 +65,6 @@ impl Timing {
         }
     }
 }
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// Largest read buffer of an upstream connection (also the largest response head).
-const UPSTREAM_MAX_BUF: usize = 8 * 1024;
-
-/// Everything `forward` needs, shared by all connections.
-pub struct Proxy {
-    client: Client<Connector, Full<Bytes>>,
-    upstream: Upstream,
-    provider: Provider,
-    recorder: Arc<Recorder>,
-    max_body: u64,
-    read_timeout: std::time::Duration,
-    usage_injection: bool,
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for h in HOP_BY_HOP.iter().chain(named.iter()) {
-        headers.remove(h);
-    }
-    headers.remove(header::UPGRADE);
-}
-
-/// Builds the pooled upstream client (rustls with ring; HTTP/2 by ALPN for https).
-pub fn build_client(cfg: &Config) -> Client<Connector, Full<Bytes>> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(cfg.connect_timeout));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-    let tls = match tls {
-        Ok(t) => t,
-        // ring supports the default versions; this cannot fail in practice
-        Err(_) => rustls::ClientConfig::builder()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-    };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        // hyper grows a connection's read buffer (up to ~400 KiB) whenever a read fills
-        // it, and never shrinks it: a pooled connection that once caught up with a burst
-        // of chunks kept the bigger buffer, and peak memory crept up round after round of
-        // 1,000 streams (issue 6). 8 KiB is also nginx's default limit on a response
-        // head (`proxy_buffer_size`); OpenAI's are under 2 KiB.
-        .http1_max_buf_size(UPSTREAM_MAX_BUF)
-        .build(https)
-}
 
 /// A complete response with a small body (local replies).
 pub fn full_response(
@@ -150,82 +83,122 @@ pub fn full_response(
     r
 }
 
+/// Everything the stages need, shared by all connections.
+pub struct Proxy {
+    routes: Routes,
+    recorder: Arc<Recorder>,
+    max_body: u64,
+    read_timeout: std::time::Duration,
+    usage_injection: bool,
+    capture_content: bool,
+}
+
 impl Proxy {
-    pub fn new(cfg: &Config, upstream: Upstream, recorder: Arc<Recorder>) -> Proxy {
+    pub(crate) fn new(cfg: &Config, routes: Routes, recorder: Arc<Recorder>) -> Proxy {
         Proxy {
-            client: build_client(cfg),
-            provider: Provider::for_host(upstream.host()),
-            upstream,
+            routes,
             recorder,
             max_body: cfg.max_body,
             read_timeout: cfg.read_timeout,
             usage_injection: cfg.usage_injection,
+            capture_content: cfg.capture_content,
         }
     }
 
     /// Reads the client's body (bounded) and forwards the request.
-    pub async fn forward<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    pub(crate) async fn forward<B>(&self, req: Request<B>) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let started = Instant::now();
-        let wall = SystemTime::now();
+        let timing = Timing::now();
         let (parts, body) = req.into_parts();
         let parent = spans::extract(&parts.headers);
+        match self.read_body(&parts, body).await {
+            Ok(b) => self.forward_bytes(parts, b, timing, &parent).await,
+            Err(e) => {
+                let route = self.routes.choose(parts.uri.path());
+                let mut call = prepare::unread(route, &parts);
+                call.trace = Some(spans::start(
+                    self.recorder.tracer(),
+                    &parent,
+                    &call,
+                    timing.wall,
+                ));
+                self.reject(call, e, timing.started)
+            }
+        }
+    }
+
+    /// The whole request body, at most `--max-body` bytes.
+    async fn read_body<B>(&self, parts: &http::request::Parts, body: B) -> Result<Bytes, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let too_large = ProxyError::BodyTooLarge {
+            limit: self.max_body,
+        };
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(too_large);
+        }
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
-        let body = if declared.is_some_and(|n| n > self.max_body) {
-            Err(ProxyError::BodyTooLarge {
-                limit: self.max_body,
-            })
-        } else {
-            match Limited::new(body, limit).collect().await {
-                Ok(c) => Ok(c.to_bytes()),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    Err(ProxyError::BodyTooLarge {
-                        limit: self.max_body,
-                    })
-                }
-                Err(e) => Err(ProxyError::ClientBody(chain(e.as_ref()))),
-            }
-        };
-        let timing = Timing { started, wall };
-        match body {
-            Ok(b) => self.forward_bytes(parts, b, timing, &parent).await,
-            Err(e) => {
-                let mut call = self.new_call(
-                    &parts,
-                    Operation::from_path(parts.uri.path()),
-                    RequestFacts::default(),
-                );
-                call.trace = Some(spans::start(self.recorder.tracer(), &parent, &call, wall));
-                self.reject(call, e, started)
-            }
+        match Limited::new(body, limit).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+            Err(e) => Err(ProxyError::ClientBody(chain(e.as_ref()))),
         }
     }
 
-    fn new_call(
+    /// Forwards a request whose body is already read, its span a child of `parent`.
+    pub(crate) async fn forward_bytes(
         &self,
-        parts: &http::request::Parts,
-        op: Option<Operation>,
-        request: RequestFacts,
-    ) -> Call {
-        Call::new(
-            op,
-            request,
-            parts.method.to_string(),
-            parts.uri.path().to_owned(),
-            self.provider.clone(),
-            self.upstream.host().to_owned(),
-            self.upstream.port(),
+        parts: http::request::Parts,
+        body: Bytes,
+        timing: Timing,
+        parent: &opentelemetry::Context,
+    ) -> Response<ResponseBody> {
+        let work = Instant::now();
+        let route = self.routes.choose(parts.uri.path());
+        let prepared = prepare::call(route, &parts, &body, self.prepare_options());
+        let mut call = prepared.call;
+        let cx = spans::start(self.recorder.tracer(), parent, &call, timing.wall);
+        let traceresponse = spans::traceresponse(&cx);
+        call.trace = Some(cx);
+        let up = match request::build(route, parts, prepared.upstream_body, &call) {
+            Ok(up) => up,
+            Err(e) => return self.reject(call, e, timing.started),
+        };
+        call.overhead += work.elapsed();
+        let resp = match send::send(route, up, self.read_timeout).await {
+            Ok(r) => r,
+            Err(e) => return self.reject(call, e, timing.started),
+        };
+        respond::tap(
+            resp,
+            call,
+            traceresponse,
+            respond::TapOptions {
+                recorder: &self.recorder,
+                started: timing.started,
+                read_timeout: self.read_timeout,
+            },
         )
     }
 
+    fn prepare_options(&self) -> prepare::Options {
+        prepare::Options {
+            usage_injection: self.usage_injection,
+            capture_content: self.capture_content,
+        }
+    }
+
+    /// Answers with tokentap's own error and records the call as failed.
     fn reject(&self, mut call: Call, e: ProxyError, started: Instant) -> Response<ResponseBody> {
         let status = e.status();
         call.status = Some(status.as_u16());
@@ -243,140 +216,5 @@ impl Proxy {
             resp.headers_mut().insert(TRACERESPONSE, v);
         }
         resp
-    }
-
-    /// Forwards a request whose body is already read, its span a child of `parent`.
-    pub async fn forward_bytes(
-        &self,
-        parts: http::request::Parts,
-        body: Bytes,
-        timing: Timing,
-        parent: &opentelemetry::Context,
-    ) -> Response<ResponseBody> {
-        let started = timing.started;
-        let work = Instant::now();
-        let op = Operation::from_path(parts.uri.path());
-        let mut parse_failure = None;
-        let facts = match op {
-            Some(_) if !body.is_empty() => RequestFacts::parse(&body).unwrap_or_else(|_| {
-                parse_failure = Some(ParseFailure::InvalidJson);
-                RequestFacts::default()
-            }),
-            _ => RequestFacts::default(),
-        };
-        let inject = self.usage_injection
-            && op.is_some_and(Operation::usage_is_opt_in)
-            && facts.stream
-            && facts.include_usage != Some(true);
-        let mut call = self.new_call(&parts, op, facts);
-        if let Some(f) = parse_failure {
-            call.note_parse_failure(f);
-        }
-        if self.recorder.capture_content {
-            call.content = op.and_then(|op| content::from_request(op, &body));
-        }
-        let cx = spans::start(self.recorder.tracer(), parent, &call, timing.wall);
-        let traceresponse = spans::traceresponse(&cx);
-        call.trace = Some(cx);
-        let body = match inject.then(|| request_with_usage(&body)).flatten() {
-            Some(edited) => {
-                call.usage_injected = true;
-                Bytes::from(edited)
-            }
-            None => body,
-        };
-
-        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = format!(
-            "{}://{}{}{}",
-            self.upstream.scheme, self.upstream.authority, self.upstream.prefix, path_and_query
-        );
-        let uri: http::Uri = match uri.parse() {
-            Ok(u) => u,
-            Err(e) => {
-                return self.reject(
-                    call,
-                    ProxyError::BadRequest(format!("cannot build upstream URL: {e}")),
-                    started,
-                );
-            }
-        };
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
-        headers.remove(header::CONTENT_LENGTH);
-        if call.usage_injected {
-            // the stream is edited byte by byte, which needs it uncompressed
-            headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("identity"),
-            );
-        }
-        if let Some(cx) = &call.trace {
-            spans::inject(cx, &mut headers);
-        }
-        let mut up = Request::new(Full::new(body));
-        *up.method_mut() = parts.method;
-        *up.uri_mut() = uri;
-        *up.headers_mut() = headers;
-
-        call.overhead += work.elapsed();
-        let sent = tokio::time::timeout(self.read_timeout, self.client.request(up)).await;
-        let resp = match sent {
-            Err(_) => {
-                let e = ProxyError::Timeout(format!(
-                    "no response within {:?} (--read-timeout)",
-                    self.read_timeout
-                ));
-                return self.reject(call, e, started);
-            }
-            Ok(Err(e)) => {
-                let msg = chain(&e);
-                let err = if is_timeout(&e) {
-                    ProxyError::Timeout(msg)
-                } else if e.is_connect() {
-                    ProxyError::Unreachable(msg)
-                } else {
-                    ProxyError::UpstreamFailed(msg)
-                };
-                return self.reject(call, err, started);
-            }
-            Ok(Ok(r)) => r,
-        };
-
-        let (mut rparts, incoming) = resp.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
-        call.status = Some(rparts.status.as_u16());
-        call.request_id = rparts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let event_stream = rparts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
-        let encoding = rparts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok());
-        let observer = Observer::new(op, event_stream, encoding, call.usage_injected, started)
-            .capturing(call.content.is_some());
-        if observer.edits() {
-            rparts.headers.remove(header::CONTENT_LENGTH);
-        }
-        if let Some(v) = traceresponse {
-            rparts.headers.insert(TRACERESPONSE, v);
-        }
-        let tap = Tap::new(
-            incoming,
-            call,
-            observer,
-            self.recorder.clone(),
-            started,
-            self.read_timeout,
-        );
-        Response::from_parts(rparts, tap.boxed_unsync())
     }
 }

@@ -1,13 +1,13 @@
-//! The one listener: accept loop, routing and graceful shutdown.
+//! The one listener's router: local routes, the agent, and the proxy.
 //!
-//! HTTP/1.1 and h2c share the port (hyper-util's auto builder). A handful of
-//! local routes (`/health`, `/metrics`) are answered here; everything else is
-//! the proxy's. Shutdown stops accepting at once and gives in-flight
-//! requests — long streams included — a grace period to finish.
+//! HTTP/1.1 and h2c share the port (hyper-util's auto builder). Each request
+//! is matched once to a [`Target`]: a handful of local routes (`/health`,
+//! `/metrics`), the agent's routes, or — for everything else — the proxy.
+//! Shutdown stops accepting at once and gives in-flight requests, long
+//! streams included, a grace period to finish.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -18,143 +18,37 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use crate::agent::Agent;
-use crate::config::{Config, Upstream};
-use crate::demo::{DemoOptions, DemoUpstream};
-use crate::genai::pricing::PriceTable;
+use crate::agent::{Agent, AgentRoute};
 use crate::proxy::{Proxy, ResponseBody, full_response};
+use crate::telemetry::Recorder;
 use crate::telemetry::metrics::Format;
-use crate::telemetry::otel::{OtelSettings, Providers};
-use crate::telemetry::{Recorder, RecorderOptions, Telemetry};
 
-/// Why the server could not start.
-#[derive(Debug)]
-pub enum StartError {
-    /// A setting is invalid (exit status 2).
-    Config(String),
-    /// The listener could not be bound.
-    Io(std::io::Error),
+/// What the router serves: the parts it hands requests to.
+pub(crate) struct Server {
+    pub(crate) proxy: Proxy,
+    pub(crate) agent: Agent,
+    pub(crate) recorder: Arc<Recorder>,
+    /// The `/health` body (it names the service).
+    pub(crate) health: Bytes,
 }
 
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Config(m) => f.write_str(m),
-            StartError::Io(e) => write!(f, "cannot listen: {e}"),
+/// Where one request goes.
+enum Target {
+    Health,
+    Metrics,
+    Agent(AgentRoute),
+    Proxy,
+}
+
+impl Target {
+    fn of(method: &Method, path: &str) -> Target {
+        match (method, path) {
+            (&Method::GET, "/health") => Target::Health,
+            (&Method::GET, "/metrics") => Target::Metrics,
+            _ => AgentRoute::recognise(method, path).map_or(Target::Proxy, Target::Agent),
         }
     }
-}
-
-impl std::error::Error for StartError {}
-
-struct App {
-    proxy: Proxy,
-    agent: Agent,
-    recorder: Arc<Recorder>,
-    health: Bytes,
-}
-
-/// A running tokentap (listener + optional demo upstream).
-pub struct Running {
-    pub addr: SocketAddr,
-    pub upstream: Upstream,
-    pub recorder: Arc<Recorder>,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    providers: Option<Providers>,
-    _demo: Option<DemoUpstream>,
-}
-
-impl Running {
-    /// `http://ADDR` of the listener.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops accepting, lets in-flight requests finish within the grace period, waits,
-    /// then flushes pending spans, metrics and logs within `TELEMETRY_FLUSH_DEADLINE`.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        let _ = (&mut self.task).await;
-        if let Some(p) = self.providers.take() {
-            p.shutdown(TELEMETRY_FLUSH_DEADLINE).await;
-        }
-    }
-}
-
-/// Longest time spent flushing telemetry at shutdown.
-pub const TELEMETRY_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Loads the price table of `cfg` (built-in, plus `--pricing`).
-pub fn load_pricing(cfg: &Config) -> Result<PriceTable, StartError> {
-    let mut pricing = PriceTable::default();
-    if let Some(path) = &cfg.pricing {
-        pricing
-            .extend_from_file(path)
-            .map_err(|e| StartError::Config(format!("--pricing {}: {e}", path.display())))?;
-    }
-    Ok(pricing)
-}
-
-/// How calls are recorded for `cfg`.
-pub fn recorder_options(cfg: &Config) -> Result<RecorderOptions, StartError> {
-    Ok(RecorderOptions {
-        pricing: load_pricing(cfg)?,
-        max_label_values: cfg.max_label_values,
-        capture_content: cfg.capture_content,
-    })
-}
-
-/// Starts with telemetry that exports nothing (spans still get ids, for `traceresponse`).
-pub async fn start(cfg: Config) -> Result<Running, StartError> {
-    let telemetry = Telemetry::new(recorder_options(&cfg)?, &OtelSettings::none())
-        .map_err(StartError::Config)?;
-    start_with(cfg, telemetry).await
-}
-
-/// Binds the listener, starts the demo upstream if asked, and serves.
-pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, StartError> {
-    let (upstream, demo) = if cfg.demo {
-        let opts = DemoOptions {
-            chunk_delay: cfg.demo_chunk_delay,
-            ..DemoOptions::default()
-        };
-        let demo = DemoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)), opts)
-            .await
-            .map_err(StartError::Io)?;
-        let up = Upstream::parse(&demo.base_url()).map_err(StartError::Config)?;
-        (up, Some(demo))
-    } else {
-        (cfg.upstream.clone(), None)
-    };
-    let listener = listen(cfg.listen).map_err(StartError::Io)?;
-    let addr = listener.local_addr().map_err(StartError::Io)?;
-    let Telemetry {
-        recorder,
-        providers,
-    } = telemetry;
-    let health = Bytes::from(
-        serde_json::json!({"status": "healthy", "service": cfg.service_name}).to_string(),
-    );
-    let app = Arc::new(App {
-        proxy: Proxy::new(&cfg, upstream.clone(), recorder.clone()),
-        agent: Agent::new(&cfg),
-        recorder: recorder.clone(),
-        health,
-    });
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(serve(listener, app, rx, cfg.shutdown_grace));
-    Ok(Running {
-        addr,
-        upstream,
-        recorder,
-        shutdown: tx,
-        task,
-        providers: Some(providers),
-        _demo: demo,
-    })
 }
 
 /// Connections the kernel queues before they are accepted. tokio's `bind` asks
@@ -177,9 +71,10 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn serve(
+/// Serves `listener` until `stop` turns true, then drains within `grace`.
+pub(crate) async fn serve(
     listener: TcpListener,
-    app: Arc<App>,
+    server: Arc<Server>,
     mut stop: watch::Receiver<bool>,
     grace: std::time::Duration,
 ) {
@@ -199,10 +94,10 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
+                let server = server.clone();
                 let svc = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(&app, req).await) }
+                    let server = server.clone();
+                    async move { Ok::<_, std::convert::Infallible>(server.route(req).await) }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn.into_owned());
@@ -223,38 +118,36 @@ async fn serve(
     }
 }
 
-async fn route(app: &App, req: Request<Incoming>) -> Response<ResponseBody> {
-    let started = Instant::now();
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => {
-            full_response(StatusCode::OK, "application/json", app.health.clone())
-        }
-        (&Method::GET, "/metrics") => {
-            let accept = req
-                .headers()
-                .get(http::header::ACCEPT)
-                .and_then(|v| v.to_str().ok());
-            let format = Format::from_accept(accept);
-            match app.recorder.metrics.encode(format) {
-                Ok(page) => full_response(StatusCode::OK, format.content_type(), Bytes::from(page)),
-                Err(_) => full_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    Bytes::from_static(b"encoding failed\n"),
-                ),
+impl Server {
+    async fn route(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        match Target::of(req.method(), req.uri().path()) {
+            Target::Health => {
+                full_response(StatusCode::OK, "application/json", self.health.clone())
             }
+            Target::Metrics => self.metrics_page(&req),
+            Target::Agent(route) => {
+                self.agent
+                    .handle(route, &self.proxy, &self.recorder, req)
+                    .await
+            }
+            Target::Proxy => self.proxy.forward(req).await,
         }
-        _ => {
-            let req = match app.agent.route(&app.proxy, &app.recorder, req).await {
-                Ok(resp) => return resp,
-                Err(req) => req,
-            };
-            let resp = app.proxy.forward(req).await;
-            tracing::trace!(
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "headers sent"
-            );
-            resp
+    }
+
+    /// `/metrics` in the format the scraper asked for.
+    fn metrics_page(&self, req: &Request<Incoming>) -> Response<ResponseBody> {
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let format = Format::from_accept(accept);
+        match self.recorder.metrics.encode(format) {
+            Ok(page) => full_response(StatusCode::OK, format.content_type(), Bytes::from(page)),
+            Err(_) => full_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                Bytes::from_static(b"encoding failed\n"),
+            ),
         }
     }
 }

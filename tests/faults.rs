@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use support::*;
+use tokentap::app;
 use tokentap::config::{Config, Upstream};
-use tokentap::server;
 
 fn error_code(r: &Reply) -> String {
     let v: serde_json::Value = serde_json::from_slice(&r.body).expect("OpenAI-shaped JSON error");
@@ -27,7 +27,7 @@ async fn upstream_down_is_a_502_json_error() {
         .port();
     let cfg =
         Config::for_upstream(Upstream::parse(&format!("http://127.0.0.1:{port}")).expect("url"));
-    let proxy = server::start(cfg).await.expect("starts");
+    let proxy = app::start(cfg).await.expect("starts");
     let r = post_json(
         &proxy.url(),
         "/v1/chat/completions",
@@ -332,7 +332,7 @@ async fn big_bodies_pass_and_oversized_response_heads_are_a_502() {
     .into_bytes();
     ok.extend_from_slice(body.as_bytes());
     let cfg = Config::for_upstream(Upstream::parse(&raw_upstream(ok).await).expect("url"));
-    let proxy = server::start(cfg).await.expect("starts");
+    let proxy = app::start(cfg).await.expect("starts");
     let r = post_json(
         &proxy.url(),
         "/v1/chat/completions",
@@ -356,7 +356,7 @@ async fn big_bodies_pass_and_oversized_response_heads_are_a_502() {
     );
     let cfg =
         Config::for_upstream(Upstream::parse(&raw_upstream(huge.into_bytes()).await).expect("url"));
-    let proxy = server::start(cfg).await.expect("starts");
+    let proxy = app::start(cfg).await.expect("starts");
     let r = post_json(
         &proxy.url(),
         "/v1/chat/completions",

@@ -15,9 +15,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use tokentap::app::{self, Running};
 use tokentap::config::{Config, Upstream};
 use tokentap::demo::{DemoOptions, DemoUpstream};
-use tokentap::server::{self, Running};
 use tokentap::telemetry::Telemetry;
 use tokentap::telemetry::otel::Providers;
 
@@ -34,7 +34,7 @@ impl Stack {
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Stack {
         let (demo, cfg) = demo_and_config(tweak).await;
-        let proxy = server::start(cfg).await.expect("tokentap starts");
+        let proxy = app::start(cfg).await.expect("tokentap starts");
         Stack { demo, proxy }
     }
 
@@ -85,9 +85,8 @@ async fn demo_and_config(tweak: impl FnOnce(&mut Config)) -> (DemoUpstream, Conf
 pub async fn start_traced_proxy(cfg: Config) -> (Running, InMemorySpanExporter) {
     let exporter = InMemorySpanExporter::default();
     let e = exporter.clone();
-    let telemetry = Telemetry::with_providers(
-        server::recorder_options(&cfg).expect("options"),
-        move |_| {
+    let telemetry =
+        Telemetry::with_providers(app::recorder_options(&cfg).expect("options"), move |_| {
             Ok(Providers {
                 tracer_provider: SdkTracerProvider::builder().with_simple_exporter(e).build(),
                 meter_provider: None,
@@ -96,10 +95,9 @@ pub async fn start_traced_proxy(cfg: Config) -> (Running, InMemorySpanExporter) 
                 log_queue: None,
                 export_thread: None,
             })
-        },
-    )
-    .expect("telemetry");
-    let proxy = server::start_with(cfg, telemetry)
+        })
+        .expect("telemetry");
+    let proxy = app::start_with(cfg, telemetry)
         .await
         .expect("tokentap starts");
     (proxy, exporter)

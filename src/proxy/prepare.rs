@@ -1,0 +1,96 @@
+//! Prepare: what the request says about the call, before anything is sent.
+//!
+//! The facts (operation, model, stream, sampling parameters) are read here
+//! once and become the [`Call`] every later stage and every signal works
+//! from. A body tokentap can't parse is still forwarded: the call just knows
+//! less, and the failure is counted.
+
+use bytes::Bytes;
+
+use crate::call::{Call, ParseFailure};
+use crate::genai::content;
+use crate::genai::inject::request_with_usage;
+use crate::genai::request::{Operation, RequestFacts};
+use crate::route::Route;
+
+/// Switches that change how a call is prepared.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Options {
+    /// Ask streams that would carry no usage for it (`--no-usage-injection` turns it off).
+    pub(super) usage_injection: bool,
+    /// Keep prompts for the span (opt-in).
+    pub(super) capture_content: bool,
+}
+
+/// A prepared call and the body to send upstream (edited only for usage injection).
+pub(super) struct Prepared {
+    pub(super) call: Call,
+    pub(super) upstream_body: Bytes,
+}
+
+fn new_call(
+    route: &Route,
+    parts: &http::request::Parts,
+    op: Option<Operation>,
+    facts: RequestFacts,
+) -> Call {
+    Call::new(
+        op,
+        facts,
+        parts.method.to_string(),
+        parts.uri.path().to_owned(),
+        route.provider.clone(),
+        route.upstream.host().to_owned(),
+        route.upstream.port(),
+    )
+}
+
+/// A call whose body could not be read: only the path tells what it was.
+pub(super) fn unread(route: &Route, parts: &http::request::Parts) -> Call {
+    new_call(
+        route,
+        parts,
+        Operation::from_path(parts.uri.path()),
+        RequestFacts::default(),
+    )
+}
+
+/// Reads `body`'s facts into a new call and decides on usage injection.
+pub(super) fn call(
+    route: &Route,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    opts: Options,
+) -> Prepared {
+    let op = Operation::from_path(parts.uri.path());
+    let mut parse_failure = None;
+    let facts = match op {
+        Some(_) if !body.is_empty() => RequestFacts::parse(body).unwrap_or_else(|_| {
+            parse_failure = Some(ParseFailure::InvalidJson);
+            RequestFacts::default()
+        }),
+        _ => RequestFacts::default(),
+    };
+    let inject = opts.usage_injection
+        && op.is_some_and(Operation::usage_is_opt_in)
+        && facts.stream
+        && facts.include_usage != Some(true);
+    let mut call = new_call(route, parts, op, facts);
+    if let Some(f) = parse_failure {
+        call.note_parse_failure(f);
+    }
+    if opts.capture_content {
+        call.content = op.and_then(|op| content::from_request(op, body));
+    }
+    let upstream_body = match inject.then(|| request_with_usage(body)).flatten() {
+        Some(edited) => {
+            call.usage_injected = true;
+            Bytes::from(edited)
+        }
+        None => body.clone(),
+    };
+    Prepared {
+        call,
+        upstream_body,
+    }
+}

@@ -1,0 +1,83 @@
+//! Send: wait for the upstream's answer, and say precisely why there is none.
+//!
+//! The client's SDK retries differently on a timeout (504) than on a refused
+//! connection (502), and telemetry records `timeout` or `connection_error`,
+//! so the failure is classified from the error's type, never its wording.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::error::{ProxyError, chain};
+use crate::route::Route;
+
+/// Sends `up` on `route`'s pool; the answer's head must come within `read_timeout`.
+pub(super) async fn send(
+    route: &Route,
+    up: Request<Full<Bytes>>,
+    read_timeout: Duration,
+) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(read_timeout, route.client.request(up)).await {
+        Err(_) => Err(ProxyError::Timeout(format!(
+            "no response within {read_timeout:?} (--read-timeout)"
+        ))),
+        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let msg = chain(e);
+    if timed_out(e) {
+        ProxyError::Timeout(msg)
+    } else if e.is_connect() {
+        ProxyError::Unreachable(msg)
+    } else {
+        ProxyError::UpstreamFailed(msg)
+    }
+}
+
+/// True when an I/O error of kind `TimedOut` is among `err`'s sources (the
+/// connector reports its connect timeout that way).
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("tcp connect error")
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_timeout_is_found_by_kind_not_wording() {
+        let inner = std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline");
+        assert!(timed_out(&Wrapper(inner)));
+        // wording alone is not enough
+        let worded = std::io::Error::other("connection timed out (per the message)");
+        assert!(!timed_out(&Wrapper(worded)));
+    }
+}
