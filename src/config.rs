@@ -117,8 +117,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is out of range"))?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is out of range (at most one year)"));
+    }
+    Ok(d)
 }
+
+/// Longest duration any setting accepts: deadlines past it would overflow the
+/// clock arithmetic of timers, and no real wait is that long.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses `32MiB`, `512KiB`, `1GiB`, `10MB`, or a number of bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -206,6 +214,35 @@ pub struct Cli {
     /// Largest request body (→ 413)
     #[arg(long, env = "TOKENTAP_MAX_BODY", default_value = "32MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_body: u64,
+
+    /// Close a connection that has not sent a complete request head within this (slowloris)
+    #[arg(long, env = "TOKENTAP_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
+
+    /// Longest wait for the next byte of a request body (→ 408)
+    #[arg(long, env = "TOKENTAP_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub request_timeout: Duration,
+
+    /// Close an idle keep-alive client connection after this
+    #[arg(long, env = "TOKENTAP_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Client connections served at once; past it tokentap waits before accepting more
+    #[arg(long, env = "TOKENTAP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_connections: u32,
+
+    /// Largest agent request body (→ 413)
+    #[arg(long, env = "TOKENTAP_AGENT_MAX_BODY", default_value = "1MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub agent_max_body: u64,
+
+    /// A metric label value longer than this (bytes) is recorded as `other`
+    #[arg(
+        long,
+        env = "TOKENTAP_MAX_LABEL_LENGTH",
+        default_value_t = 128,
+        value_name = "BYTES"
+    )]
+    pub max_label_length: usize,
 
     /// Distinct values per metric label before new ones fold into `other`
     #[arg(
@@ -310,6 +347,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub max_body: u64,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+    pub agent_max_body: u64,
+    pub max_label_length: usize,
     pub max_label_values: usize,
     pub usage_injection: bool,
     pub capture_content: bool,
@@ -334,6 +377,12 @@ impl Config {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(600),
             max_body: 32 << 20,
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
+            agent_max_body: 1 << 20,
+            max_label_length: 128,
             max_label_values: 1000,
             usage_injection: true,
             capture_content: false,
@@ -359,6 +408,12 @@ impl From<Cli> for Config {
             connect_timeout: c.connect_timeout,
             read_timeout: c.read_timeout,
             max_body: c.max_body,
+            header_timeout: c.header_timeout,
+            request_timeout: c.request_timeout,
+            idle_timeout: c.idle_timeout,
+            max_connections: c.max_connections,
+            agent_max_body: c.agent_max_body,
+            max_label_length: c.max_label_length,
             max_label_values: c.max_label_values,
             usage_injection: c.usage_injection,
             capture_content: c.capture_content,
@@ -388,6 +443,10 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3days").is_err());
+        // a deadline past a year would overflow timer arithmetic later: refused now
+        assert!(parse_duration("1000000000s").is_err());
+        assert!(parse_duration("8761h").is_err());
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
         assert_eq!(parse_size("32MiB"), Ok(32 << 20));
         assert_eq!(parse_size("1kb"), Ok(1000));
         assert_eq!(parse_size("77"), Ok(77));
