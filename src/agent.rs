@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use serde::Deserialize;
@@ -23,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, Secret};
 use crate::genai::pricing::PriceTable;
+use crate::inbound::{self, ReadError};
 use crate::proxy::{Proxy, ResponseBody, full_response};
 use crate::telemetry::Recorder;
 use crate::telemetry::spans;
@@ -79,6 +79,8 @@ pub struct Agent {
     pricing: Arc<PriceTable>,
     /// Largest request body of the agent's routes (`--agent-max-body`).
     max_body: u64,
+    /// Longest pause inside a request body (`--request-timeout`).
+    request_timeout: std::time::Duration,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,6 +114,7 @@ impl Agent {
             demo: cfg.demo,
             pricing,
             max_body: cfg.agent_max_body,
+            request_timeout: cfg.request_timeout,
         }
     }
 
@@ -145,19 +148,18 @@ impl Agent {
                 ),
             )
         };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body) {
-            return Err(too_large());
-        }
-        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
-        match Limited::new(req.into_body(), limit).collect().await {
-            Ok(b) => Ok(b.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(detail(
+        let (parts, body) = req.into_parts();
+        match inbound::read_body(&parts.headers, body, self.max_body, self.request_timeout).await {
+            Ok(b) => Ok(b),
+            Err(ReadError::TooLarge) => Err(too_large()),
+            Err(ReadError::Timeout) => Err(detail(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body stalled: no data for {:?} (--request-timeout)",
+                    self.request_timeout
+                ),
+            )),
+            Err(ReadError::Client(e)) => Err(detail(
                 StatusCode::BAD_REQUEST,
                 format!("could not read the body: {e}"),
             )),

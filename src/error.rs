@@ -21,6 +21,12 @@ pub enum ProxyError {
     UpstreamFailed(String),
     /// The request could not be turned into an upstream request.
     BadRequest(String),
+    /// The client stopped sending its body for `--request-timeout`.
+    RequestTimeout(std::time::Duration),
+    /// The path has dot segments that could climb out of the upstream's prefix.
+    InvalidPath,
+    /// The upstream's response head is over the size tokentap accepts.
+    UpstreamHeaderTooLarge { limit: usize },
 }
 
 impl ProxyError {
@@ -30,6 +36,9 @@ impl ProxyError {
             ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unreachable(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::InvalidPath => StatusCode::BAD_REQUEST,
+            ProxyError::UpstreamHeaderTooLarge { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -41,6 +50,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "invalid_request",
             ProxyError::Unreachable(_) | ProxyError::UpstreamFailed(_) => "connection_error",
             ProxyError::Timeout(_) => "timeout",
+            ProxyError::RequestTimeout(_) => "request_timeout",
+            ProxyError::InvalidPath => "invalid_path",
+            ProxyError::UpstreamHeaderTooLarge { .. } => "upstream_header_too_large",
         }
     }
 
@@ -48,7 +60,9 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientBody(_)
-            | ProxyError::BadRequest(_) => "invalid_request_error",
+            | ProxyError::BadRequest(_)
+            | ProxyError::RequestTimeout(_)
+            | ProxyError::InvalidPath => "invalid_request_error",
             _ => "tokentap_upstream_error",
         }
     }
@@ -63,6 +77,15 @@ impl ProxyError {
             ProxyError::Unreachable(e) => format!("tokentap: upstream unreachable: {e}"),
             ProxyError::UpstreamFailed(e) => format!("tokentap: upstream failed: {e}"),
             ProxyError::Timeout(e) => format!("tokentap: upstream timed out: {e}"),
+            ProxyError::RequestTimeout(t) => {
+                format!("tokentap: the request body stalled: no data for {t:?} (--request-timeout)")
+            }
+            ProxyError::InvalidPath => {
+                "tokentap: the path has '.' or '..' segments, which are not forwarded".to_owned()
+            }
+            ProxyError::UpstreamHeaderTooLarge { limit } => {
+                format!("tokentap: the upstream's response head is over {limit} bytes")
+            }
         }
     }
 

@@ -36,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod genai;
+pub(crate) mod inbound;
 pub mod observe;
 pub mod proxy;
 pub(crate) mod route;

@@ -26,6 +26,7 @@ mod headers;
 mod prepare;
 mod request;
 mod respond;
+mod retry;
 mod send;
 
 use std::sync::Arc;
@@ -35,11 +36,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 
 use crate::call::{Call, Outcome};
 use crate::config::Config;
 use crate::error::{ProxyError, chain};
+use crate::inbound::{self, ReadError};
 use crate::route::Routes;
 use crate::tap::BoxError;
 use crate::telemetry::Recorder;
@@ -88,6 +90,7 @@ pub struct Proxy {
     routes: Routes,
     recorder: Arc<Recorder>,
     max_body: u64,
+    request_timeout: std::time::Duration,
     read_timeout: std::time::Duration,
     usage_injection: bool,
     capture_content: bool,
@@ -99,6 +102,7 @@ impl Proxy {
             routes,
             recorder,
             max_body: cfg.max_body,
+            request_timeout: cfg.request_timeout,
             read_timeout: cfg.read_timeout,
             usage_injection: cfg.usage_injection,
             capture_content: cfg.capture_content,
@@ -114,7 +118,12 @@ impl Proxy {
         let timing = Timing::now();
         let (parts, body) = req.into_parts();
         let parent = spans::extract(&parts.headers);
-        match self.read_body(&parts, body).await {
+        let read = if request::has_dot_segments(parts.uri.path()) {
+            Err(ProxyError::InvalidPath)
+        } else {
+            self.read_body(&parts, body).await
+        };
+        match read {
             Ok(b) => self.forward_bytes(parts, b, timing, &parent).await,
             Err(e) => {
                 let route = self.routes.choose(parts.uri.path());
@@ -130,29 +139,22 @@ impl Proxy {
         }
     }
 
-    /// The whole request body, at most `--max-body` bytes.
+    /// The whole request body: at most `--max-body` bytes, none more than
+    /// `--request-timeout` after the previous one.
     async fn read_body<B>(&self, parts: &http::request::Parts, body: B) -> Result<Bytes, ProxyError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
-        let too_large = ProxyError::BodyTooLarge {
-            limit: self.max_body,
-        };
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body) {
-            return Err(too_large);
-        }
-        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
-        match Limited::new(body, limit).collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-            Err(e) => Err(ProxyError::ClientBody(chain(e.as_ref()))),
-        }
+        inbound::read_body(&parts.headers, body, self.max_body, self.request_timeout)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => ProxyError::BodyTooLarge {
+                    limit: self.max_body,
+                },
+                ReadError::Timeout => ProxyError::RequestTimeout(self.request_timeout),
+                ReadError::Client(e) => ProxyError::ClientBody(chain(e.as_ref())),
+            })
     }
 
     /// Forwards a request whose body is already read, its span a child of `parent`.
@@ -170,6 +172,8 @@ impl Proxy {
         let cx = spans::start(self.recorder.tracer(), parent, &call, timing.wall);
         let traceresponse = spans::traceresponse(&cx);
         call.trace = Some(cx);
+        // the client's own request, kept in case the upstream refuses the injected one
+        let original = call.usage_injected.then(|| parts.clone());
         let up = match request::build(route, parts, prepared.upstream_body, &call) {
             Ok(up) => up,
             Err(e) => return self.reject(call, e, timing.started),
@@ -178,6 +182,24 @@ impl Proxy {
         let resp = match send::send(route, up, self.read_timeout).await {
             Ok(r) => r,
             Err(e) => return self.reject(call, e, timing.started),
+        };
+        let resp = match original {
+            None => resp.map(retry::Prefixed::new),
+            Some(original) => match retry::judge(resp).await {
+                retry::Verdict::Forward(resp) => resp,
+                retry::Verdict::Retry => {
+                    tracing::info!(path = %call.path, "the upstream refused stream_options; sending the request as the client wrote it");
+                    call.usage_injected = false;
+                    let up = match request::build(route, original, body, &call) {
+                        Ok(up) => up,
+                        Err(e) => return self.reject(call, e, timing.started),
+                    };
+                    match send::send(route, up, self.read_timeout).await {
+                        Ok(r) => r.map(retry::Prefixed::new),
+                        Err(e) => return self.reject(call, e, timing.started),
+                    }
+                }
+            },
         };
         respond::tap(
             resp,

@@ -19,8 +19,9 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// The pooled client of one route (rustls with ring; HTTP/2 by ALPN for https).
 pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
 
-/// Largest read buffer of an upstream connection (also the largest response head).
-const UPSTREAM_MAX_BUF: usize = 8 * 1024;
+/// Largest upstream response head (SPEC §8); hyper's read buffer is capped at
+/// this, since a head must fit in it whole.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -60,8 +61,9 @@ pub(crate) fn client(connect_timeout: Duration) -> Client {
         // hyper grows a connection's read buffer (up to ~400 KiB) whenever a read fills
         // it, and never shrinks it: a pooled connection that once caught up with a burst
         // of chunks kept the bigger buffer, and peak memory crept up round after round of
-        // 1,000 streams (issue 6). 8 KiB is also nginx's default limit on a response
-        // head (`proxy_buffer_size`); OpenAI's are under 2 KiB.
-        .http1_max_buf_size(UPSTREAM_MAX_BUF)
+        // 1,000 streams (issue 6). The cap is the largest head accepted: 8 KiB (nginx's
+        // `proxy_buffer_size`) made a 502 of a call the upstream had already run and
+        // billed (issue 11), so heads up to 64 KiB pass.
+        .http1_max_buf_size(MAX_RESPONSE_HEAD)
         .build(https)
 }

@@ -46,3 +46,49 @@ pub(super) fn build(
     *up.headers_mut() = headers;
     Ok(up)
 }
+
+/// True when `path` has a `.` or `..` segment, also percent-encoded or behind an
+/// encoded slash: forwarded, it could climb out of the upstream's path prefix
+/// (`/v1/../../admin`), so such requests are refused, never normalised.
+pub(super) fn has_dot_segments(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let decoded = lower
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    decoded.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segments;
+
+    #[test]
+    fn dot_segments_in_any_spelling_are_found() {
+        for bad in [
+            "/v1/../../admin",
+            "/v1/./models",
+            "/..",
+            "/v1/%2e%2e/admin",
+            "/v1/%2E%2e/admin",
+            "/v1/.%2e/admin",
+            "/v1/..%2fadmin",
+            "/v1/..%5cadmin",
+            "/v1/..\\admin",
+            "/v1/models/.",
+        ] {
+            assert!(has_dot_segments(bad), "{bad}");
+        }
+        for ok in [
+            "/v1/chat/completions",
+            "/v1/models/gpt-4o",
+            "/v1/files/file-abc.jsonl",
+            "/v1/...",
+            "/v1/.well-known",
+            "/",
+        ] {
+            assert!(!has_dot_segments(ok), "{ok}");
+        }
+    }
+}

@@ -7,16 +7,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::headers::strip_hop_by_hop;
 use super::{ResponseBody, TRACERESPONSE};
 use crate::call::Call;
 use crate::observe::Observer;
-use crate::tap::Tap;
+use crate::tap::{BoxError, Tap};
 use crate::telemetry::Recorder;
 
 /// What the tap needs besides the response and the call.
@@ -29,12 +29,16 @@ pub(super) struct TapOptions<'a> {
 }
 
 /// The client's response for the upstream's `resp`.
-pub(super) fn tap(
-    resp: Response<Incoming>,
+pub(super) fn tap<B>(
+    resp: Response<B>,
     mut call: Call,
     traceresponse: Option<HeaderValue>,
     opts: TapOptions<'_>,
-) -> Response<ResponseBody> {
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     call.status = Some(parts.status.as_u16());

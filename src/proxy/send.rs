@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use crate::error::{ProxyError, chain};
 use crate::route::Route;
+use crate::upstream::MAX_RESPONSE_HEAD;
 
 /// Sends `up` on `route`'s pool; the answer's head must come within `read_timeout`.
 pub(super) async fn send(
@@ -25,19 +26,53 @@ pub(super) async fn send(
             "no response within {read_timeout:?} (--read-timeout)"
         ))),
         Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok(r)) if head_len(&r) > MAX_RESPONSE_HEAD => Err(ProxyError::UpstreamHeaderTooLarge {
+            limit: MAX_RESPONSE_HEAD,
+        }),
         Ok(Ok(r)) => Ok(r),
     }
 }
 
+/// The size of a response head as sent (status line, `name: value` lines, blank line).
+/// hyper's read buffer lets a head a little over its cap through when one read
+/// brings it whole, so the limit is checked here, where it is exact.
+fn head_len<B>(r: &Response<B>) -> usize {
+    const STATUS_LINE: usize = "HTTP/1.1 200 OK\r\n".len();
+    STATUS_LINE
+        + r.headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+        + 2
+}
+
 fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     let msg = chain(e);
-    if timed_out(e) {
+    if head_too_large(e) {
+        ProxyError::UpstreamHeaderTooLarge {
+            limit: MAX_RESPONSE_HEAD,
+        }
+    } else if timed_out(e) {
         ProxyError::Timeout(msg)
     } else if e.is_connect() {
         ProxyError::Unreachable(msg)
     } else {
         ProxyError::UpstreamFailed(msg)
     }
+}
+
+/// True when hyper refused the upstream's response head for its size.
+fn head_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// True when an I/O error of kind `TimedOut` is among `err`'s sources (the
