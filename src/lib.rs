@@ -35,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod genai;
+pub mod listener;
 pub mod observe;
 pub mod proxy;
 pub mod server;

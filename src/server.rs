@@ -157,25 +157,7 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
     })
 }
 
-/// Connections the kernel queues before they are accepted. tokio's `bind` asks
-/// for 128: a burst of more new connections than that (1,000 clients starting a
-/// stream together, in issue 6's benchmark) overflowed it, and each dropped SYN
-/// cost its client a one-second retransmit. The kernel caps it at `somaxconn`.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// A listening socket on `addr` with [`LISTEN_BACKLOG`].
-pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // as tokio's own `bind` does on Unix (on Windows it would let another process share the port)
-    #[cfg(unix)]
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
+pub use crate::listener::listen;
 
 async fn serve(
     listener: TcpListener,
