@@ -16,6 +16,7 @@ use crate::agent::Agent;
 use crate::config::{Config, Upstream};
 use crate::demo::{DemoOptions, DemoUpstream};
 use crate::genai::pricing::PriceTable;
+use crate::listener;
 use crate::proxy::Proxy;
 use crate::route::Routes;
 use crate::server::{self, Server};
@@ -129,7 +130,7 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
     } else {
         (cfg.upstream.clone(), None)
     };
-    let listener = server::listen(cfg.listen).map_err(StartError::Io)?;
+    let listener = listener::listen(cfg.listen).map_err(StartError::Io)?;
     let addr = listener.local_addr().map_err(StartError::Io)?;
     let Telemetry {
         recorder,

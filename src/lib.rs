@@ -37,6 +37,7 @@ pub mod demo;
 pub mod error;
 pub mod genai;
 pub(crate) mod inbound;
+pub mod listener;
 pub mod observe;
 pub mod proxy;
 pub(crate) mod route;

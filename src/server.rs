@@ -6,20 +6,19 @@
 //! Shutdown stops accepting at once and gives in-flight requests, long
 //! streams included, a grace period to finish.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::agent::{Agent, AgentRoute};
+use crate::listener::{self, ServeOptions};
 use crate::proxy::{Proxy, ResponseBody, full_response};
 use crate::telemetry::Recorder;
 use crate::telemetry::metrics::Format;
@@ -51,71 +50,26 @@ impl Target {
     }
 }
 
-/// Connections the kernel queues before they are accepted. tokio's `bind` asks
-/// for 128: a burst of more new connections than that (1,000 clients starting a
-/// stream together, in issue 6's benchmark) overflowed it, and each dropped SYN
-/// cost its client a one-second retransmit. The kernel caps it at `somaxconn`.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// A listening socket on `addr` with [`LISTEN_BACKLOG`].
-pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // as tokio's own `bind` does on Unix (on Windows it would let another process share the port)
-    #[cfg(unix)]
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// Serves `listener` until `stop` turns true, then drains within `grace`.
 pub(crate) async fn serve(
     listener: TcpListener,
     server: Arc<Server>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     grace: std::time::Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // e.g. too many open files: back off instead of spinning
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let server = server.clone();
-                let svc = service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, std::convert::Infallible>(server.route(req).await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?grace, "grace period over; closing remaining connections");
-    }
+    let svc = service_fn(move |req| {
+        let server = server.clone();
+        async move { Ok::<_, std::convert::Infallible>(server.route(req).await) }
+    });
+    let options = ServeOptions { grace: Some(grace) };
+    listener::serve(
+        listener,
+        auto::Builder::new(TokioExecutor::new()),
+        svc,
+        stop,
+        options,
+    )
+    .await;
 }
 
 impl Server {

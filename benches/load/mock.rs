@@ -200,7 +200,7 @@ async fn handle(
     let mut resp = respond(
         StatusCode::OK,
         "text/event-stream; charset=utf-8",
-        DemoBody::Channel(rx),
+        DemoBody::Channel(rx.into()),
     );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

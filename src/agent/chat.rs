@@ -24,8 +24,8 @@ use crate::genai::request::Operation;
 use crate::genai::response::ResponseFacts;
 use crate::genai::sse::SseDecoder;
 use crate::genai::stream::StreamAccumulator;
+use crate::listener::ChannelBody;
 use crate::proxy::{Proxy, ResponseBody, Timing};
-use crate::tap::BoxError;
 use crate::telemetry::Recorder;
 
 #[derive(Deserialize)]
@@ -361,7 +361,9 @@ impl Agent {
                 .await;
             server_cx.span().end();
         });
-        let body = http_body_util::StreamBody::new(ChannelStream(rx)).boxed_unsync();
+        let body = ChannelBody::new(rx)
+            .map_err(|never| match never {})
+            .boxed_unsync();
         let mut r = Response::new(body);
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -423,19 +425,4 @@ fn commit(
     recorder.agent_message("user");
     recorder.agent_message("assistant");
     turn
-}
-
-/// Frames from a channel, as a body stream.
-struct ChannelStream(mpsc::Receiver<Bytes>);
-
-impl futures_core::Stream for ChannelStream {
-    type Item = Result<http_body::Frame<Bytes>, BoxError>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0
-            .poll_recv(cx)
-            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
-    }
 }

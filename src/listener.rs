@@ -1,0 +1,382 @@
+//! What every HTTP server in the crate shares: the socket, the accept loop and
+//! a body fed from a task.
+//!
+//! tokentap serves HTTP twice in one process — the proxy's port and, with
+//! `--demo`, the simulated upstream — and both must behave the same where it
+//! matters under load and at shutdown: a deep accept queue, no spinning when
+//! accepting fails, no Nagle delay on streamed tokens, and a shutdown that
+//! stops accepting at once yet lets in-flight streams finish. Keeping that in
+//! one place means the connection limits of SPEC §8 (head-read timeout, idle
+//! keep-alive timeout, connection cap) are added once, in [`serve`], for both.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connections the kernel queues before they are accepted. tokio's `bind` asks
+/// for 128: a burst of more new connections than that (1,000 clients starting a
+/// stream together, in issue 6's benchmark) overflowed it, and each dropped SYN
+/// cost its client a one-second retransmit. The kernel caps it at `somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Pause after a failed `accept` (typically too many open files): the error
+/// would otherwise repeat at once and spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A listening socket on `addr` with a backlog of `LISTEN_BACKLOG` (4096).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // as tokio's own `bind` does on Unix (on Windows it would let another process share the port)
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// A response body whose frames a task sends as they are produced (a stream
+/// of SSE events). It ends when the sender is dropped; dropping the body (the
+/// client went away) makes the sender's `send` fail, which is how the task
+/// learns to stop.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    pub fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self { rx }
+    }
+}
+
+impl From<mpsc::Receiver<Bytes>> for ChannelBody {
+    fn from(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self::new(rx)
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|data| data.map(|d| Ok(Frame::data(d))))
+    }
+}
+
+/// How [`serve`] treats its connections.
+///
+/// The connection limits of SPEC §8 belong here, next to the shutdown grace,
+/// and are applied in [`serve`] alone: the connection cap before `accept`
+/// (waiting for a free slot, still watching the stop signal), the head-read and
+/// idle keep-alive timeouts per connection in `spawn_connection`.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// After the stop signal, how long in-flight connections get to finish
+    /// before [`serve`] returns anyway; `None` waits for all of them.
+    pub grace: Option<Duration>,
+}
+
+/// Accepts connections on `listener` and serves each with a clone of
+/// `service` (HTTP/1.1 with upgrades, or h2c, as `builder` allows) until
+/// `stop` turns `true` or its sender is dropped.
+///
+/// Then it stops accepting at once (the listener is closed), asks every
+/// connection to finish gracefully (idle ones close, in-flight requests —
+/// long streams included — complete), and returns when they are all done or
+/// `options.grace` is over, whichever comes first. Connections still open
+/// after the grace period keep running in their own tasks.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    options: ServeOptions,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        spawn_connection(
+            stream,
+            Arc::clone(&builder),
+            service.clone(),
+            graceful.watcher(),
+        );
+    }
+    drop(listener);
+    drain(graceful, options.grace).await;
+}
+
+/// Resolves once `stop` turns `true` or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Serves one accepted connection in its own task, watched for graceful shutdown.
+fn spawn_connection<S, B>(
+    stream: TcpStream,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: S,
+    watcher: Watcher,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    // streamed tokens are small writes; Nagle would hold each one back
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
+}
+
+/// Signals every watched connection to finish and waits for them, at most `grace`.
+async fn drain(graceful: GracefulShutdown, grace: Option<Duration>) {
+    match grace {
+        None => graceful.shutdown().await,
+        Some(grace) => {
+            if tokio::time::timeout(grace, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(?grace, "grace period over; closing remaining connections");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::service::service_fn;
+    use hyper_util::client::legacy::Client;
+    use tokio::sync::oneshot;
+
+    type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+    fn client() -> TestClient {
+        Client::builder(TokioExecutor::new()).build_http()
+    }
+
+    fn get(addr: SocketAddr) -> Request<Empty<Bytes>> {
+        Request::get(format!("http://{addr}/"))
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    /// Serves `service` on a fresh port; returns the address, the stop sender and the loop's task.
+    fn start<S, B>(
+        service: S,
+        options: ServeOptions,
+    ) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>)
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let task = tokio::spawn(serve(listener, builder, service, stop_rx, options));
+        (addr, stop, task)
+    }
+
+    /// A grace period no test waits for.
+    const LONG: Duration = Duration::from_secs(3600);
+
+    /// Awaits the loop's task; a loop that never returns fails the test instead of hanging it.
+    async fn finishes(task: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the accept loop did not return")
+            .unwrap();
+    }
+
+    fn hello() -> impl Service<
+        Request<Incoming>,
+        Response = Response<http_body_util::Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        service_fn(|_req| async {
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                Bytes::from_static(b"hello"),
+            )))
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn channel_body_yields_frames_in_order_and_ends_with_the_sender() {
+        let (tx, rx) = mpsc::channel(4);
+        let body = ChannelBody::new(rx);
+        tx.send(Bytes::from_static(b"one ")).await.unwrap();
+        tx.send(Bytes::from_static(b"two")).await.unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "one two");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stop_closes_the_listener_and_ends_the_loop() {
+        let (addr, stop, task) = start(hello(), ServeOptions::default());
+        let resp = client().request(get(addr)).await.unwrap();
+        assert_eq!(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+            "hello"
+        );
+        stop.send_replace(true);
+        finishes(task).await;
+        // the loop is over, so the listener is closed: nobody accepts any more
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn dropping_the_stop_sender_also_stops() {
+        let (addr, stop, task) = start(hello(), ServeOptions::default());
+        drop(stop);
+        finishes(task).await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn idle_keep_alive_connections_do_not_hold_up_the_stop() {
+        let (addr, stop, task) = start(hello(), ServeOptions { grace: None });
+        let client = client();
+        let resp = client.request(get(addr)).await.unwrap();
+        assert_eq!(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+            "hello"
+        );
+        // the client keeps its connection open for reuse; stopping closes it
+        stop.send_replace(true);
+        finishes(task).await;
+        drop(client);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn in_flight_stream_finishes_after_stop() {
+        // Each request gets a stream: one event at once, the rest when `release` fires.
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(Some(release_rx)));
+        let service = service_fn(move |_req| {
+            let release = release_rx.lock().unwrap().take();
+            async move {
+                let (tx, rx) = mpsc::channel(4);
+                tokio::spawn(async move {
+                    tx.send(Bytes::from_static(b"first ")).await.unwrap();
+                    if let Some(release) = release {
+                        let _ = release.await;
+                    }
+                    tx.send(Bytes::from_static(b"second")).await.unwrap();
+                });
+                Ok::<_, Infallible>(Response::new(ChannelBody::new(rx)))
+            }
+        });
+        let options = ServeOptions { grace: Some(LONG) };
+        let (addr, stop, task) = start(service, options);
+        let resp = client().request(get(addr)).await.unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first ");
+
+        stop.send_replace(true);
+        // the listener closes while the stream is still open
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "still accepting");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // (a loop that does not wait would be done by now)
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished(), "the loop returned with a stream open");
+
+        release_tx.send(()).unwrap();
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "second");
+        // the last connection is done, so the loop returns without using up the grace
+        finishes(task).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn grace_period_bounds_the_wait_for_a_stream_that_never_ends() {
+        let (keep_tx, keep_rx) = mpsc::channel::<mpsc::Sender<Bytes>>(1);
+        let service = service_fn(move |_req| {
+            let keep = keep_tx.clone();
+            async move {
+                let (tx, rx) = mpsc::channel(4);
+                tx.send(Bytes::from_static(b"start")).await.unwrap();
+                // the sender lives in the test: the stream never ends
+                keep.send(tx).await.unwrap();
+                Ok::<_, Infallible>(Response::new(ChannelBody::new(rx)))
+            }
+        });
+        let options = ServeOptions {
+            grace: Some(Duration::from_millis(50)),
+        };
+        let (addr, stop, task) = start(service, options);
+        let resp = client().request(get(addr)).await.unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "start");
+        stop.send_replace(true);
+        // returns although the stream is still open (without the grace it would wait forever)
+        finishes(task).await;
+        drop(keep_rx);
+    }
+}
