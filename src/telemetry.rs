@@ -1,17 +1,34 @@
 //! Turns finished calls into telemetry.
 //!
 //! The [`Recorder`] is the single place a [`Call`] goes when it ends: it
-//! prices the call, bounds its label values once, then fans it out to the
-//! Prometheus registry, the OTel instruments and the call's span. Recording
-//! is a few atomic updates and a queue push, cheap enough for the request
-//! path; everything that touches the network runs in the export tasks.
+//! prices the call, bounds its label values once (a `series::Series`), then
+//! hands it to each output registered at start, in order: Prometheus, the OTel
+//! instruments, the log line, the call's span (see `sink`). Recording is a
+//! few atomic updates and a queue push, cheap enough for the request path;
+//! everything that touches the network runs in the export tasks.
+//!
+//! ```text
+//! Recorder ── prices the call, bounds its labels once ──► series (LabelGuard, cache, slots)
+//!    │ then hands it to each sink::CallSink, in the order registered:
+//!    ├─► metrics      Prometheus families, the /metrics page
+//!    ├─► instruments  OTel instruments ──► otel (providers from OTEL_*) ──► export (queues)
+//!    ├─► log          the log line
+//!    └─► spans        the call's span, ended last (also trace context in and out)
+//! names: every name, and the one descriptor per metric both metric backends are built from
+//! ```
 
-pub mod export;
-pub mod labels;
-pub mod metrics;
-pub mod names;
+pub(crate) mod export;
+pub(crate) mod instruments;
+pub(crate) mod labels;
+pub(crate) mod log;
+pub(crate) mod metrics;
+pub(crate) mod names;
 pub mod otel;
-pub mod spans;
+pub(crate) mod series;
+pub(crate) mod sink;
+pub(crate) mod spans;
+
+use std::sync::Arc;
 
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::trace::SdkTracer;
@@ -19,24 +36,31 @@ use opentelemetry_sdk::trace::SdkTracer;
 use crate::call::Call;
 use crate::genai::pricing::{PriceTable, cost};
 use names::signal;
-use otel::{DropCounters, Instruments, OtelSettings, Providers};
+use otel::{DropCounters, OtelSettings, Providers};
+use series::SeriesCache;
+use sink::{CallSink, Recorded};
 
 #[derive(Debug)]
 pub struct Recorder {
-    pub metrics: metrics::Metrics,
+    /// The `/metrics` page (also the first of the sinks).
+    pub(crate) metrics: Arc<metrics::Metrics>,
     pricing: PriceTable,
-    instruments: Option<Instruments>,
+    series: SeriesCache,
+    /// Every output of a call, in the order they see it.
+    sinks: Vec<Arc<dyn CallSink>>,
     tracer: SdkTracer,
     /// Record prompts and completions on spans.
+    // moved by the lead in proxy/agent
     pub capture_content: bool,
 }
 
 impl Recorder {
-    pub fn tracer(&self) -> &SdkTracer {
+    pub(crate) fn tracer(&self) -> &SdkTracer {
         &self.tracer
     }
 
     /// USD for `usage`, by the lookup order of SPEC §7; `None` without a price.
+    // moved by the lead in proxy/agent
     pub fn price(
         &self,
         response_model: Option<&str>,
@@ -48,8 +72,8 @@ impl Recorder {
             .map(|p| cost(p, usage))
     }
 
-    /// Prices `call` and records it everywhere. Called exactly once per call.
-    pub fn record(&self, mut call: Call) {
+    /// Prices `call` and hands it to every output. Called exactly once per call.
+    pub(crate) fn record(&self, mut call: Call) {
         if let Some(u) = call.usage() {
             call.cost = self
                 .pricing
@@ -60,93 +84,30 @@ impl Recorder {
                 .map(|p| cost(p, u));
         }
         let error_type = call.error_type();
-        let series = self.metrics.series(&call, error_type.as_deref());
-        // one span context for the exemplar and the log line; ids are formatted only where used
-        let sc = call
-            .trace
-            .as_ref()
-            .map_or_else(SpanContext::empty_context, |cx| {
-                cx.span().span_context().clone()
-            });
-        // exemplars go on the duration histograms, which only model calls have
-        let exemplar = (call.operation.is_some() && sc.is_sampled()).then(|| {
-            vec![
-                ("trace_id", sc.trace_id().to_string()),
-                ("span_id", sc.span_id().to_string()),
-            ]
-        });
-        self.metrics.record(&call, &series, exemplar);
-        if let Some(i) = &self.instruments {
-            i.record(&call, &series);
-        }
-        // A line per successful call would cost the hot path more than all the metrics
-        // together (issue 6's profile): those go out at `debug`, failed calls at `info`.
-        enum Line {
-            Forwarded,
-            Failed,
-            Finished,
-        }
-        let line = match (call.operation, &error_type) {
-            (None, _) => Line::Forwarded,
-            (Some(_), Some(_)) => Line::Failed,
-            (Some(_), None) => Line::Finished,
+        let recorded = Recorded {
+            series: self.series.series(&call, error_type.as_deref()),
+            span: call
+                .trace
+                .as_ref()
+                .map_or_else(SpanContext::empty_context, |cx| {
+                    cx.span().span_context().clone()
+                }),
+            error_type,
         };
-        let wanted = match line {
-            Line::Failed => tracing::enabled!(tracing::Level::INFO),
-            Line::Forwarded | Line::Finished => tracing::enabled!(tracing::Level::DEBUG),
-        };
-        if wanted {
-            // logs of this call carry its trace context (OTLP logs read the current context)
-            let _guard = call.trace.clone().map(|cx| cx.attach());
-            macro_rules! finished {
-                ($level:expr) => {
-                    tracing::event!(
-                        $level,
-                        trace_id = %sc.trace_id(),
-                        span_id = %sc.span_id(),
-                        method = %call.method,
-                        path = %call.path,
-                        status = call.status,
-                        model = call.model(),
-                        input_tokens = call.usage().map(|u| u.input_tokens),
-                        output_tokens = call.usage().map(|u| u.output_tokens),
-                        cost_usd = call.cost,
-                        error_type = error_type.as_deref(),
-                        duration_ms = call.duration.as_millis() as u64,
-                        "llm call finished"
-                    )
-                };
-            }
-            match line {
-                Line::Forwarded => tracing::debug!(
-                    trace_id = %sc.trace_id(),
-                    span_id = %sc.span_id(),
-                    method = %call.method,
-                    path = %call.path,
-                    status = call.status,
-                    duration_ms = call.duration.as_millis() as u64,
-                    "request forwarded"
-                ),
-                Line::Failed => finished!(tracing::Level::INFO),
-                Line::Finished => finished!(tracing::Level::DEBUG),
-            }
-        }
-        if let Some(cx) = &call.trace {
-            spans::finish(cx, &call);
+        for sink in &self.sinks {
+            sink.record(&call, &recorded);
         }
     }
 
-    pub fn conversation_started(&self) {
-        self.metrics.conversation_started();
-        if let Some(i) = &self.instruments {
-            i.conversation_started();
+    pub(crate) fn conversation_started(&self) {
+        for sink in &self.sinks {
+            sink.conversation_started();
         }
     }
 
-    pub fn agent_message(&self, kind: &'static str) {
-        self.metrics.agent_message(kind);
-        if let Some(i) = &self.instruments {
-            i.agent_message(kind);
+    pub(crate) fn agent_message(&self, kind: &'static str) {
+        for sink in &self.sinks {
+            sink.agent_message(kind);
         }
     }
 }
@@ -154,7 +115,7 @@ impl Recorder {
 /// The recorder plus the providers behind it (kept for shutdown).
 #[derive(Debug)]
 pub struct Telemetry {
-    pub recorder: std::sync::Arc<Recorder>,
+    pub recorder: Arc<Recorder>,
     pub providers: Providers,
 }
 
@@ -177,22 +138,33 @@ impl Telemetry {
         opts: RecorderOptions,
         make: impl FnOnce(&DropCounters) -> Result<Providers, String>,
     ) -> Result<Telemetry, String> {
-        let metrics = metrics::Metrics::new(opts.max_label_values);
+        let mut series = SeriesCache::new(opts.max_label_values);
+        let metrics = Arc::new(metrics::Metrics::new(&mut series));
         let drops = DropCounters {
             traces: metrics.dropped_counter(signal::TRACES),
             metrics: metrics.dropped_counter(signal::METRICS),
             logs: metrics.dropped_counter(signal::LOGS),
         };
         let providers = make(&drops)?;
+        let instruments = providers
+            .meter()
+            .map(|m| instruments::Instruments::new(&m, &drops, &mut series));
+        // the outputs of every call, in this order; a new output is one more line
+        let mut sinks: Vec<Arc<dyn CallSink>> = vec![metrics.clone()];
+        sinks.extend(instruments.map(|i| Arc::new(i) as Arc<dyn CallSink>));
+        sinks.push(Arc::new(log::LogLine));
+        // last: the span ends once every other output has seen the call
+        sinks.push(Arc::new(spans::EndSpan));
         let recorder = Recorder {
             metrics,
             pricing: opts.pricing,
-            instruments: providers.meter().map(|m| Instruments::new(&m, &drops)),
+            series,
+            sinks,
             tracer: providers.tracer(),
             capture_content: opts.capture_content,
         };
         Ok(Telemetry {
-            recorder: std::sync::Arc::new(recorder),
+            recorder: Arc::new(recorder),
             providers,
         })
     }

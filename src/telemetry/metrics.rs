@@ -1,95 +1,119 @@
-//! The Prometheus view of calls.
+//! The Prometheus view of calls (`/metrics`).
 //!
-//! Instruments are created once at start and every call is recorded from its
-//! [`Call`] record in one function, so the lab's `llm_*` set and the GenAI
-//! set always agree. Label values that clients control pass through the
-//! [`LabelGuard`].
+//! Every family is registered once at start from its descriptor in
+//! [`super::names::metric`], and every call is recorded from its [`Call`]
+//! record in one function, so the lab's `llm_*` set and the GenAI set always
+//! agree. The children a label combination selects are looked up once per
+//! [`super::series::Series`] and kept in its slot.
 
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use prometheus_client::registry::{self, Registry};
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock, RwLock};
 
-use super::labels::LabelGuard;
-use super::names::{buckets, label, metric, value};
+use super::names::{Metric, Unit, kind, label, metric, value};
+use super::series::{BoundedLabels, SeriesCache, Slot};
+use super::sink::{CallSink, Recorded};
 use crate::call::Call;
 use crate::genai::request::Operation;
 
 type Labels = Vec<(&'static str, String)>;
+/// Exemplar labels: the trace (and span) a sample came from, so dashboards link to it.
+type ExemplarLabels = Vec<(&'static str, String)>;
+type ExemplarHistogram = HistogramWithExemplars<ExemplarLabels>;
+type HistogramFamily = Family<Labels, Histogram, Buckets>;
+type ExemplarFamily = Family<Labels, ExemplarHistogram, Buckets>;
 
-/// The client-controlled label values of one call, bounded once and shared by
-/// `/metrics` and the OTel instruments.
-#[derive(Debug, Clone)]
-pub struct BoundedLabels {
-    pub model: String,
-    /// Configured per route, not client-controlled: not bounded.
-    pub provider: crate::genai::provider::Provider,
-    pub request_model: String,
-    pub response_model: Option<String>,
-    pub server_address: String,
-    pub error_type: Option<String>,
-}
-/// Most distinct label combinations whose series are kept ready; past it a call's
-/// series is built for that call only (client-chosen model names can't grow it).
-const SERIES_CACHE_MAX: usize = 4096;
+/// Makes a family's histograms with its descriptor's buckets.
+#[derive(Debug, Clone, Copy)]
+struct Buckets(&'static [f64]);
 
-/// Longest raw values (summed) a cached series keeps: model names are short, and a
-/// client sending huge ones shouldn't park them in memory.
-const SERIES_KEY_MAX_BYTES: usize = 512;
-
-/// The raw values that decide a call's labels.
-#[derive(Debug, PartialEq, Eq)]
-struct SeriesKey {
-    operation: Option<Operation>,
-    provider: crate::genai::provider::Provider,
-    request_model: Option<String>,
-    response_model: Option<String>,
-    server_address: String,
-    error_type: Option<String>,
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
 }
 
-impl SeriesKey {
-    fn of(call: &Call, error_type: Option<&str>) -> SeriesKey {
-        SeriesKey {
-            operation: call.operation,
-            provider: call.provider.clone(),
-            request_model: call.request.model.clone(),
-            response_model: call.response.model.clone(),
-            server_address: call.server_address.clone(),
-            error_type: error_type.map(str::to_owned),
+impl MetricConstructor<ExemplarHistogram> for Buckets {
+    fn new_metric(&self) -> ExemplarHistogram {
+        HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+/// Registers `m` under `def`'s name, help and unit.
+fn register<K>(registry: &mut Registry, def: &Metric<K>, m: impl registry::Metric) {
+    match def.unit {
+        Unit::Seconds => {
+            registry.register_with_unit(def.prometheus, def.help, registry::Unit::Seconds, m)
         }
-    }
-
-    fn len(&self) -> usize {
-        self.request_model.as_ref().map_or(0, String::len)
-            + self.response_model.as_ref().map_or(0, String::len)
-            + self.server_address.len()
-            + self.error_type.as_ref().map_or(0, String::len)
-    }
-
-    fn matches(&self, call: &Call, error_type: Option<&str>) -> bool {
-        self.operation == call.operation
-            && self.provider == call.provider
-            && self.request_model.as_deref() == call.request.model.as_deref()
-            && self.response_model.as_deref() == call.response.model.as_deref()
-            && self.server_address == call.server_address
-            && self.error_type.as_deref() == error_type
+        // `{token}` is an annotation, not a unit: no suffix
+        Unit::None | Unit::Tokens => registry.register(def.prometheus, def.help, m),
     }
 }
 
-/// One label combination: its bounded values and, made on first use, the metric
-/// children they select, shared by every call with the same values. Looking up
-/// and hashing ten label sets per call was a tenth of the proxy's CPU (issue 6).
-#[derive(Debug)]
-pub struct Series {
-    key: SeriesKey,
-    pub labels: BoundedLabels,
+/// A registered counter family.
+fn counters<M>(registry: &mut Registry, def: &Metric<kind::Counter>) -> Family<Labels, M>
+where
+    M: Default,
+    Family<Labels, M>: registry::Metric,
+{
+    let f = Family::<Labels, M>::default();
+    register(registry, def, f.clone());
+    f
+}
+
+/// A registered histogram family with `def`'s buckets.
+fn histograms<M>(
+    registry: &mut Registry,
+    def: &Metric<kind::Histogram>,
+) -> Family<Labels, M, Buckets>
+where
+    Buckets: MetricConstructor<M>,
+    Family<Labels, M, Buckets>: registry::Metric,
+{
+    let f = Family::new_with_constructor(Buckets(def.kind.buckets));
+    register(registry, def, f.clone());
+    f
+}
+
+/// A registered histogram (no labels) with `def`'s buckets.
+fn histogram(registry: &mut Registry, def: &Metric<kind::Histogram>) -> Histogram {
+    let h: Histogram = Buckets(def.kind.buckets).new_metric();
+    register(registry, def, h.clone());
+    h
+}
+
+/// The lab's labels: model, provider, status.
+fn lab(b: &BoundedLabels) -> Labels {
+    vec![
+        (label::MODEL, b.model.clone()),
+        (label::PROVIDER, b.provider.to_string()),
+        (label::STATUS, b.status().to_owned()),
+    ]
+}
+
+/// The GenAI conventions' labels (without `error.type`).
+fn genai(b: &BoundedLabels, op: Operation) -> Labels {
+    let mut genai: Labels = vec![
+        (label::GEN_AI_OPERATION_NAME, op.name().to_owned()),
+        (label::GEN_AI_PROVIDER_NAME, b.provider.to_string()),
+        (label::GEN_AI_REQUEST_MODEL, b.request_model.clone()),
+    ];
+    if let Some(rm) = &b.response_model {
+        genai.push((label::GEN_AI_RESPONSE_MODEL, rm.clone()));
+    }
+    genai.push((label::SERVER_ADDRESS, b.server_address.clone()));
+    genai
+}
+
+/// The children one label combination selects, each made on first use and shared
+/// by every call with the same values (kept in the series' slot).
+#[derive(Debug, Default, Clone)]
+struct Children {
     requests: OnceLock<Counter>,
     duration: OnceLock<ExemplarHistogram>,
     op_duration: OnceLock<ExemplarHistogram>,
@@ -99,84 +123,10 @@ pub struct Series {
     unpriced: OnceLock<Counter>,
     ttfc: OnceLock<Histogram>,
     per_chunk: OnceLock<Histogram>,
-    /// The same labels as OTel attributes (built by the OTel instruments).
-    pub otel: OnceLock<super::otel::Attributes>,
-}
-
-impl Series {
-    fn new(key: SeriesKey, labels: BoundedLabels) -> Series {
-        Series {
-            key,
-            labels,
-            requests: OnceLock::new(),
-            duration: OnceLock::new(),
-            op_duration: OnceLock::new(),
-            tokens: Default::default(),
-            token_usage: Default::default(),
-            cost: OnceLock::new(),
-            unpriced: OnceLock::new(),
-            ttfc: OnceLock::new(),
-            per_chunk: OnceLock::new(),
-            otel: OnceLock::new(),
-        }
-    }
-
-    /// The lab's labels: model, provider, status.
-    fn lab(&self) -> Labels {
-        let status = if self.labels.error_type.is_some() {
-            value::STATUS_ERROR
-        } else {
-            value::STATUS_SUCCESS
-        };
-        vec![
-            (label::MODEL, self.labels.model.clone()),
-            (label::PROVIDER, self.labels.provider.to_string()),
-            (label::STATUS, status.to_owned()),
-        ]
-    }
-
-    /// The GenAI conventions' labels (without `error.type`).
-    fn genai(&self, op: Operation) -> Labels {
-        let b = &self.labels;
-        let mut genai: Labels = vec![
-            (label::GEN_AI_OPERATION_NAME, op.name().to_owned()),
-            (label::GEN_AI_PROVIDER_NAME, b.provider.to_string()),
-            (label::GEN_AI_REQUEST_MODEL, b.request_model.clone()),
-        ];
-        if let Some(rm) = &b.response_model {
-            genai.push((label::GEN_AI_RESPONSE_MODEL, rm.clone()));
-        }
-        genai.push((label::SERVER_ADDRESS, b.server_address.clone()));
-        genai
-    }
-}
-
-type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
-/// Exemplar labels: the trace (and span) a sample came from, so dashboards link to it.
-pub type ExemplarLabels = Vec<(&'static str, String)>;
-type ExemplarHistogram = HistogramWithExemplars<ExemplarLabels>;
-type ExemplarFamily = Family<Labels, ExemplarHistogram, fn() -> ExemplarHistogram>;
-
-fn duration_histogram_with_exemplars() -> ExemplarHistogram {
-    HistogramWithExemplars::new(buckets::DURATION.iter().copied())
-}
-
-fn duration_histogram() -> Histogram {
-    Histogram::new(buckets::DURATION.iter().copied())
-}
-fn token_histogram() -> Histogram {
-    Histogram::new(buckets::TOKENS.iter().copied())
-}
-fn overhead_histogram() -> Histogram {
-    Histogram::new(buckets::OVERHEAD.iter().copied())
-}
-fn chunk_histogram() -> Histogram {
-    Histogram::new(buckets::PER_CHUNK.iter().copied())
 }
 
 pub struct Metrics {
     registry: Registry,
-    guard: LabelGuard,
     llm_requests: Family<Labels, Counter>,
     llm_duration: ExemplarFamily,
     llm_tokens: Family<Labels, Counter>,
@@ -191,8 +141,7 @@ pub struct Metrics {
     parse_errors: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
     overhead: Histogram,
-    series: RwLock<HashMap<u64, Arc<Series>>>,
-    hasher: RandomState,
+    slot: Slot<Children>,
 }
 
 /// The exposition format a scraper asked for.
@@ -220,283 +169,28 @@ impl Format {
 }
 
 impl Metrics {
-    pub fn new(max_label_values: usize) -> Metrics {
-        let mut registry = Registry::default();
-        let llm_requests = Family::default();
-        registry.register(
-            metric::LLM_REQUESTS,
-            "LLM requests, by model and outcome",
-            llm_requests.clone(),
-        );
-        let llm_duration = ExemplarFamily::new_with_constructor(
-            duration_histogram_with_exemplars as fn() -> ExemplarHistogram,
-        );
-        registry.register_with_unit(
-            metric::LLM_REQUEST_DURATION,
-            "Duration of LLM requests until the last byte",
-            Unit::Seconds,
-            llm_duration.clone(),
-        );
-        let llm_tokens = Family::default();
-        registry.register(
-            metric::LLM_TOKENS_USED,
-            "Tokens used by LLM requests as reported by the provider (type: prompt, completion, total)",
-            llm_tokens.clone(),
-        );
-        let llm_cost = Family::default();
-        registry.register(
-            metric::LLM_COST_USD,
-            "Cost of LLM requests in USD, from provider usage and the price table",
-            llm_cost.clone(),
-        );
-        let agent_conversations = Family::default();
-        registry.register(
-            metric::AGENT_CONVERSATIONS,
-            "Agent conversations started",
-            agent_conversations.clone(),
-        );
-        let agent_messages = Family::default();
-        registry.register(
-            metric::AGENT_MESSAGES,
-            "Agent messages processed, by type",
-            agent_messages.clone(),
-        );
-        let token_usage =
-            HistogramFamily::new_with_constructor(token_histogram as fn() -> Histogram);
-        registry.register(
-            metric::GEN_AI_TOKEN_USAGE,
-            "Number of input and output tokens used per call (gen_ai.client.token.usage)",
-            token_usage.clone(),
-        );
-        let op_duration = ExemplarFamily::new_with_constructor(
-            duration_histogram_with_exemplars as fn() -> ExemplarHistogram,
-        );
-        registry.register_with_unit(
-            metric::GEN_AI_OPERATION_DURATION,
-            "GenAI operation duration (gen_ai.client.operation.duration)",
-            Unit::Seconds,
-            op_duration.clone(),
-        );
-        let ttfc = HistogramFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
-        registry.register_with_unit(
-            metric::GEN_AI_TIME_TO_FIRST_CHUNK,
-            "Time to receive the first chunk of a stream (gen_ai.client.operation.time_to_first_chunk)",
-            Unit::Seconds,
-            ttfc.clone(),
-        );
-        let per_chunk = HistogramFamily::new_with_constructor(chunk_histogram as fn() -> Histogram);
-        registry.register_with_unit(
-            metric::GEN_AI_TIME_PER_OUTPUT_CHUNK,
-            "Time between consecutive output chunks of a stream (gen_ai.client.operation.time_per_output_chunk)",
-            Unit::Seconds,
-            per_chunk.clone(),
-        );
-        let unpriced = Family::default();
-        registry.register(
-            metric::UNPRICED_CALLS,
-            "Calls with usage but no known price (no cost recorded)",
-            unpriced.clone(),
-        );
-        let parse_errors = Family::default();
-        registry.register(
-            metric::PARSE_ERRORS,
-            "Responses or requests tokentap could not observe (forwarded unchanged), by reason",
-            parse_errors.clone(),
-        );
-        let dropped = Family::default();
-        registry.register(
-            metric::TELEMETRY_DROPPED,
-            "Telemetry items dropped because an export queue was full or their export failed, by signal",
-            dropped.clone(),
-        );
-        let overhead = overhead_histogram();
-        registry.register_with_unit(
-            metric::OVERHEAD,
-            "Time tokentap spent on each proxied call, excluding waiting on the upstream and the client",
-            Unit::Seconds,
-            overhead.clone(),
-        );
+    /// Registers every family; their children live in a slot of `series`.
+    pub fn new(series: &mut SeriesCache) -> Metrics {
+        let mut r = Registry::default();
+        // registered in the order written, which is the page's order
         Metrics {
-            overhead,
-            registry,
-            guard: LabelGuard::new(max_label_values),
-            llm_requests,
-            llm_duration,
-            llm_tokens,
-            llm_cost,
-            agent_conversations,
-            agent_messages,
-            token_usage,
-            op_duration,
-            ttfc,
-            per_chunk,
-            unpriced,
-            parse_errors,
-            dropped,
-            series: RwLock::new(HashMap::new()),
-            hasher: RandomState::new(),
+            llm_requests: counters(&mut r, &metric::LLM_REQUESTS),
+            llm_duration: histograms(&mut r, &metric::LLM_REQUEST_DURATION),
+            llm_tokens: counters(&mut r, &metric::LLM_TOKENS_USED),
+            llm_cost: counters(&mut r, &metric::LLM_COST_USD),
+            agent_conversations: counters(&mut r, &metric::AGENT_CONVERSATIONS),
+            agent_messages: counters(&mut r, &metric::AGENT_MESSAGES),
+            token_usage: histograms(&mut r, &metric::GEN_AI_TOKEN_USAGE),
+            op_duration: histograms(&mut r, &metric::GEN_AI_OPERATION_DURATION),
+            ttfc: histograms(&mut r, &metric::GEN_AI_TIME_TO_FIRST_CHUNK),
+            per_chunk: histograms(&mut r, &metric::GEN_AI_TIME_PER_OUTPUT_CHUNK),
+            unpriced: counters(&mut r, &metric::UNPRICED_CALLS),
+            parse_errors: counters(&mut r, &metric::PARSE_ERRORS),
+            dropped: counters(&mut r, &metric::TELEMETRY_DROPPED),
+            overhead: histogram(&mut r, &metric::OVERHEAD),
+            slot: series.slot(),
+            registry: r,
         }
-    }
-
-    /// The series of `call`: its label values bounded (see [`LabelGuard`]) and the
-    /// metric children they select, from the cache when these values were seen before.
-    /// `error_type`: `call.error_type()`, which the caller has at hand.
-    pub fn series(&self, call: &Call, error_type: Option<&str>) -> Arc<Series> {
-        let hash = self.hasher.hash_one((
-            call.operation,
-            call.provider.as_str(),
-            call.request.model.as_deref(),
-            call.response.model.as_deref(),
-            call.server_address.as_str(),
-            error_type,
-        ));
-        // one read lock per call; a full cache is never write-locked again
-        let mut room = false;
-        if let Ok(cache) = self.series.read() {
-            if let Some(s) = cache.get(&hash) {
-                if s.key.matches(call, error_type) {
-                    return s.clone();
-                }
-            }
-            room = cache.len() < SERIES_CACHE_MAX;
-        }
-        let series = Arc::new(Series::new(
-            SeriesKey::of(call, error_type),
-            self.bound(call, error_type),
-        ));
-        if room && series.key.len() <= SERIES_KEY_MAX_BYTES {
-            if let Ok(mut cache) = self.series.write() {
-                if cache.len() < SERIES_CACHE_MAX {
-                    cache.entry(hash).or_insert_with(|| series.clone());
-                }
-            }
-        }
-        series
-    }
-
-    fn bound(&self, call: &Call, error_type: Option<&str>) -> BoundedLabels {
-        let g = &self.guard;
-        BoundedLabels {
-            model: g.bound(
-                label::MODEL,
-                call.request.model.as_deref().unwrap_or(value::UNKNOWN),
-            ),
-            provider: call.provider.clone(),
-            request_model: g.bound(
-                label::GEN_AI_REQUEST_MODEL,
-                call.request.model.as_deref().unwrap_or(value::UNKNOWN),
-            ),
-            response_model: call
-                .response
-                .model
-                .as_deref()
-                .map(|m| g.bound(label::GEN_AI_RESPONSE_MODEL, m)),
-            server_address: g.bound(label::SERVER_ADDRESS, &call.server_address),
-            error_type: error_type.map(|e| g.bound(label::ERROR_TYPE, e)),
-        }
-    }
-
-    /// Records one finished call.
-    /// `exemplar`: the sampled trace of the call, attached to its duration samples.
-    pub fn record(&self, call: &Call, s: &Series, exemplar: Option<ExemplarLabels>) {
-        self.overhead.observe(call.overhead.as_secs_f64());
-        for f in &call.parse_failures {
-            self.parse_errors
-                .get_or_create(&vec![(label::REASON, f.label().to_owned())])
-                .inc();
-        }
-        let Some(op) = call.operation else {
-            return; // not a model call: forwarded, not metered
-        };
-        s.requests
-            .get_or_init(|| self.llm_requests.get_or_create(&s.lab()).clone())
-            .inc();
-        let secs = call.duration.as_secs_f64();
-        s.duration
-            .get_or_init(|| self.llm_duration.get_or_create(&s.lab()).clone())
-            .observe(secs, exemplar.clone(), None);
-        s.op_duration
-            .get_or_init(|| {
-                let mut l = s.genai(op);
-                if let Some(e) = &s.labels.error_type {
-                    l.push((label::ERROR_TYPE, e.clone()));
-                }
-                self.op_duration.get_or_create(&l).clone()
-            })
-            .observe(secs, exemplar, None);
-
-        if let Some(u) = call.usage() {
-            let kinds = [
-                (value::TOKENS_PROMPT, u.input_tokens),
-                (value::TOKENS_COMPLETION, u.output_tokens),
-                (value::TOKENS_TOTAL, u.total_tokens),
-            ];
-            for (slot, (kind, n)) in s.tokens.iter().zip(kinds) {
-                slot.get_or_init(|| {
-                    let mut l = s.lab();
-                    l.push((label::TYPE, kind.to_owned()));
-                    self.llm_tokens.get_or_create(&l).clone()
-                })
-                .inc_by(n);
-            }
-            let kinds = [
-                (value::TOKEN_INPUT, u.input_tokens),
-                (value::TOKEN_OUTPUT, u.output_tokens),
-            ];
-            for (slot, (kind, n)) in s.token_usage.iter().zip(kinds) {
-                slot.get_or_init(|| {
-                    let mut l = s.genai(op);
-                    l.push((label::GEN_AI_TOKEN_TYPE, kind.to_owned()));
-                    self.token_usage.get_or_create(&l).clone()
-                })
-                .observe(n as f64);
-            }
-            match call.cost {
-                Some(c) => {
-                    s.cost
-                        .get_or_init(|| self.llm_cost.get_or_create(&s.lab()).clone())
-                        .inc_by(c);
-                }
-                None => {
-                    s.unpriced
-                        .get_or_init(|| {
-                            self.unpriced
-                                .get_or_create(&vec![(label::MODEL, s.labels.model.clone())])
-                                .clone()
-                        })
-                        .inc();
-                }
-            }
-        }
-        if call.streamed {
-            if let Some(t) = call.time_to_first_chunk {
-                s.ttfc
-                    .get_or_init(|| self.ttfc.get_or_create(&s.genai(op)).clone())
-                    .observe(t.as_secs_f64());
-            }
-            if !call.chunk_gaps.is_empty() {
-                let h = s
-                    .per_chunk
-                    .get_or_init(|| self.per_chunk.get_or_create(&s.genai(op)).clone());
-                for g in &call.chunk_gaps {
-                    h.observe(f64::from(*g));
-                }
-            }
-        }
-    }
-
-    /// The agent started a conversation.
-    pub fn conversation_started(&self) {
-        self.agent_conversations
-            .get_or_create(&vec![(label::ACTION, "start".to_owned())])
-            .inc();
-    }
-
-    /// The agent handled one message of `kind` (`user` or `assistant`).
-    pub fn agent_message(&self, kind: &'static str) {
-        self.agent_messages
-            .get_or_create(&vec![(label::TYPE, kind.to_owned())])
-            .inc();
     }
 
     /// The drop counter of `signal` (`traces`, `metrics`, `logs`), for an export queue.
@@ -518,6 +212,118 @@ impl Metrics {
     }
 }
 
+impl CallSink for Metrics {
+    fn record(&self, call: &Call, r: &Recorded) {
+        self.overhead.observe(call.overhead.as_secs_f64());
+        for f in &call.parse_failures {
+            self.parse_errors
+                .get_or_create(&vec![(label::REASON, f.label().to_owned())])
+                .inc();
+        }
+        let Some(op) = call.operation else {
+            return; // not a model call: forwarded, not metered
+        };
+        let b = &r.series.labels;
+        let c = r.series.slot(&self.slot);
+        // the sampled trace of the call, attached to its duration samples
+        let exemplar = r.span.is_sampled().then(|| {
+            vec![
+                ("trace_id", r.span.trace_id().to_string()),
+                ("span_id", r.span.span_id().to_string()),
+            ]
+        });
+        c.requests
+            .get_or_init(|| self.llm_requests.get_or_create(&lab(b)).clone())
+            .inc();
+        let secs = call.duration.as_secs_f64();
+        c.duration
+            .get_or_init(|| self.llm_duration.get_or_create(&lab(b)).clone())
+            .observe(secs, exemplar.clone(), None);
+        c.op_duration
+            .get_or_init(|| {
+                let mut l = genai(b, op);
+                if let Some(e) = &b.error_type {
+                    l.push((label::ERROR_TYPE, e.clone()));
+                }
+                self.op_duration.get_or_create(&l).clone()
+            })
+            .observe(secs, exemplar, None);
+
+        if let Some(u) = call.usage() {
+            let kinds = [
+                (value::TOKENS_PROMPT, u.input_tokens),
+                (value::TOKENS_COMPLETION, u.output_tokens),
+                (value::TOKENS_TOTAL, u.total_tokens),
+            ];
+            for (slot, (kind, n)) in c.tokens.iter().zip(kinds) {
+                slot.get_or_init(|| {
+                    let mut l = lab(b);
+                    l.push((label::TYPE, kind.to_owned()));
+                    self.llm_tokens.get_or_create(&l).clone()
+                })
+                .inc_by(n);
+            }
+            let kinds = [
+                (value::TOKEN_INPUT, u.input_tokens),
+                (value::TOKEN_OUTPUT, u.output_tokens),
+            ];
+            for (slot, (kind, n)) in c.token_usage.iter().zip(kinds) {
+                slot.get_or_init(|| {
+                    let mut l = genai(b, op);
+                    l.push((label::GEN_AI_TOKEN_TYPE, kind.to_owned()));
+                    self.token_usage.get_or_create(&l).clone()
+                })
+                .observe(n as f64);
+            }
+            match call.cost {
+                Some(cost) => {
+                    c.cost
+                        .get_or_init(|| self.llm_cost.get_or_create(&lab(b)).clone())
+                        .inc_by(cost);
+                }
+                None => {
+                    c.unpriced
+                        .get_or_init(|| {
+                            self.unpriced
+                                .get_or_create(&vec![(label::MODEL, b.model.clone())])
+                                .clone()
+                        })
+                        .inc();
+                }
+            }
+        }
+        if call.streamed {
+            if let Some(t) = call.time_to_first_chunk {
+                c.ttfc
+                    .get_or_init(|| self.ttfc.get_or_create(&genai(b, op)).clone())
+                    .observe(t.as_secs_f64());
+            }
+            if !call.chunk_gaps.is_empty() {
+                let h = c
+                    .per_chunk
+                    .get_or_init(|| self.per_chunk.get_or_create(&genai(b, op)).clone());
+                for g in &call.chunk_gaps {
+                    h.observe(f64::from(*g));
+                }
+            }
+        }
+    }
+
+    /// The agent started a conversation.
+    fn conversation_started(&self) {
+        self.agent_conversations
+            .get_or_create(&vec![(label::ACTION, "start".to_owned())])
+            .inc();
+    }
+
+    /// The agent handled one message of `kind` (`user` or `assistant`).
+    fn agent_message(&self, kind: &'static str) {
+        self.agent_messages
+            .get_or_create(&vec![(label::TYPE, kind.to_owned())])
+            .inc();
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -527,53 +333,24 @@ impl std::fmt::Debug for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::Outcome;
-    use crate::genai::request::RequestFacts;
+    use crate::telemetry::series::tests::chat;
+    use opentelemetry::trace::SpanContext;
 
-    fn chat(model: &str) -> Call {
-        let request = RequestFacts {
-            model: Some(model.to_owned()),
-            ..RequestFacts::default()
-        };
-        Call::new(
-            Some(Operation::ChatCompletions),
-            request,
-            "POST".into(),
-            "/v1/chat/completions".into(),
-            crate::genai::provider::Provider::default(),
-            "api.openai.com".into(),
-            443,
-        )
-    }
-
-    #[test]
-    fn calls_with_the_same_labels_share_a_series_and_others_do_not() {
-        let m = Metrics::new(100);
-        let a = m.series(&chat("gpt-4o"), None);
-        let b = m.series(&chat("gpt-4o"), None);
-        assert!(Arc::ptr_eq(&a, &b));
-        let mut failed = chat("gpt-4o");
-        failed.outcome = Outcome::Cancelled;
-        let c = m.series(&failed, failed.error_type().as_deref());
-        assert!(!Arc::ptr_eq(&a, &c));
-        assert_eq!(c.labels.error_type.as_deref(), Some("cancelled"));
-        let d = m.series(&chat("gpt-4o-mini"), None);
-        assert_eq!(d.labels.model, "gpt-4o-mini");
-        // a model name too long to cache still gets its (bounded) labels
-        let long = "m".repeat(SERIES_KEY_MAX_BYTES + 1);
-        let e = m.series(&chat(&long), None);
-        let f = m.series(&chat(&long), None);
-        assert!(!Arc::ptr_eq(&e, &f));
-        assert_eq!(e.labels.model, long);
+    fn recorded(series: &SeriesCache, call: &Call) -> Recorded {
+        Recorded {
+            series: series.series(call, None),
+            error_type: None,
+            span: SpanContext::empty_context(),
+        }
     }
 
     #[test]
     fn a_cached_series_creates_only_the_children_it_records() {
-        let m = Metrics::new(100);
+        let mut series = SeriesCache::new(100);
+        let m = Metrics::new(&mut series);
         let call = chat("gpt-4o");
-        let s = m.series(&call, None);
-        m.record(&call, &s, None);
-        m.record(&call, &s, None);
+        m.record(&call, &recorded(&series, &call));
+        m.record(&call, &recorded(&series, &call));
         let page = m.encode(Format::PrometheusText).expect("encode");
         assert!(
             page.contains(
@@ -602,7 +379,7 @@ mod tests {
         streamed.cost = Some(0.25);
         streamed.streamed = true;
         streamed.time_to_first_chunk = Some(std::time::Duration::from_millis(30));
-        m.record(&streamed, &m.series(&streamed, None), None);
+        m.record(&streamed, &recorded(&series, &streamed));
         let page = m.encode(Format::PrometheusText).expect("encode");
         for present in [
             r#"llm_tokens_used_total{model="gpt-4o",provider="openai",status="success",type="completion"} 5"#,
@@ -613,5 +390,74 @@ mod tests {
             assert!(page.contains(present), "{present} in {page}");
         }
         assert!(!page.contains("tokentap_unpriced_calls_total{"), "{page}");
+    }
+
+    /// The name a family is exposed under (before `_total`, `_bucket`, ...).
+    fn exposed<K>(def: &Metric<K>) -> String {
+        match def.unit {
+            Unit::Seconds => format!("{}_seconds", def.prometheus),
+            Unit::None | Unit::Tokens => def.prometheus.to_owned(),
+        }
+    }
+
+    #[test]
+    fn every_family_is_registered_as_its_descriptor_says() {
+        let mut series = SeriesCache::new(100);
+        let m = Metrics::new(&mut series);
+        // calls and events that reach every family (empty ones are not on the page)
+        let mut call = chat("gpt-4o");
+        call.response.usage = Some(crate::genai::response::Usage {
+            input_tokens: 7,
+            output_tokens: 5,
+            total_tokens: 12,
+            cached_input_tokens: None,
+            reasoning_tokens: None,
+        });
+        call.streamed = true;
+        call.time_to_first_chunk = Some(std::time::Duration::from_millis(30));
+        call.chunk_gaps = vec![0.02];
+        call.note_parse_failure(crate::call::ParseFailure::InvalidSse);
+        m.record(&call, &recorded(&series, &call));
+        call.cost = Some(0.25);
+        m.record(&call, &recorded(&series, &call));
+        m.conversation_started();
+        m.agent_message("user");
+        m.dropped_counter(crate::telemetry::names::signal::LOGS);
+        let page = m.encode(Format::OpenMetrics).expect("encode");
+        let described = |name: &str, help: &str, kind: &str| {
+            assert!(
+                page.contains(&format!("# HELP {name} {help}.\n")),
+                "{name} help in {page}"
+            );
+            assert!(
+                page.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} type in {page}"
+            );
+        };
+        for def in metric::COUNTERS {
+            described(&exposed(def), def.help, "counter");
+        }
+        for def in metric::HISTOGRAMS {
+            let name = exposed(def);
+            described(&name, def.help, "histogram");
+            assert_eq!(
+                page.contains(&format!("# UNIT {name} seconds\n")),
+                def.unit == Unit::Seconds,
+                "{name} unit in {page}"
+            );
+            let buckets = page
+                .lines()
+                .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+                .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+                .filter(|le| *le != "+Inf")
+                .map(|le| le.parse::<f64>().expect("le"))
+                .collect::<Vec<_>>();
+            // each child repeats the boundaries; the first child's are enough
+            assert_eq!(
+                buckets.get(..def.kind.buckets.len()),
+                Some(def.kind.buckets),
+                "{name}"
+            );
+        }
     }
 }

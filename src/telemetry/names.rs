@@ -5,36 +5,211 @@
 //! Prometheus names are registered without the suffixes the encoder adds
 //! (`_total` on counters, the unit on histograms).
 
-/// Metric names as registered (the exposed name is in the comment).
+/// One metric, defined once: `/metrics` and the OTel instruments are both built
+/// from it, so their names, help texts, units and buckets cannot drift apart.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric<K> {
+    /// Name registered with prometheus-client; the encoder adds `_total` to
+    /// counters and the unit to histograms (the exposed name is in each doc).
+    pub prometheus: &'static str,
+    /// OTel instrument name (exported over OTLP).
+    pub otel: &'static str,
+    /// Prometheus `HELP` and OTel description.
+    pub help: &'static str,
+    pub unit: Unit,
+    /// [`kind::Counter`] or [`kind::Histogram`] (with its buckets).
+    pub kind: K,
+}
+
+/// What a metric counts or measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A plain count (no unit on either side).
+    None,
+    /// Seconds: `s` in OTel, `_seconds` in Prometheus.
+    Seconds,
+    /// Tokens: `{token}` in OTel; an annotation, not a unit, so nothing in
+    /// Prometheus (as the OTel-to-Prometheus mapping drops `{...}` units).
+    Tokens,
+}
+
+impl Unit {
+    /// The OTel (UCUM) unit, if any.
+    pub const fn otel(self) -> Option<&'static str> {
+        match self {
+            Unit::None => None,
+            Unit::Seconds => Some("s"),
+            Unit::Tokens => Some("{token}"),
+        }
+    }
+}
+
+/// Metric kinds; a histogram carries its bucket boundaries.
+pub mod kind {
+    #[derive(Debug, Clone, Copy)]
+    pub struct Counter;
+
+    #[derive(Debug, Clone, Copy)]
+    pub struct Histogram {
+        pub buckets: &'static [f64],
+    }
+}
+
+/// Every metric tokentap exports. The lab's instruments keep their Prometheus
+/// names in OTel, so a collector's Prometheus exporter shows the same series as
+/// `/metrics`; the GenAI ones use the semantic conventions' names.
 pub mod metric {
+    use super::kind::{Counter, Histogram};
+    use super::{Metric, Unit, buckets};
+
     /// `llm_requests_total`
-    pub const LLM_REQUESTS: &str = "llm_requests";
+    pub const LLM_REQUESTS: Metric<Counter> = Metric {
+        prometheus: "llm_requests",
+        otel: "llm_requests_total",
+        help: "LLM requests, by model and outcome",
+        unit: Unit::None,
+        kind: Counter,
+    };
     /// `llm_request_duration_seconds`
-    pub const LLM_REQUEST_DURATION: &str = "llm_request_duration";
+    pub const LLM_REQUEST_DURATION: Metric<Histogram> = Metric {
+        prometheus: "llm_request_duration",
+        otel: "llm_request_duration_seconds",
+        help: "Duration of LLM requests until the last byte",
+        unit: Unit::Seconds,
+        kind: Histogram {
+            buckets: buckets::DURATION,
+        },
+    };
     /// `llm_tokens_used_total`
-    pub const LLM_TOKENS_USED: &str = "llm_tokens_used";
-    /// `llm_cost_usd_total`
-    pub const LLM_COST_USD: &str = "llm_cost_usd";
+    pub const LLM_TOKENS_USED: Metric<Counter> = Metric {
+        prometheus: "llm_tokens_used",
+        otel: "llm_tokens_used_total",
+        help: "Tokens used by LLM requests as reported by the provider (type: prompt, completion, total)",
+        unit: Unit::None,
+        kind: Counter,
+    };
+    /// `llm_cost_usd_total`; no unit: a collector's Prometheus exporter would append it to the name.
+    pub const LLM_COST_USD: Metric<Counter> = Metric {
+        prometheus: "llm_cost_usd",
+        otel: "llm_cost_usd_total",
+        help: "Cost of LLM requests in USD, from provider usage and the price table",
+        unit: Unit::None,
+        kind: Counter,
+    };
     /// `agent_conversations_total`
-    pub const AGENT_CONVERSATIONS: &str = "agent_conversations";
+    pub const AGENT_CONVERSATIONS: Metric<Counter> = Metric {
+        prometheus: "agent_conversations",
+        otel: "agent_conversations_total",
+        help: "Agent conversations started",
+        unit: Unit::None,
+        kind: Counter,
+    };
     /// `agent_messages_total`
-    pub const AGENT_MESSAGES: &str = "agent_messages";
-    /// `gen_ai_client_token_usage` (OTel `gen_ai.client.token.usage`)
-    pub const GEN_AI_TOKEN_USAGE: &str = "gen_ai_client_token_usage";
+    pub const AGENT_MESSAGES: Metric<Counter> = Metric {
+        prometheus: "agent_messages",
+        otel: "agent_messages_total",
+        help: "Agent messages processed, by type",
+        unit: Unit::None,
+        kind: Counter,
+    };
+    /// `gen_ai_client_token_usage`
+    pub const GEN_AI_TOKEN_USAGE: Metric<Histogram> = Metric {
+        prometheus: "gen_ai_client_token_usage",
+        otel: "gen_ai.client.token.usage",
+        help: "Number of input and output tokens used per call (gen_ai.client.token.usage)",
+        unit: Unit::Tokens,
+        kind: Histogram {
+            buckets: buckets::TOKENS,
+        },
+    };
     /// `gen_ai_client_operation_duration_seconds`
-    pub const GEN_AI_OPERATION_DURATION: &str = "gen_ai_client_operation_duration";
+    pub const GEN_AI_OPERATION_DURATION: Metric<Histogram> = Metric {
+        prometheus: "gen_ai_client_operation_duration",
+        otel: "gen_ai.client.operation.duration",
+        help: "GenAI operation duration (gen_ai.client.operation.duration)",
+        unit: Unit::Seconds,
+        kind: Histogram {
+            buckets: buckets::DURATION,
+        },
+    };
     /// `gen_ai_client_operation_time_to_first_chunk_seconds`
-    pub const GEN_AI_TIME_TO_FIRST_CHUNK: &str = "gen_ai_client_operation_time_to_first_chunk";
+    pub const GEN_AI_TIME_TO_FIRST_CHUNK: Metric<Histogram> = Metric {
+        prometheus: "gen_ai_client_operation_time_to_first_chunk",
+        otel: "gen_ai.client.operation.time_to_first_chunk",
+        help: "Time to receive the first chunk of a stream (gen_ai.client.operation.time_to_first_chunk)",
+        unit: Unit::Seconds,
+        kind: Histogram {
+            buckets: buckets::DURATION,
+        },
+    };
     /// `gen_ai_client_operation_time_per_output_chunk_seconds`
-    pub const GEN_AI_TIME_PER_OUTPUT_CHUNK: &str = "gen_ai_client_operation_time_per_output_chunk";
+    pub const GEN_AI_TIME_PER_OUTPUT_CHUNK: Metric<Histogram> = Metric {
+        prometheus: "gen_ai_client_operation_time_per_output_chunk",
+        otel: "gen_ai.client.operation.time_per_output_chunk",
+        help: "Time between consecutive output chunks of a stream (gen_ai.client.operation.time_per_output_chunk)",
+        unit: Unit::Seconds,
+        kind: Histogram {
+            buckets: buckets::PER_CHUNK,
+        },
+    };
     /// `tokentap_unpriced_calls_total`
-    pub const UNPRICED_CALLS: &str = "tokentap_unpriced_calls";
+    pub const UNPRICED_CALLS: Metric<Counter> = Metric {
+        prometheus: "tokentap_unpriced_calls",
+        otel: "tokentap_unpriced_calls_total",
+        help: "Calls with usage but no known price (no cost recorded)",
+        unit: Unit::None,
+        kind: Counter,
+    };
     /// `tokentap_parse_errors_total`
-    pub const PARSE_ERRORS: &str = "tokentap_parse_errors";
+    pub const PARSE_ERRORS: Metric<Counter> = Metric {
+        prometheus: "tokentap_parse_errors",
+        otel: "tokentap_parse_errors_total",
+        help: "Responses or requests tokentap could not observe (forwarded unchanged), by reason",
+        unit: Unit::None,
+        kind: Counter,
+    };
     /// `tokentap_telemetry_dropped_total`
-    pub const TELEMETRY_DROPPED: &str = "tokentap_telemetry_dropped";
+    pub const TELEMETRY_DROPPED: Metric<Counter> = Metric {
+        prometheus: "tokentap_telemetry_dropped",
+        otel: "tokentap_telemetry_dropped_total",
+        help: "Telemetry items dropped because an export queue was full or their export failed, by signal",
+        unit: Unit::None,
+        kind: Counter,
+    };
     /// `tokentap_overhead_seconds`
-    pub const OVERHEAD: &str = "tokentap_overhead";
+    pub const OVERHEAD: Metric<Histogram> = Metric {
+        prometheus: "tokentap_overhead",
+        otel: "tokentap_overhead_seconds",
+        help: "Time tokentap spent on each proxied call, excluding waiting on the upstream and the client",
+        unit: Unit::Seconds,
+        kind: Histogram {
+            buckets: buckets::OVERHEAD,
+        },
+    };
+
+    /// Every counter, for the tests holding each backend to its descriptor.
+    #[cfg(test)]
+    pub const COUNTERS: [&Metric<Counter>; 8] = [
+        &LLM_REQUESTS,
+        &LLM_TOKENS_USED,
+        &LLM_COST_USD,
+        &AGENT_CONVERSATIONS,
+        &AGENT_MESSAGES,
+        &UNPRICED_CALLS,
+        &PARSE_ERRORS,
+        &TELEMETRY_DROPPED,
+    ];
+
+    /// Every histogram, likewise.
+    #[cfg(test)]
+    pub const HISTOGRAMS: [&Metric<Histogram>; 6] = [
+        &LLM_REQUEST_DURATION,
+        &GEN_AI_TOKEN_USAGE,
+        &GEN_AI_OPERATION_DURATION,
+        &GEN_AI_TIME_TO_FIRST_CHUNK,
+        &GEN_AI_TIME_PER_OUTPUT_CHUNK,
+        &OVERHEAD,
+    ];
 }
 
 /// Prometheus label names.
@@ -137,32 +312,16 @@ pub mod attr {
     pub const TOKENTAP_USAGE_INJECTED: &str = "tokentap.usage_injected";
 }
 
-/// OpenTelemetry instrument names (exported over OTLP). The lab's instruments
-/// keep their Prometheus names so a collector's Prometheus exporter shows the
-/// same series as `/metrics`.
-pub mod instrument {
-    pub const LLM_REQUESTS: &str = "llm_requests_total";
-    pub const LLM_REQUEST_DURATION: &str = "llm_request_duration_seconds";
-    pub const LLM_TOKENS_USED: &str = "llm_tokens_used_total";
-    pub const LLM_COST_USD: &str = "llm_cost_usd_total";
-    pub const AGENT_CONVERSATIONS: &str = "agent_conversations_total";
-    pub const AGENT_MESSAGES: &str = "agent_messages_total";
-    pub const GEN_AI_TOKEN_USAGE: &str = "gen_ai.client.token.usage";
-    pub const GEN_AI_OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
-    pub const GEN_AI_TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.operation.time_to_first_chunk";
-    pub const GEN_AI_TIME_PER_OUTPUT_CHUNK: &str = "gen_ai.client.operation.time_per_output_chunk";
-    pub const UNPRICED_CALLS: &str = "tokentap_unpriced_calls_total";
-    pub const PARSE_ERRORS: &str = "tokentap_parse_errors_total";
-    pub const TELEMETRY_DROPPED: &str = "tokentap_telemetry_dropped_total";
-    pub const OVERHEAD: &str = "tokentap_overhead_seconds";
-}
-
 /// Signals, as in `tokentap_telemetry_dropped_total{signal}`.
 pub mod signal {
     pub const TRACES: &str = "traces";
     pub const METRICS: &str = "metrics";
     pub const LOGS: &str = "logs";
 }
+
+/// The target of the per-call log line (where it was emitted before it moved
+/// to its own module): `--log` filters and JSON logs show it.
+pub const LOG_TARGET: &str = "tokentap::telemetry";
 
 /// Names of tokentap's own spans (the agent's).
 pub mod span {

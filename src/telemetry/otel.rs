@@ -1,16 +1,15 @@
-//! OpenTelemetry providers from the standard environment, and the OTLP mirror
-//! of the Prometheus instruments.
+//! OpenTelemetry providers from the standard environment.
 //!
 //! Users configure tokentap the way they configure every OTel SDK
 //! (`OTEL_EXPORTER_OTLP_*`, `OTEL_*_EXPORTER`, the sampler, the resource),
 //! so nothing here invents settings of its own. Spans and logs go through
-//! the bounded queues of [`super::export`]; metrics through a periodic reader
+//! the bounded queues of `telemetry::export`; metrics through a periodic reader
 //! on the tokio runtime whose exporter never reports an error twice.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -26,12 +25,11 @@ use super::export::{
     ExportHealth, ExportThread, GuardedMetricExporter, LogSink, QUEUE_CAPACITY, Queue,
     QueueLogProcessor, QueueSpanProcessor, SpanSink, log_with_resource, with_resource,
 };
-use super::names::{attr, buckets, instrument, signal, span, value};
-use crate::call::Call;
+use super::names::{signal, span};
 
 /// Where one signal goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exporter {
+pub(crate) enum Exporter {
     Otlp(Protocol),
     Console,
     None,
@@ -40,15 +38,15 @@ pub enum Exporter {
 /// Telemetry settings read from the standard `OTEL_*` environment.
 #[derive(Debug, Clone)]
 pub struct OtelSettings {
-    pub disabled: bool,
-    pub traces: Exporter,
-    pub metrics: Exporter,
-    pub logs: Exporter,
-    pub metric_interval: Option<Duration>,
-    pub export_timeout: Duration,
-    pub span_queue_size: usize,
-    pub log_queue_size: usize,
-    pub resource: Resource,
+    pub(crate) disabled: bool,
+    pub(crate) traces: Exporter,
+    pub(crate) metrics: Exporter,
+    pub(crate) logs: Exporter,
+    pub(crate) metric_interval: Option<Duration>,
+    pub(crate) export_timeout: Duration,
+    pub(crate) span_queue_size: usize,
+    pub(crate) log_queue_size: usize,
+    pub(crate) resource: Resource,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -195,9 +193,9 @@ impl OtelSettings {
 /// Counters for what the queues dropped (the Prometheus side).
 #[derive(Debug, Clone)]
 pub struct DropCounters {
-    pub traces: prometheus_client::metrics::counter::Counter,
-    pub metrics: prometheus_client::metrics::counter::Counter,
-    pub logs: prometheus_client::metrics::counter::Counter,
+    pub(crate) traces: prometheus_client::metrics::counter::Counter,
+    pub(crate) metrics: prometheus_client::metrics::counter::Counter,
+    pub(crate) logs: prometheus_client::metrics::counter::Counter,
 }
 
 /// The running providers; kept to flush and shut them down.
@@ -213,7 +211,7 @@ pub struct Providers {
 }
 
 /// Builds the providers for `settings`, their exporters on an [`ExportThread`].
-pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers, String> {
+pub(crate) fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers, String> {
     let traces = if settings.disabled {
         Exporter::None
     } else {
@@ -321,8 +319,8 @@ pub fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Providers,
     })
 }
 
-/// A span queue exporting to `e` (also used by tests with in-memory exporters).
-pub fn span_queue<E: SpanExporter + 'static>(
+/// A span queue exporting to `e`.
+fn span_queue<E: SpanExporter + 'static>(
     e: E,
     r: &Resource,
     drops: &DropCounters,
@@ -339,7 +337,7 @@ pub fn span_queue<E: SpanExporter + 'static>(
 }
 
 /// A log queue exporting to `e`.
-pub fn log_queue<E: LogExporter + 'static>(
+fn log_queue<E: LogExporter + 'static>(
     e: E,
     r: &Resource,
     drops: &DropCounters,
@@ -356,7 +354,7 @@ pub fn log_queue<E: LogExporter + 'static>(
 }
 
 /// A meter provider pushing to `e` periodically from the tokio runtime.
-pub fn meter_provider<E: PushMetricExporter>(
+fn meter_provider<E: PushMetricExporter>(
     e: E,
     settings: &OtelSettings,
     drops: &DropCounters,
@@ -378,18 +376,18 @@ pub fn meter_provider<E: PushMetricExporter>(
 }
 
 impl Providers {
-    pub fn tracer(&self) -> SdkTracer {
+    pub(crate) fn tracer(&self) -> SdkTracer {
         self.tracer_provider.tracer(span::INSTRUMENTATION_SCOPE)
     }
 
-    pub fn meter(&self) -> Option<Meter> {
+    pub(crate) fn meter(&self) -> Option<Meter> {
         self.meter_provider
             .as_ref()
             .map(|p| p.meter(span::INSTRUMENTATION_SCOPE))
     }
 
     /// Flushes spans, metrics and logs; bounded by `deadline` in total.
-    pub async fn shutdown(self, deadline: Duration) {
+    pub(crate) async fn shutdown(self, deadline: Duration) {
         let start = tokio::time::Instant::now();
         let left = || deadline.saturating_sub(start.elapsed());
         if let Some(q) = &self.span_queue {
@@ -419,208 +417,5 @@ impl Providers {
         if let Some(t) = self.export_thread {
             t.stop(left()).await;
         }
-    }
-}
-
-/// A series' labels as OTel attributes, built once per label combination.
-#[derive(Debug)]
-pub struct Attributes {
-    lab: [KeyValue; 3],
-    genai: Vec<KeyValue>,
-    with_error: Vec<KeyValue>,
-    tokens: [Vec<KeyValue>; 3],
-    token_usage: [Vec<KeyValue>; 2],
-}
-
-impl Attributes {
-    fn new(op: crate::genai::request::Operation, b: &super::metrics::BoundedLabels) -> Self {
-        let status = if b.error_type.is_some() {
-            value::STATUS_ERROR
-        } else {
-            value::STATUS_SUCCESS
-        };
-        let lab = [
-            KeyValue::new("model", b.model.clone()),
-            KeyValue::new("provider", b.provider.to_string()),
-            KeyValue::new("status", status),
-        ];
-        let mut genai = vec![
-            KeyValue::new(attr::GEN_AI_OPERATION_NAME, op.name()),
-            KeyValue::new(attr::GEN_AI_PROVIDER_NAME, b.provider.to_string()),
-            KeyValue::new(attr::GEN_AI_REQUEST_MODEL, b.request_model.clone()),
-            KeyValue::new(attr::SERVER_ADDRESS, b.server_address.clone()),
-        ];
-        if let Some(rm) = &b.response_model {
-            genai.push(KeyValue::new(attr::GEN_AI_RESPONSE_MODEL, rm.clone()));
-        }
-        let mut with_error = genai.clone();
-        if let Some(e) = &b.error_type {
-            with_error.push(KeyValue::new(attr::ERROR_TYPE, e.clone()));
-        }
-        let tokens = [
-            value::TOKENS_PROMPT,
-            value::TOKENS_COMPLETION,
-            value::TOKENS_TOTAL,
-        ]
-        .map(|kind| {
-            let mut l = lab.to_vec();
-            l.push(KeyValue::new("type", kind));
-            l
-        });
-        let token_usage = [value::TOKEN_INPUT, value::TOKEN_OUTPUT].map(|kind| {
-            let mut l = genai.clone();
-            l.push(KeyValue::new(attr::GEN_AI_TOKEN_TYPE, kind));
-            l
-        });
-        Attributes {
-            lab,
-            genai,
-            with_error,
-            tokens,
-            token_usage,
-        }
-    }
-}
-
-/// The OTel instruments, mirroring `/metrics`.
-#[derive(Debug, Clone)]
-pub struct Instruments {
-    requests: Counter<u64>,
-    duration: Histogram<f64>,
-    tokens: Counter<u64>,
-    cost: Counter<f64>,
-    conversations: Counter<u64>,
-    messages: Counter<u64>,
-    token_usage: Histogram<u64>,
-    op_duration: Histogram<f64>,
-    ttfc: Histogram<f64>,
-    per_chunk: Histogram<f64>,
-    unpriced: Counter<u64>,
-    parse_errors: Counter<u64>,
-    overhead: Histogram<f64>,
-    /// Reports `tokentap_telemetry_dropped_total` at each collection.
-    _dropped: opentelemetry::metrics::ObservableCounter<u64>,
-}
-
-impl Instruments {
-    pub fn new(m: &Meter, drops: &DropCounters) -> Instruments {
-        let d = drops.clone();
-        Instruments {
-            requests: m
-                .u64_counter(instrument::LLM_REQUESTS)
-                .with_description("LLM requests")
-                .build(),
-            duration: m
-                .f64_histogram(instrument::LLM_REQUEST_DURATION)
-                .with_unit("s")
-                .with_boundaries(buckets::DURATION.to_vec())
-                .with_description("Duration of LLM requests")
-                .build(),
-            tokens: m
-                .u64_counter(instrument::LLM_TOKENS_USED)
-                .with_description("Tokens used by LLM requests")
-                .build(),
-            cost: m
-                // no unit: a collector's Prometheus exporter would append it to the name
-                .f64_counter(instrument::LLM_COST_USD)
-                .with_description("Cost of LLM requests in USD")
-                .build(),
-            conversations: m.u64_counter(instrument::AGENT_CONVERSATIONS).build(),
-            messages: m.u64_counter(instrument::AGENT_MESSAGES).build(),
-            token_usage: m
-                .u64_histogram(instrument::GEN_AI_TOKEN_USAGE)
-                .with_unit("{token}")
-                .with_boundaries(buckets::TOKENS.to_vec())
-                .with_description("Number of input and output tokens used")
-                .build(),
-            op_duration: m
-                .f64_histogram(instrument::GEN_AI_OPERATION_DURATION)
-                .with_unit("s")
-                .with_boundaries(buckets::DURATION.to_vec())
-                .with_description("GenAI operation duration")
-                .build(),
-            ttfc: m
-                .f64_histogram(instrument::GEN_AI_TIME_TO_FIRST_CHUNK)
-                .with_unit("s")
-                .with_boundaries(buckets::DURATION.to_vec())
-                .with_description("Time to receive the first chunk of a stream")
-                .build(),
-            per_chunk: m
-                .f64_histogram(instrument::GEN_AI_TIME_PER_OUTPUT_CHUNK)
-                .with_unit("s")
-                .with_boundaries(buckets::PER_CHUNK.to_vec())
-                .with_description("Time between consecutive output chunks")
-                .build(),
-            unpriced: m.u64_counter(instrument::UNPRICED_CALLS).build(),
-            parse_errors: m.u64_counter(instrument::PARSE_ERRORS).build(),
-            overhead: m
-                .f64_histogram(instrument::OVERHEAD)
-                .with_unit("s")
-                .with_boundaries(buckets::OVERHEAD.to_vec())
-                .with_description("Time tokentap spent on each proxied call, excluding waits")
-                .build(),
-            _dropped: m
-                .u64_observable_counter(instrument::TELEMETRY_DROPPED)
-                .with_description("Telemetry items dropped (queue full or export failed)")
-                .with_callback(move |o| {
-                    for (signal, c) in [
-                        (signal::TRACES, &d.traces),
-                        (signal::METRICS, &d.metrics),
-                        (signal::LOGS, &d.logs),
-                    ] {
-                        o.observe(c.get(), &[KeyValue::new("signal", signal)]);
-                    }
-                })
-                .build(),
-        }
-    }
-
-    /// Records one call; `model`, `request_model`, `response_model`, `server` and `error` are
-    /// already bounded by the label guard.
-    pub fn record(&self, call: &Call, series: &super::metrics::Series) {
-        self.overhead.record(call.overhead.as_secs_f64(), &[]);
-        for f in &call.parse_failures {
-            self.parse_errors
-                .add(1, &[KeyValue::new("reason", f.label())]);
-        }
-        let Some(op) = call.operation else { return };
-        let a = series
-            .otel
-            .get_or_init(|| Attributes::new(op, &series.labels));
-        let secs = call.duration.as_secs_f64();
-        self.requests.add(1, &a.lab);
-        self.duration.record(secs, &a.lab);
-        self.op_duration.record(secs, &a.with_error);
-        if let Some(u) = call.usage() {
-            let counts = [u.input_tokens, u.output_tokens, u.total_tokens];
-            for (attrs, n) in a.tokens.iter().zip(counts) {
-                self.tokens.add(n, attrs);
-            }
-            for (attrs, n) in a.token_usage.iter().zip(counts) {
-                self.token_usage.record(n, attrs);
-            }
-            match call.cost {
-                Some(c) => self.cost.add(c, &a.lab),
-                // `model` alone (the first of the lab's labels)
-                None => self.unpriced.add(1, &a.lab[..1]),
-            }
-        }
-        if call.streamed {
-            if let Some(t) = call.time_to_first_chunk {
-                self.ttfc.record(t.as_secs_f64(), &a.genai);
-            }
-            for g in &call.chunk_gaps {
-                self.per_chunk.record(f64::from(*g), &a.genai);
-            }
-        }
-    }
-
-    pub fn conversation_started(&self) {
-        self.conversations
-            .add(1, &[KeyValue::new("action", "start")]);
-    }
-
-    pub fn agent_message(&self, kind: &'static str) {
-        self.messages.add(1, &[KeyValue::new("type", kind)]);
     }
 }

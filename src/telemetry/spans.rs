@@ -19,6 +19,7 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracer;
 
 use super::names::attr;
+use super::sink::{CallSink, Recorded};
 use crate::call::Call;
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -113,8 +114,9 @@ fn strings(v: &[String]) -> Value {
     ))
 }
 
-/// Everything the finished call reveals, as span attributes.
-pub fn attributes(call: &Call) -> Vec<KeyValue> {
+/// Everything the finished call reveals, as span attributes; `error_type` is
+/// `call.error_type()`.
+pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
     let mut a = Vec::with_capacity(32);
     let req = &call.request;
     let resp = &call.response;
@@ -254,8 +256,8 @@ pub fn attributes(call: &Call) -> Vec<KeyValue> {
             strings(std::slice::from_ref(id)),
         ));
     }
-    if let Some(e) = call.error_type() {
-        a.push(KeyValue::new(attr::ERROR_TYPE, e));
+    if let Some(e) = error_type {
+        a.push(KeyValue::new(attr::ERROR_TYPE, e.to_owned()));
     }
     if let Some(c) = &call.content {
         if let Some(s) = &c.system_instructions {
@@ -272,14 +274,27 @@ pub fn attributes(call: &Call) -> Vec<KeyValue> {
 }
 
 /// Sets the call's attributes and status on its span and ends it.
-pub fn finish(cx: &Context, call: &Call) {
+pub fn finish(cx: &Context, call: &Call, error_type: Option<&str>) {
     let span = cx.span();
     if !span.is_recording() {
         return;
     }
-    span.set_attributes(attributes(call));
-    if let Some(e) = call.error_type() {
-        span.set_status(Status::error(e));
+    span.set_attributes(attributes(call, error_type));
+    if let Some(e) = error_type {
+        span.set_status(Status::error(e.to_owned()));
     }
     span.end();
+}
+
+/// The call's span as an output: finished with the call's attributes. Registered
+/// last, so the span ends after every other output has seen the call.
+#[derive(Debug)]
+pub struct EndSpan;
+
+impl CallSink for EndSpan {
+    fn record(&self, call: &Call, r: &Recorded) {
+        if let Some(cx) = &call.trace {
+            finish(cx, call, r.error_type.as_deref());
+        }
+    }
 }
