@@ -289,7 +289,7 @@ fn bench_tap(c: &mut Criterion) {
     let opts = RecorderOptions {
         pricing: PriceTable::default(),
         max_label_values: 1000,
-        capture_content: false,
+        max_label_length: 128,
     };
     let recorder: Arc<Recorder> = Telemetry::new(opts, &OtelSettings::none())
         .expect("telemetry without exporters")

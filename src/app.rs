@@ -100,7 +100,7 @@ pub fn recorder_options(cfg: &Config) -> Result<RecorderOptions, StartError> {
     Ok(RecorderOptions {
         pricing: load_pricing(cfg)?,
         max_label_values: cfg.max_label_values,
-        capture_content: cfg.capture_content,
+        max_label_length: cfg.max_label_length,
     })
 }
 

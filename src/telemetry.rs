@@ -17,6 +17,7 @@
 //! names: every name, and the one descriptor per metric both metric backends are built from
 //! ```
 
+pub(crate) mod bounded;
 pub(crate) mod export;
 pub(crate) mod instruments;
 pub(crate) mod labels;
@@ -49,27 +50,11 @@ pub struct Recorder {
     /// Every output of a call, in the order they see it.
     sinks: Vec<Arc<dyn CallSink>>,
     tracer: SdkTracer,
-    /// Record prompts and completions on spans.
-    // moved by the lead in proxy/agent
-    pub capture_content: bool,
 }
 
 impl Recorder {
     pub(crate) fn tracer(&self) -> &SdkTracer {
         &self.tracer
-    }
-
-    /// USD for `usage`, by the lookup order of SPEC §7; `None` without a price.
-    // moved by the lead in proxy/agent
-    pub fn price(
-        &self,
-        response_model: Option<&str>,
-        request_model: Option<&str>,
-        usage: &crate::genai::response::Usage,
-    ) -> Option<f64> {
-        self.pricing
-            .lookup(response_model, request_model)
-            .map(|p| cost(p, usage))
     }
 
     /// Prices `call` and hands it to every output. Called exactly once per call.
@@ -124,7 +109,8 @@ pub struct Telemetry {
 pub struct RecorderOptions {
     pub pricing: PriceTable,
     pub max_label_values: usize,
-    pub capture_content: bool,
+    /// Label values longer than this (bytes) are recorded as `other`.
+    pub max_label_length: usize,
 }
 
 impl Telemetry {
@@ -138,7 +124,7 @@ impl Telemetry {
         opts: RecorderOptions,
         make: impl FnOnce(&DropCounters) -> Result<Providers, String>,
     ) -> Result<Telemetry, String> {
-        let mut series = SeriesCache::new(opts.max_label_values);
+        let mut series = SeriesCache::new(opts.max_label_values, opts.max_label_length);
         let metrics = Arc::new(metrics::Metrics::new(&mut series));
         let drops = DropCounters {
             traces: metrics.dropped_counter(signal::TRACES),
@@ -161,7 +147,6 @@ impl Telemetry {
             series,
             sinks,
             tracer: providers.tracer(),
-            capture_content: opts.capture_content,
         };
         Ok(Telemetry {
             recorder: Arc::new(recorder),

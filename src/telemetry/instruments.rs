@@ -241,7 +241,7 @@ mod tests {
         let provider = SdkMeterProvider::builder()
             .with_reader(PeriodicReader::builder(exporter.clone()).build())
             .build();
-        let mut series = SeriesCache::new(100);
+        let mut series = SeriesCache::new(100, 1024);
         let drops = DropCounters {
             traces: Default::default(),
             metrics: Default::default(),

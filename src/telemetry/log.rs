@@ -3,8 +3,9 @@
 //! A line per successful call would cost the hot path more than all the metrics
 //! together (issue 6's profile): those go out at `debug`, failed calls at
 //! `info`. The line carries the call's trace context, so OTLP logs link to the
-//! span.
+//! span. Its fields from the wire are cut and escaped (see [`bounded`]).
 
+use super::bounded;
 use super::names::LOG_TARGET;
 use super::sink::{CallSink, Recorded};
 use crate::call::Call;
@@ -46,13 +47,13 @@ impl CallSink for LogLine {
                     trace_id = %sc.trace_id(),
                     span_id = %sc.span_id(),
                     method = %call.method,
-                    path = %call.path,
+                    path = %bounded::for_log(&call.path),
                     status = call.status,
-                    model = call.model(),
+                    model = call.model().map(bounded::for_log).as_deref(),
                     input_tokens = call.usage().map(|u| u.input_tokens),
                     output_tokens = call.usage().map(|u| u.output_tokens),
                     cost_usd = call.cost,
-                    error_type = r.error_type.as_deref(),
+                    error_type = r.error_type.as_deref().map(bounded::for_log).as_deref(),
                     duration_ms = call.duration.as_millis() as u64,
                     "llm call finished"
                 )
@@ -64,7 +65,7 @@ impl CallSink for LogLine {
                 trace_id = %sc.trace_id(),
                 span_id = %sc.span_id(),
                 method = %call.method,
-                path = %call.path,
+                path = %bounded::for_log(&call.path),
                 status = call.status,
                 duration_ms = call.duration.as_millis() as u64,
                 "request forwarded"

@@ -346,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_cached_series_creates_only_the_children_it_records() {
-        let mut series = SeriesCache::new(100);
+        let mut series = SeriesCache::new(100, 1024);
         let m = Metrics::new(&mut series);
         let call = chat("gpt-4o");
         m.record(&call, &recorded(&series, &call));
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn every_family_is_registered_as_its_descriptor_says() {
-        let mut series = SeriesCache::new(100);
+        let mut series = SeriesCache::new(100, 1024);
         let m = Metrics::new(&mut series);
         // calls and events that reach every family (empty ones are not on the page)
         let mut call = chat("gpt-4o");

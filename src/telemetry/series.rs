@@ -134,10 +134,11 @@ pub struct SeriesCache {
 }
 
 impl SeriesCache {
-    /// Each label name admits `max_label_values` distinct values (see [`LabelGuard`]).
-    pub fn new(max_label_values: usize) -> SeriesCache {
+    /// Each label name admits `max_label_values` distinct values of at most
+    /// `max_label_length` bytes (see [`LabelGuard`]).
+    pub fn new(max_label_values: usize, max_label_length: usize) -> SeriesCache {
         SeriesCache {
-            guard: LabelGuard::new(max_label_values),
+            guard: LabelGuard::new(max_label_values, max_label_length),
             series: RwLock::new(HashMap::new()),
             hasher: RandomState::new(),
             slots: 0,
@@ -239,7 +240,7 @@ pub(crate) mod tests {
 
     #[test]
     fn calls_with_the_same_labels_share_a_series_and_others_do_not() {
-        let m = SeriesCache::new(100);
+        let m = SeriesCache::new(100, 1024);
         let a = m.series(&chat("gpt-4o"), None);
         let b = m.series(&chat("gpt-4o"), None);
         assert!(Arc::ptr_eq(&a, &b));
@@ -260,7 +261,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_slot_is_kept_per_series_and_a_foreign_slot_is_not() {
-        let mut m = SeriesCache::new(100);
+        let mut m = SeriesCache::new(100, 1024);
         let counts: Slot<Arc<OnceLock<u32>>> = m.slot();
         let names: Slot<String> = m.slot();
         let s = m.series(&chat("gpt-4o"), None);
@@ -277,7 +278,7 @@ pub(crate) mod tests {
             None
         );
         // a slot taken from another cache: a fresh value, never the wrong type
-        let mut other = SeriesCache::new(100);
+        let mut other = SeriesCache::new(100, 1024);
         let _first: Slot<String> = other.slot();
         let foreign: Slot<Arc<OnceLock<u32>>> = other.slot();
         let fresh = s.slot(&foreign);

@@ -18,6 +18,7 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracer;
 
+use super::bounded;
 use super::names::attr;
 use super::sink::{CallSink, Recorded};
 use crate::call::Call;
@@ -92,7 +93,7 @@ pub fn traceresponse(cx: &Context) -> Option<HeaderValue> {
 /// Span name per SPEC §4: `{operation} {model}` for model calls, the method otherwise.
 pub fn span_name(call: &Call) -> String {
     match (call.operation, call.request.model.as_deref()) {
-        (Some(op), Some(model)) => format!("{} {model}", op.name()),
+        (Some(op), Some(model)) => format!("{} {}", op.name(), bounded::cut(model)),
         (Some(op), None) => op.name().to_owned(),
         (None, _) => call.method.clone(),
     }
@@ -259,6 +260,8 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
     if let Some(e) = error_type {
         a.push(KeyValue::new(attr::ERROR_TYPE, e.to_owned()));
     }
+    // identifiers from the wire are cut here; captured content keeps its own cap
+    bound_identifiers(&mut a);
     if let Some(c) = &call.content {
         if let Some(s) = &c.system_instructions {
             a.push(KeyValue::new(attr::GEN_AI_SYSTEM_INSTRUCTIONS, s.clone()));
@@ -273,6 +276,24 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
     a
 }
 
+/// Cuts every string (and string array element) in `a` to the identifier limit.
+fn bound_identifiers(a: &mut [KeyValue]) {
+    let limit = |s: &StringValue| bounded::cut(s.as_str()).len() < s.as_str().len();
+    for kv in a {
+        match &mut kv.value {
+            Value::String(s) if limit(s) => {
+                *s = StringValue::from(bounded::cut(s.as_str()).into_owned());
+            }
+            Value::Array(Array::String(v)) => {
+                for s in v.iter_mut().filter(|s| limit(s)) {
+                    *s = StringValue::from(bounded::cut(s.as_str()).into_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Sets the call's attributes and status on its span and ends it.
 pub fn finish(cx: &Context, call: &Call, error_type: Option<&str>) {
     let span = cx.span();
@@ -281,7 +302,7 @@ pub fn finish(cx: &Context, call: &Call, error_type: Option<&str>) {
     }
     span.set_attributes(attributes(call, error_type));
     if let Some(e) = error_type {
-        span.set_status(Status::error(e.to_owned()));
+        span.set_status(Status::error(bounded::cut(e).into_owned()));
     }
     span.end();
 }
