@@ -246,3 +246,133 @@ impl Observer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::genai::provider::Provider;
+    use crate::genai::request::RequestFacts;
+
+    const WITH_USAGE: &[u8] = include_bytes!("../tests/fixtures/chat_stream_usage.sse");
+    const PLAIN: &[u8] = include_bytes!("../tests/fixtures/chat_stream_plain.sse");
+
+    fn new_call() -> Call {
+        Call::new(
+            Some(Operation::ChatCompletions),
+            RequestFacts::default(),
+            "POST".to_owned(),
+            "/v1/chat/completions".to_owned(),
+            Provider::default(),
+            "api.openai.com".to_owned(),
+            443,
+        )
+    }
+
+    fn observer(event_stream: bool, encoding: Option<&str>, strip: bool) -> Observer {
+        Observer::new(
+            Some(Operation::ChatCompletions),
+            event_stream,
+            encoding,
+            strip,
+            Instant::now(),
+        )
+    }
+
+    /// Drives `obs` as the tap does; returns what the client gets and the finished call.
+    fn run<'a>(mut obs: Observer, frames: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, Call) {
+        let mut out = Vec::new();
+        for f in frames {
+            match obs.on_data(f) {
+                Pass::Unchanged => out.extend_from_slice(f),
+                Pass::Edited(b) => out.extend(b),
+            }
+        }
+        out.extend(obs.flush());
+        let mut call = new_call();
+        obs.finish_into(&mut call, true);
+        (out, call)
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(data).expect("write");
+        gz.finish().expect("finish")
+    }
+
+    #[test]
+    fn invalid_usage_is_counted_and_the_rest_kept() {
+        let body = br#"{"model":"gpt-4o","usage":{"prompt_tokens":-4,"completion_tokens":2.0,"total_tokens":6}}"#;
+        let (_, call) = run(observer(false, None, false), [&body[..]]);
+        assert_eq!(call.parse_failures, vec![ParseFailure::InvalidUsage]);
+        let u = call.usage().expect("usage");
+        assert_eq!((u.output_tokens, u.total_tokens), (2, 6));
+
+        let stream = b"data: {\"choices\":[],\"system_fingerprint\":[1],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+        let (_, call) = run(observer(true, None, false), [&stream[..]]);
+        assert_eq!(call.parse_failures, vec![ParseFailure::InvalidUsage]);
+        assert_eq!(call.usage().map(|u| u.total_tokens), Some(2));
+
+        let (_, clean) = run(observer(true, None, false), [WITH_USAGE]);
+        assert!(clean.parse_failures.is_empty());
+    }
+
+    #[test]
+    fn keep_alives_reach_the_client_at_once_when_stripping() {
+        let mut obs = observer(true, None, true);
+        assert!(obs.edits());
+        for _ in 0..1000 {
+            let frame = b": keep-alive\n\n";
+            match obs.on_data(frame) {
+                Pass::Edited(b) => assert_eq!(b, frame, "held back"),
+                Pass::Unchanged => {}
+            }
+        }
+        // between events, and between the usage-only chunk and [DONE]
+        let split = WITH_USAGE.len() - b"data: [DONE]\n\n".len();
+        let mut with = b": ping\n\n".to_vec();
+        with.extend_from_slice(&WITH_USAGE[..split]);
+        with.extend_from_slice(b": ping\r\n");
+        with.extend_from_slice(&WITH_USAGE[split..]);
+        let mut plain = b": ping\n\n".to_vec();
+        plain.extend_from_slice(&PLAIN[..PLAIN.len() - b"data: [DONE]\n\n".len()]);
+        plain.extend_from_slice(b": ping\r\n");
+        plain.extend_from_slice(b"data: [DONE]\n\n");
+        for step in [1, 7, 64, with.len()] {
+            let (out, call) = run(observer(true, None, true), with.chunks(step));
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&plain)
+            );
+            assert_eq!(call.usage().map(|u| u.total_tokens), Some(23));
+        }
+    }
+
+    #[test]
+    fn an_event_over_one_mib_is_passed_on_and_counted_too_large() {
+        let mut input = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"".to_vec();
+        input.resize(input.len() + (2 << 20), b'x');
+        input.extend_from_slice(b"\"}}]}\n\n");
+        input.extend_from_slice(WITH_USAGE);
+        let (out, call) = run(observer(true, None, false), input.chunks(64 << 10));
+        assert_eq!(out, input);
+        assert_eq!(call.parse_failures, vec![ParseFailure::TooLarge]);
+        assert_eq!(call.usage().map(|u| u.total_tokens), Some(23));
+    }
+
+    #[test]
+    fn a_compressed_injected_stream_is_decoded_and_stripped() {
+        let gz = gzip(WITH_USAGE);
+        for step in [1, 13, 200, gz.len()] {
+            let (out, call) = run(observer(true, Some("gzip"), true), gz.chunks(step));
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(PLAIN),
+                "step {step}"
+            );
+            assert_eq!(call.usage().map(|u| u.total_tokens), Some(23));
+            assert!(call.parse_failures.is_empty());
+        }
+    }
+}

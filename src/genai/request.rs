@@ -263,6 +263,28 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_keys_last_one_wins() {
+        let f = RequestFacts::parse(
+            br#"{"model":"decoy","stream":false,"messages":[],"model":"gpt-4o","stream":true}"#,
+        )
+        .expect("an object");
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert!(f.stream);
+        let g = RequestFacts::parse(br#"{"model":"gpt-4o","model":5}"#).expect("an object");
+        assert_eq!(g.model, None, "the last value is the one the upstream sees");
+    }
+
+    #[test]
+    fn integral_float_counts_are_counts() {
+        let f = RequestFacts::parse(br#"{"model":"m","max_tokens":50.0,"n":2.0,"seed":1.5}"#)
+            .expect("an object");
+        assert_eq!(f.max_tokens, Some(50));
+        assert_eq!(f.choice_count, Some(2));
+        assert_eq!(f.seed, None);
+        assert_eq!(f.model.as_deref(), Some("m"));
+    }
+
+    #[test]
     fn invalid_json_is_reported() {
         assert_eq!(RequestFacts::parse(b"model=gpt-4o"), Err(InvalidJson));
         assert_eq!(RequestFacts::parse(b"[1,2]"), Err(InvalidJson));

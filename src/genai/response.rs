@@ -439,6 +439,56 @@ mod tests {
     }
 
     #[test]
+    fn one_odd_field_loses_only_itself() {
+        // an integral float count is a count; a numeric fingerprint, a negative and an
+        // absurd count are each dropped on their own, never the rest of the usage
+        let body = br#"{"id":"chatcmpl-1","model":"gpt-4o","system_fingerprint":5,
+          "usage":{"prompt_tokens":10,"completion_tokens":2.0,"total_tokens":12,
+                   "prompt_tokens_details":{"cached_tokens":-1},
+                   "completion_tokens_details":{"reasoning_tokens":1e300}}}"#;
+        let f = ResponseFacts::from_body(Operation::ChatCompletions, body).expect("json");
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.system_fingerprint, None);
+        assert_eq!(
+            f.usage,
+            Some(Usage {
+                input_tokens: 10,
+                output_tokens: 2,
+                total_tokens: 12,
+                cached_input_tokens: None,
+                reasoning_tokens: None,
+            })
+        );
+    }
+
+    #[test]
+    fn absurd_counts_are_dropped_without_overflow() {
+        let body = br#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#;
+        let f = ResponseFacts::from_body(Operation::ChatCompletions, body).expect("json");
+        let u = f.usage.expect("the sane count survives");
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens), (0, 1, 1));
+    }
+
+    #[test]
+    fn duplicate_keys_last_one_wins() {
+        let body = br#"{"model":"decoy","id":"a","model":"gpt-4o",
+          "usage":{"prompt_tokens":1,"completion_tokens":3,"prompt_tokens":2},"id":"b"}"#;
+        let f = ResponseFacts::from_body(Operation::ChatCompletions, body).expect("json");
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.id.as_deref(), Some("b"));
+        let u = f.usage.expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens), (2, 3, 5));
+    }
+
+    #[test]
+    fn usage_from_a_value_is_lenient_too() {
+        let v =
+            serde_json::json!({"input_tokens": 4.0, "output_tokens": "many", "total_tokens": 9});
+        let u = Usage::from_value(&v).expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens), (4, 0, 9));
+    }
+
+    #[test]
     fn null_usage_is_no_usage() {
         assert_eq!(Usage::from_value(&Value::Null), None);
         assert_eq!(Usage::from_value(&serde_json::json!({})), None);

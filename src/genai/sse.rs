@@ -235,6 +235,23 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_event_is_skipped_with_bounded_buffer() {
+        let mut d = SseDecoder::new();
+        let mut events = Vec::new();
+        let piece = vec![b'x'; 64 << 10];
+        d.feed(b"data: {\"a\":\"", |_| {});
+        for _ in 0..32 {
+            // 2 MiB of one data line
+            d.feed(&piece, |e| events.push(e.data.to_vec()));
+            assert!(d.buffered() <= (1 << 20) + piece.len(), "{}", d.buffered());
+        }
+        d.feed(b"\"}\n\ndata: {\"b\":1}\n\n", |e| {
+            events.push(e.data.to_vec())
+        });
+        assert_eq!(events, vec![b"{\"b\":1}".to_vec()]);
+    }
+
+    #[test]
     fn incomplete_event_is_not_dispatched() {
         let mut d = SseDecoder::new();
         let mut n = 0;

@@ -464,6 +464,52 @@ mod tests {
     }
 
     #[test]
+    fn odd_fields_and_duplicate_keys_in_chunks() {
+        let input = concat!(
+            "data: {\"id\":\"c\",\"model\":\"decoy\",\"model\":\"gpt-4o\",\"system_fingerprint\":7,",
+            "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\",\"content\":\"b\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,",
+            "\"completion_tokens\":2.0,\"total_tokens\":7,\"completion_tokens_details\":{\"reasoning_tokens\":-3}}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let (acc, infos) = run(Operation::ChatCompletions, input.as_bytes());
+        assert_eq!(acc.invalid_events(), 0);
+        assert!(infos[0].output);
+        assert!(infos[1].usage_only);
+        let f = acc.facts();
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.system_fingerprint, None);
+        assert_eq!(f.finish_reasons, vec!["stop"]);
+        let u = f.usage.expect("usage");
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.total_tokens,
+                u.reasoning_tokens
+            ),
+            (5, 2, 7, None)
+        );
+    }
+
+    #[test]
+    fn odd_fields_and_duplicate_keys_in_responses_events() {
+        let input = concat!(
+            "event: response.completed\n",
+            "data: {\"type\":\"response.in_progress\",\"type\":\"response.completed\",\"response\":{",
+            "\"id\":\"resp_1\",\"model\":\"decoy\",\"model\":\"gpt-5\",\"status\":\"completed\",",
+            "\"usage\":{\"input_tokens\":3.0,\"output_tokens\":4,\"total_tokens\":7,",
+            "\"output_tokens_details\":{\"reasoning_tokens\":\"x\"}}}}\n\n"
+        );
+        let (acc, _) = run(Operation::Responses, input.as_bytes());
+        assert!(acc.is_done());
+        let f = acc.facts();
+        assert_eq!(f.model.as_deref(), Some("gpt-5"));
+        let u = f.usage.expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens), (3, 4, 7));
+    }
+
+    #[test]
     fn midstream_error_object() {
         let input = b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":null}}\n\n";
         let (acc, _) = run(Operation::ChatCompletions, input);
