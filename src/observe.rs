@@ -218,6 +218,9 @@ impl Observer {
                 } else if complete && !buf.is_empty() {
                     match ResponseFacts::from_body(op, &buf) {
                         Ok(facts) => {
+                            if facts.invalid_usage {
+                                call.note_parse_failure(ParseFailure::InvalidUsage);
+                            }
                             call.response = facts;
                             // a tree of the body is built only when its text is captured
                             if let (true, Some(c)) = (self.capture, call.content.as_mut()) {
@@ -239,6 +242,9 @@ impl Observer {
                     call.note_parse_failure(ParseFailure::InvalidSse);
                 }
                 call.response = acc.facts();
+                if call.response.invalid_usage {
+                    call.note_parse_failure(ParseFailure::InvalidUsage);
+                }
                 if let (true, Some(c)) = (self.capture, call.content.as_mut()) {
                     c.output_messages = acc.output_messages();
                 }

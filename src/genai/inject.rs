@@ -78,20 +78,21 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// Finds the top-level member `key` of the object starting at `b[open]` (`{`).
-fn find_member(b: &[u8], open: usize, key: &[u8]) -> Option<Member> {
+/// Finds the top-level member `key` of the object starting at `b[open]` (`{`):
+/// its last occurrence (the one JSON parsers keep) and how often it occurs.
+fn find_member(b: &[u8], open: usize, key: &[u8]) -> Option<(Member, usize)> {
     if b.get(open) != Some(&b'{') {
         return None;
     }
     let mut i = skip_ws(b, open + 1);
     let mut prev_end = None;
     let mut found: Option<Member> = None;
+    let mut count = 0;
     while *b.get(i)? == b'"' {
         let key_start = i;
         let key_end = skip_string(b, i)?;
-        if let Some(m) = found.as_mut() {
+        if let Some(m) = found.as_mut().filter(|m| m.next_key.is_none()) {
             m.next_key = Some(key_start);
-            return found;
         }
         i = skip_ws(b, key_end);
         if *b.get(i)? != b':' {
@@ -107,12 +108,13 @@ fn find_member(b: &[u8], open: usize, key: &[u8]) -> Option<Member> {
                 value_end,
                 next_key: None,
             });
+            count += 1;
         }
         prev_end = Some(value_end);
         i = skip_ws(b, value_end);
         match *b.get(i)? {
             b',' => i = skip_ws(b, i + 1),
-            b'}' => return found,
+            b'}' => return found.map(|m| (m, count)),
             _ => return None,
         }
     }
@@ -141,7 +143,8 @@ pub fn request_with_usage(body: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let mut out = Vec::with_capacity(body.len() + 40);
-    match find_member(body, open, b"stream_options") {
+    // the last of repeated keys is the one the upstream reads, so that one is edited
+    match find_member(body, open, b"stream_options").map(|f| f.0) {
         None => insert_first(
             body,
             open,
@@ -154,7 +157,7 @@ pub fn request_with_usage(body: &[u8]) -> Option<Vec<u8>> {
                 out.extend_from_slice(br#"{"include_usage":true}"#);
                 out.extend_from_slice(&body[so.value_end..]);
             }
-            b'{' => match find_member(body, so.value_start, b"include_usage") {
+            b'{' => match find_member(body, so.value_start, b"include_usage").map(|f| f.0) {
                 Some(iu) => {
                     out.extend_from_slice(&body[..iu.value_start]);
                     out.extend_from_slice(b"true");
@@ -183,7 +186,8 @@ fn insert_first(b: &[u8], open: usize, member: &[u8], out: &mut Vec<u8>) {
 /// there is nothing to remove.
 fn strip_usage_null(json: &[u8], out: &mut Vec<u8>) -> bool {
     let open = skip_ws(json, 0);
-    let Some(m) = find_member(json, open, b"usage") else {
+    // a repeated `usage` is not what injection adds: leave such a chunk alone
+    let Some((m, 1)) = find_member(json, open, b"usage") else {
         return false;
     };
     if &json[m.value_start..m.value_end] != b"null" {
@@ -330,6 +334,30 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).expect("valid json");
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["messages"][0]["content"], "\"stream_options\":{} }");
+    }
+
+    #[test]
+    fn repeated_keys_edit_the_one_the_upstream_reads() {
+        let out = req(r#"{"stream_options":{"include_usage":true},"stream_options":null}"#);
+        assert_eq!(
+            out,
+            r#"{"stream_options":{"include_usage":true},"stream_options":{"include_usage":true}}"#
+        );
+        let out = req(r#"{"stream_options":{"include_usage":false,"include_usage":false}}"#);
+        assert_eq!(
+            out,
+            r#"{"stream_options":{"include_usage":false,"include_usage":true}}"#
+        );
+        let mut out = Vec::new();
+        assert!(!strip_usage_null(
+            br#"{"usage":{"total_tokens":1},"usage":null}"#,
+            &mut out
+        ));
+        assert!(!strip_usage_null(
+            br#"{"usage":null,"usage":null}"#,
+            &mut out
+        ));
+        assert!(out.is_empty());
     }
 
     #[test]
