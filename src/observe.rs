@@ -172,9 +172,12 @@ impl Observer {
                             }
                         }
                         if let Some(st) = stripper.as_mut() {
-                            st.event(ev.end_offset, info);
+                            st.event(&ev, info);
                         }
-                    })
+                    });
+                    if let Some(st) = stripper.as_mut() {
+                        st.release(decoder.settled());
+                    }
                 })
             }
         };
@@ -240,6 +243,9 @@ impl Observer {
                     || (complete && decoder.buffered() > 0 && !acc.is_done())
                 {
                     call.note_parse_failure(ParseFailure::InvalidSse);
+                }
+                if decoder.oversized_events() > 0 {
+                    call.note_parse_failure(ParseFailure::TooLarge);
                 }
                 call.response = acc.facts();
                 if call.response.invalid_usage {
@@ -335,15 +341,24 @@ mod tests {
                 Pass::Unchanged => {}
             }
         }
-        // between events, and between the usage-only chunk and [DONE]
-        let split = WITH_USAGE.len() - b"data: [DONE]\n\n".len();
+        // between events, right before the usage-only chunk, and between it and [DONE]
+        let done = WITH_USAGE.len() - b"data: [DONE]\n\n".len();
+        let usage_chunk = done
+            - WITH_USAGE[..done - 2]
+                .rsplit(|&b| b == b'\n')
+                .next()
+                .map_or(0, |l| l.len())
+            - 2;
+        assert!(WITH_USAGE[usage_chunk..].starts_with(b"data: {"));
         let mut with = b": ping\n\n".to_vec();
-        with.extend_from_slice(&WITH_USAGE[..split]);
+        with.extend_from_slice(&WITH_USAGE[..usage_chunk]);
+        with.extend_from_slice(b":\n");
+        with.extend_from_slice(&WITH_USAGE[usage_chunk..done]);
         with.extend_from_slice(b": ping\r\n");
-        with.extend_from_slice(&WITH_USAGE[split..]);
+        with.extend_from_slice(&WITH_USAGE[done..]);
         let mut plain = b": ping\n\n".to_vec();
         plain.extend_from_slice(&PLAIN[..PLAIN.len() - b"data: [DONE]\n\n".len()]);
-        plain.extend_from_slice(b": ping\r\n");
+        plain.extend_from_slice(b":\n: ping\r\n");
         plain.extend_from_slice(b"data: [DONE]\n\n");
         for step in [1, 7, 64, with.len()] {
             let (out, call) = run(observer(true, None, true), with.chunks(step));

@@ -8,6 +8,7 @@
 //! re-serialised, so key order, spacing and number formats stay the
 //! upstream's.
 
+use super::sse::SseEvent;
 use super::stream::EventInfo;
 
 /// Byte positions of one top-level member of a JSON object.
@@ -201,9 +202,11 @@ fn strip_usage_null(json: &[u8], out: &mut Vec<u8>) -> bool {
 
 /// Edits a raw SSE stream event by event. The caller feeds raw bytes with
 /// [`UsageStripper::push`], reports each event the decoder completes with
-/// [`UsageStripper::event`], and takes the bytes that are final with
-/// [`UsageStripper::take_ready`]. Bytes of an incomplete event are held back
-/// until the event completes (or the stream ends).
+/// [`UsageStripper::event`] and, after each frame, the decoder's settled
+/// offset with [`UsageStripper::release`]; it takes the bytes that are final
+/// with [`UsageStripper::take_ready`]. Only the bytes of the current
+/// incomplete event are held back: comments and keep-alives between events
+/// pass at once.
 #[derive(Debug, Default)]
 pub struct UsageStripper {
     /// Raw bytes not yet released, starting at stream offset `pending_offset`.
@@ -213,7 +216,7 @@ pub struct UsageStripper {
     ready: Vec<u8>,
     /// A dropped event ended in CR; a following LF belonged to it.
     drop_leading_lf: bool,
-    /// The last kept event ended in CR; a following LF belongs to it.
+    /// The last kept bytes ended in CR; a following LF belongs to them.
     kept_ended_cr: bool,
 }
 
@@ -226,11 +229,44 @@ impl UsageStripper {
         self.pending.extend_from_slice(raw);
     }
 
-    /// The event ending at stream offset `end_offset` was `info`.
-    pub fn event(&mut self, end_offset: u64, info: EventInfo) {
-        let len = usize::try_from(end_offset.saturating_sub(self.pending_offset))
+    /// Bytes held back (the current incomplete event, at most).
+    pub fn held(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn len_to(&self, offset: u64) -> usize {
+        usize::try_from(offset.saturating_sub(self.pending_offset))
             .unwrap_or(usize::MAX)
-            .min(self.pending.len());
+            .min(self.pending.len())
+    }
+
+    fn consume(&mut self, len: usize) {
+        self.pending.drain(..len);
+        self.pending_offset += len as u64;
+    }
+
+    /// Passes on, unchanged, every held byte before stream offset `offset`
+    /// (which belongs to no event that could still be edited).
+    pub fn release(&mut self, offset: u64) {
+        let len = self.len_to(offset);
+        if len == 0 {
+            return;
+        }
+        let mut seg = &self.pending[..len];
+        if std::mem::take(&mut self.drop_leading_lf) && seg.first() == Some(&b'\n') {
+            seg = &seg[1..];
+        }
+        self.ready.extend_from_slice(seg);
+        if let Some(&last) = seg.last() {
+            self.kept_ended_cr = last == b'\r';
+        }
+        self.consume(len);
+    }
+
+    /// The decoder completed `ev`, which was `info`.
+    pub fn event(&mut self, ev: &SseEvent<'_>, info: EventInfo) {
+        self.release(ev.start_offset);
+        let len = self.len_to(ev.end_offset);
         let mut seg = &self.pending[..len];
         let leading_lf = seg.first() == Some(&b'\n');
         if std::mem::take(&mut self.drop_leading_lf) && leading_lf {
@@ -246,10 +282,11 @@ impl UsageStripper {
             if !edit_event(seg, &mut self.ready) {
                 self.ready.extend_from_slice(seg);
             }
-            self.kept_ended_cr = seg.last() == Some(&b'\r');
+            if let Some(&last) = seg.last() {
+                self.kept_ended_cr = last == b'\r';
+            }
         }
-        self.pending.drain(..len);
-        self.pending_offset += len as u64;
+        self.consume(len);
     }
 
     /// Bytes final for the client so far (possibly empty).
@@ -411,8 +448,9 @@ mod tests {
             st.push(frame);
             dec.feed(frame, |e| {
                 let info = acc.on_event(e.event, e.data);
-                st.event(e.end_offset, info);
+                st.event(&e, info);
             });
+            st.release(dec.settled());
             out.extend(st.take_ready());
             prev = s;
         }
