@@ -90,6 +90,7 @@ fn a_gzip_bomb_stops_at_the_cap_with_bounded_memory() {
         let mut call = new_call();
         obs.finish_into(&mut call, true);
         let grew_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
+        println!("(event stream {event_stream}, strip {strip}): peak RSS +{grew_mib} MiB");
         assert!(
             call.parse_failures.contains(&ParseFailure::TooLarge),
             "({event_stream}, {strip}): {:?}",
