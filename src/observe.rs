@@ -476,7 +476,11 @@ mod tests {
         let mut broken = gz.finish().expect("finish");
         broken[at] |= 0b110;
         let (out, call) = run(observer(true, Some("gzip"), true), broken.chunks(40));
-        assert!(out.len() > 500, "the events before the damage were sent: {}", out.len());
+        assert!(
+            out.len() > 500,
+            "the events before the damage were sent: {}",
+            out.len()
+        );
         assert!(call.parse_failures.contains(&ParseFailure::Decompression));
         assert!(
             PLAIN.starts_with(&out),
