@@ -140,16 +140,11 @@ fn count(c: &Lenient<Count>) -> Option<u64> {
 
 impl Usage {
     /// Reads any of the APIs' usage objects; `None` when it is null or carries no
-    /// usable counts (see [`Usage::read`] to also learn whether a value was unusable).
+    /// usable counts. An unusable count is left out (zero for input or output).
     pub fn from_value(v: &Value) -> Option<Usage> {
-        Self::read(v).0
-    }
-
-    /// The usage in `v`, and whether some count or detail in it was unusable.
-    pub fn read(v: &Value) -> (Option<Usage>, bool) {
-        let raw = from_value::<RawUsage>(Some(v));
-        let flawed = raw.flawed();
-        (raw.ok().and_then(|r| Self::from_raw(&r)), flawed)
+        from_value::<RawUsage>(Some(v))
+            .ok()
+            .and_then(|r| Self::from_raw(&r))
     }
 
     pub(crate) fn from_raw(raw: &RawUsage) -> Option<Usage> {
