@@ -171,8 +171,9 @@ fn strip(input: &[u8], sizes: &[usize]) -> (StreamAccumulator, Vec<u8>) {
         st.push(frame);
         dec.feed(frame, |e| {
             let info = acc.on_event(e.event, e.data);
-            st.event(e.end_offset, info);
+            st.event(&e, info);
         });
+        st.release(dec.settled());
         out.extend_from_slice(&st.take_ready());
     }
     out.extend_from_slice(&st.finish());

@@ -33,6 +33,8 @@ pub enum ParseFailure {
     InvalidSse,
     Decompression,
     TooLarge,
+    /// A usage count or response fact of an unusable type or value (dropped on its own).
+    InvalidUsage,
 }
 
 impl ParseFailure {
@@ -42,6 +44,7 @@ impl ParseFailure {
             ParseFailure::InvalidSse => "invalid_sse",
             ParseFailure::Decompression => "decompression",
             ParseFailure::TooLarge => "too_large",
+            ParseFailure::InvalidUsage => "invalid_usage",
         }
     }
 }

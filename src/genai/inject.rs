@@ -8,6 +8,7 @@
 //! re-serialised, so key order, spacing and number formats stay the
 //! upstream's.
 
+use super::sse::SseEvent;
 use super::stream::EventInfo;
 
 /// Byte positions of one top-level member of a JSON object.
@@ -78,20 +79,21 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// Finds the top-level member `key` of the object starting at `b[open]` (`{`).
-fn find_member(b: &[u8], open: usize, key: &[u8]) -> Option<Member> {
+/// Finds the top-level member `key` of the object starting at `b[open]` (`{`):
+/// its last occurrence (the one JSON parsers keep) and how often it occurs.
+fn find_member(b: &[u8], open: usize, key: &[u8]) -> Option<(Member, usize)> {
     if b.get(open) != Some(&b'{') {
         return None;
     }
     let mut i = skip_ws(b, open + 1);
     let mut prev_end = None;
     let mut found: Option<Member> = None;
+    let mut count = 0;
     while *b.get(i)? == b'"' {
         let key_start = i;
         let key_end = skip_string(b, i)?;
-        if let Some(m) = found.as_mut() {
+        if let Some(m) = found.as_mut().filter(|m| m.next_key.is_none()) {
             m.next_key = Some(key_start);
-            return found;
         }
         i = skip_ws(b, key_end);
         if *b.get(i)? != b':' {
@@ -107,12 +109,13 @@ fn find_member(b: &[u8], open: usize, key: &[u8]) -> Option<Member> {
                 value_end,
                 next_key: None,
             });
+            count += 1;
         }
         prev_end = Some(value_end);
         i = skip_ws(b, value_end);
         match *b.get(i)? {
             b',' => i = skip_ws(b, i + 1),
-            b'}' => return found,
+            b'}' => return found.map(|m| (m, count)),
             _ => return None,
         }
     }
@@ -141,7 +144,8 @@ pub fn request_with_usage(body: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let mut out = Vec::with_capacity(body.len() + 40);
-    match find_member(body, open, b"stream_options") {
+    // the last of repeated keys is the one the upstream reads, so that one is edited
+    match find_member(body, open, b"stream_options").map(|f| f.0) {
         None => insert_first(
             body,
             open,
@@ -154,7 +158,7 @@ pub fn request_with_usage(body: &[u8]) -> Option<Vec<u8>> {
                 out.extend_from_slice(br#"{"include_usage":true}"#);
                 out.extend_from_slice(&body[so.value_end..]);
             }
-            b'{' => match find_member(body, so.value_start, b"include_usage") {
+            b'{' => match find_member(body, so.value_start, b"include_usage").map(|f| f.0) {
                 Some(iu) => {
                     out.extend_from_slice(&body[..iu.value_start]);
                     out.extend_from_slice(b"true");
@@ -183,7 +187,8 @@ fn insert_first(b: &[u8], open: usize, member: &[u8], out: &mut Vec<u8>) {
 /// there is nothing to remove.
 fn strip_usage_null(json: &[u8], out: &mut Vec<u8>) -> bool {
     let open = skip_ws(json, 0);
-    let Some(m) = find_member(json, open, b"usage") else {
+    // a repeated `usage` is not what injection adds: leave such a chunk alone
+    let Some((m, 1)) = find_member(json, open, b"usage") else {
         return false;
     };
     if &json[m.value_start..m.value_end] != b"null" {
@@ -197,9 +202,11 @@ fn strip_usage_null(json: &[u8], out: &mut Vec<u8>) -> bool {
 
 /// Edits a raw SSE stream event by event. The caller feeds raw bytes with
 /// [`UsageStripper::push`], reports each event the decoder completes with
-/// [`UsageStripper::event`], and takes the bytes that are final with
-/// [`UsageStripper::take_ready`]. Bytes of an incomplete event are held back
-/// until the event completes (or the stream ends).
+/// [`UsageStripper::event`] and, after each frame, the decoder's settled
+/// offset with [`UsageStripper::release`]; it takes the bytes that are final
+/// with [`UsageStripper::take_ready`]. Only the bytes of the current
+/// incomplete event are held back: comments and keep-alives between events
+/// pass at once.
 #[derive(Debug, Default)]
 pub struct UsageStripper {
     /// Raw bytes not yet released, starting at stream offset `pending_offset`.
@@ -209,7 +216,7 @@ pub struct UsageStripper {
     ready: Vec<u8>,
     /// A dropped event ended in CR; a following LF belonged to it.
     drop_leading_lf: bool,
-    /// The last kept event ended in CR; a following LF belongs to it.
+    /// The last kept bytes ended in CR; a following LF belongs to them.
     kept_ended_cr: bool,
 }
 
@@ -222,11 +229,44 @@ impl UsageStripper {
         self.pending.extend_from_slice(raw);
     }
 
-    /// The event ending at stream offset `end_offset` was `info`.
-    pub fn event(&mut self, end_offset: u64, info: EventInfo) {
-        let len = usize::try_from(end_offset.saturating_sub(self.pending_offset))
+    /// Bytes held back (the current incomplete event, at most).
+    pub fn held(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn len_to(&self, offset: u64) -> usize {
+        usize::try_from(offset.saturating_sub(self.pending_offset))
             .unwrap_or(usize::MAX)
-            .min(self.pending.len());
+            .min(self.pending.len())
+    }
+
+    fn consume(&mut self, len: usize) {
+        self.pending.drain(..len);
+        self.pending_offset += len as u64;
+    }
+
+    /// Passes on, unchanged, every held byte before stream offset `offset`
+    /// (which belongs to no event that could still be edited).
+    pub fn release(&mut self, offset: u64) {
+        let len = self.len_to(offset);
+        if len == 0 {
+            return;
+        }
+        let mut seg = &self.pending[..len];
+        if std::mem::take(&mut self.drop_leading_lf) && seg.first() == Some(&b'\n') {
+            seg = &seg[1..];
+        }
+        self.ready.extend_from_slice(seg);
+        if let Some(&last) = seg.last() {
+            self.kept_ended_cr = last == b'\r';
+        }
+        self.consume(len);
+    }
+
+    /// The decoder completed `ev`, which was `info`.
+    pub fn event(&mut self, ev: &SseEvent<'_>, info: EventInfo) {
+        self.release(ev.start_offset);
+        let len = self.len_to(ev.end_offset);
         let mut seg = &self.pending[..len];
         let leading_lf = seg.first() == Some(&b'\n');
         if std::mem::take(&mut self.drop_leading_lf) && leading_lf {
@@ -242,10 +282,11 @@ impl UsageStripper {
             if !edit_event(seg, &mut self.ready) {
                 self.ready.extend_from_slice(seg);
             }
-            self.kept_ended_cr = seg.last() == Some(&b'\r');
+            if let Some(&last) = seg.last() {
+                self.kept_ended_cr = last == b'\r';
+            }
         }
-        self.pending.drain(..len);
-        self.pending_offset += len as u64;
+        self.consume(len);
     }
 
     /// Bytes final for the client so far (possibly empty).
@@ -333,6 +374,30 @@ mod tests {
     }
 
     #[test]
+    fn repeated_keys_edit_the_one_the_upstream_reads() {
+        let out = req(r#"{"stream_options":{"include_usage":true},"stream_options":null}"#);
+        assert_eq!(
+            out,
+            r#"{"stream_options":{"include_usage":true},"stream_options":{"include_usage":true}}"#
+        );
+        let out = req(r#"{"stream_options":{"include_usage":false,"include_usage":false}}"#);
+        assert_eq!(
+            out,
+            r#"{"stream_options":{"include_usage":false,"include_usage":true}}"#
+        );
+        let mut out = Vec::new();
+        assert!(!strip_usage_null(
+            br#"{"usage":{"total_tokens":1},"usage":null}"#,
+            &mut out
+        ));
+        assert!(!strip_usage_null(
+            br#"{"usage":null,"usage":null}"#,
+            &mut out
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn request_not_editable() {
         assert_eq!(request_with_usage(b"not json"), None);
         assert_eq!(request_with_usage(b"[1]"), None);
@@ -383,8 +448,9 @@ mod tests {
             st.push(frame);
             dec.feed(frame, |e| {
                 let info = acc.on_event(e.event, e.data);
-                st.event(e.end_offset, info);
+                st.event(&e, info);
             });
+            st.release(dec.settled());
             out.extend(st.take_ready());
             prev = s;
         }

@@ -2,11 +2,13 @@
 //!
 //! The operation comes from the path alone, so an unparseable body still
 //! yields a recognised call; the body is read leniently (unknown fields are
-//! ignored, wrong types make that one field unknown) because tokentap must
+//! ignored, wrong types make that one field unknown, a repeated key is read
+//! as its last value, as the upstream reads it) because tokentap must
 //! forward whatever the client sends.
 
-use serde::Deserialize;
-use serde_json::Value;
+use serde::de::MapAccess;
+
+use super::lenient::{FromJson, Int, Len, Lenient, Num, Str, members, object_from_slice};
 
 /// The four OpenAI operations tokentap understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,104 +92,171 @@ pub struct RequestFacts {
     pub dimensions: Option<i64>,
 }
 
-/// Lenient view of the request: each field deserialises on its own.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawRequest {
-    model: Option<Value>,
-    stream: Option<Value>,
-    stream_options: Option<Value>,
-    temperature: Option<Value>,
-    top_p: Option<Value>,
-    max_tokens: Option<Value>,
-    max_completion_tokens: Option<Value>,
-    max_output_tokens: Option<Value>,
-    frequency_penalty: Option<Value>,
-    presence_penalty: Option<Value>,
-    stop: Option<Value>,
-    seed: Option<Value>,
-    n: Option<Value>,
-    service_tier: Option<Value>,
-    encoding_format: Option<Value>,
-    response_format: Option<Value>,
-    text: Option<Value>,
-    modalities: Option<Value>,
-    tools: Option<Value>,
-    dimensions: Option<Value>,
+/// Lenient view of the request: each field is read on its own.
+#[derive(Default)]
+struct RawRequest<'a> {
+    model: Lenient<Str<'a>>,
+    stream: Lenient<bool>,
+    stream_options: Lenient<StreamOptions>,
+    temperature: Lenient<Num>,
+    top_p: Lenient<Num>,
+    max_tokens: Lenient<Int>,
+    max_completion_tokens: Lenient<Int>,
+    max_output_tokens: Lenient<Int>,
+    frequency_penalty: Lenient<Num>,
+    presence_penalty: Lenient<Num>,
+    stop: Lenient<Stop>,
+    seed: Lenient<Int>,
+    n: Lenient<Int>,
+    service_tier: Lenient<Str<'a>>,
+    encoding_format: Lenient<Str<'a>>,
+    response_format: Lenient<Format<'a>>,
+    text: Lenient<TextOptions<'a>>,
+    modalities: Lenient<Vec<Lenient<Str<'a>>>>,
+    tools: Lenient<Len>,
+    dimensions: Lenient<Int>,
+}
+
+impl<'de> FromJson<'de> for RawRequest<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut r = RawRequest::default();
+        members!(map {
+            "model" => r.model,
+            "stream" => r.stream,
+            "stream_options" => r.stream_options,
+            "temperature" => r.temperature,
+            "top_p" => r.top_p,
+            "max_tokens" => r.max_tokens,
+            "max_completion_tokens" => r.max_completion_tokens,
+            "max_output_tokens" => r.max_output_tokens,
+            "frequency_penalty" => r.frequency_penalty,
+            "presence_penalty" => r.presence_penalty,
+            "stop" => r.stop,
+            "seed" => r.seed,
+            "n" => r.n,
+            "service_tier" => r.service_tier,
+            "encoding_format" => r.encoding_format,
+            "response_format" => r.response_format,
+            "text" => r.text,
+            "modalities" => r.modalities,
+            "tools" => r.tools,
+            "dimensions" => r.dimensions,
+        });
+        Ok(Some(r))
+    }
+}
+
+#[derive(Default)]
+struct StreamOptions {
+    include_usage: Lenient<bool>,
+}
+
+impl<'de> FromJson<'de> for StreamOptions {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut o = StreamOptions::default();
+        members!(map { "include_usage" => o.include_usage });
+        Ok(Some(o))
+    }
+}
+
+/// `stop`: one string or a list of them.
+struct Stop(Vec<String>);
+
+impl<'de> FromJson<'de> for Stop {
+    fn string(s: std::borrow::Cow<'de, str>) -> Option<Self> {
+        Some(Stop(vec![s.into_owned()]))
+    }
+    fn array<A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
+        let mut v = Vec::new();
+        while let Some(item) = seq.next_element::<Lenient<Str<'de>>>()? {
+            v.extend(item.ok().map(Str::into_owned));
+        }
+        Ok(Some(Stop(v)))
+    }
+}
+
+/// `response_format` or `text.format`: only its `type` is read.
+#[derive(Default)]
+struct Format<'a> {
+    kind: Lenient<Str<'a>>,
+}
+
+impl<'de> FromJson<'de> for Format<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut f = Format::default();
+        members!(map { "type" => f.kind });
+        Ok(Some(f))
+    }
+}
+
+#[derive(Default)]
+struct TextOptions<'a> {
+    format: Lenient<Format<'a>>,
+}
+
+impl<'de> FromJson<'de> for TextOptions<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut t = TextOptions::default();
+        members!(map { "format" => t.format });
+        Ok(Some(t))
+    }
 }
 
 /// Why a body could not be read as a JSON object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidJson;
 
+fn own(s: Lenient<Str<'_>>) -> Option<String> {
+    s.ok().map(Str::into_owned)
+}
+
+fn int(i: Lenient<Int>) -> Option<i64> {
+    i.ok().map(|i| i.0)
+}
+
+fn num(n: Lenient<Num>) -> Option<f64> {
+    n.ok().map(|n| n.0)
+}
+
 impl RequestFacts {
     pub fn parse(body: &[u8]) -> Result<RequestFacts, InvalidJson> {
-        // serde would also accept a JSON array as a struct; only objects are requests
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(InvalidJson);
-        }
-        let raw: RawRequest = serde_json::from_slice(body).map_err(|_| InvalidJson)?;
+        let raw: RawRequest<'_> = object_from_slice(body).map_err(|_| InvalidJson)?;
         let output_type = output_type(&raw);
-        let stop_sequences = match raw.stop {
-            Some(Value::String(s)) => vec![s],
-            Some(Value::Array(a)) => a
-                .into_iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
         Ok(RequestFacts {
-            model: raw.model.and_then(string),
-            stream: raw.stream.and_then(|v| v.as_bool()).unwrap_or(false),
-            include_usage: raw
-                .stream_options
-                .as_ref()
-                .and_then(|o| o.get("include_usage"))
-                .and_then(Value::as_bool),
-            temperature: raw.temperature.and_then(|v| v.as_f64()),
-            top_p: raw.top_p.and_then(|v| v.as_f64()),
-            max_tokens: raw
-                .max_completion_tokens
-                .or(raw.max_tokens)
-                .or(raw.max_output_tokens)
-                .and_then(|v| v.as_i64()),
-            frequency_penalty: raw.frequency_penalty.and_then(|v| v.as_f64()),
-            presence_penalty: raw.presence_penalty.and_then(|v| v.as_f64()),
-            stop_sequences,
-            seed: raw.seed.and_then(|v| v.as_i64()),
-            choice_count: raw.n.and_then(|v| v.as_i64()),
-            service_tier: raw.service_tier.and_then(string),
-            encoding_formats: raw.encoding_format.and_then(string).into_iter().collect(),
+            model: own(raw.model),
+            stream: raw.stream.ok().unwrap_or(false),
+            include_usage: raw.stream_options.ok().and_then(|o| o.include_usage.ok()),
+            temperature: num(raw.temperature),
+            top_p: num(raw.top_p),
+            max_tokens: int(raw.max_completion_tokens)
+                .or(int(raw.max_tokens))
+                .or(int(raw.max_output_tokens)),
+            frequency_penalty: num(raw.frequency_penalty),
+            presence_penalty: num(raw.presence_penalty),
+            stop_sequences: raw.stop.ok().map(|s| s.0).unwrap_or_default(),
+            seed: int(raw.seed),
+            choice_count: int(raw.n),
+            service_tier: own(raw.service_tier),
+            encoding_formats: own(raw.encoding_format).into_iter().collect(),
             output_type,
-            tool_count: raw
-                .tools
-                .as_ref()
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len),
-            dimensions: raw.dimensions.and_then(|v| v.as_i64()),
+            tool_count: raw.tools.ok().map_or(0, |l| l.0),
+            dimensions: int(raw.dimensions),
         })
     }
 }
 
-fn string(v: Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn output_type(raw: &RawRequest) -> Option<&'static str> {
+fn output_type(raw: &RawRequest<'_>) -> Option<&'static str> {
     let format_type = raw
         .response_format
-        .as_ref()
-        .and_then(|f| f.get("type"))
+        .get()
+        .and_then(|f| f.kind.get())
         .or_else(|| {
             raw.text
-                .as_ref()
-                .and_then(|t| t.get("format"))
-                .and_then(|f| f.get("type"))
+                .get()
+                .and_then(|t| t.format.get())
+                .and_then(|f| f.kind.get())
         })
-        .and_then(Value::as_str);
+        .map(|s| &**s);
     match format_type {
         Some("json_object" | "json_schema") => return Some("json"),
         Some("text") => return Some("text"),
@@ -195,9 +264,8 @@ fn output_type(raw: &RawRequest) -> Option<&'static str> {
     }
     let audio = raw
         .modalities
-        .as_ref()
-        .and_then(Value::as_array)
-        .is_some_and(|m| m.iter().any(|v| v.as_str() == Some("audio")));
+        .get()
+        .is_some_and(|m| m.iter().any(|v| v.get().is_some_and(|s| &**s == "audio")));
     audio.then_some("speech")
 }
 
@@ -260,6 +328,28 @@ mod tests {
         assert!(!f.stream);
         assert_eq!(f.temperature, None);
         assert_eq!(f.stop_sequences, vec!["x".to_owned()]);
+    }
+
+    #[test]
+    fn duplicate_keys_last_one_wins() {
+        let f = RequestFacts::parse(
+            br#"{"model":"decoy","stream":false,"messages":[],"model":"gpt-4o","stream":true}"#,
+        )
+        .expect("an object");
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert!(f.stream);
+        let g = RequestFacts::parse(br#"{"model":"gpt-4o","model":5}"#).expect("an object");
+        assert_eq!(g.model, None, "the last value is the one the upstream sees");
+    }
+
+    #[test]
+    fn integral_float_counts_are_counts() {
+        let f = RequestFacts::parse(br#"{"model":"m","max_tokens":50.0,"n":2.0,"seed":1.5}"#)
+            .expect("an object");
+        assert_eq!(f.max_tokens, Some(50));
+        assert_eq!(f.choice_count, Some(2));
+        assert_eq!(f.seed, None);
+        assert_eq!(f.model.as_deref(), Some("m"));
     }
 
     #[test]

@@ -3,34 +3,17 @@
 //! Chat, legacy completions, Responses API and embeddings name the same
 //! facts differently (`prompt_tokens` vs `input_tokens`, `finish_reason` vs
 //! `status`). They are read into one [`ResponseFacts`] so telemetry never
-//! needs to know which API produced them. Reading is lenient: a missing or
-//! oddly typed field leaves that fact unknown.
+//! needs to know which API produced them. Reading is lenient, field by field
+//! (see `genai::lenient`): a missing field leaves that fact unknown, an
+//! unusable one also marks the facts so the call counts `invalid_usage`.
 
-use std::borrow::Cow;
-
-use serde::Deserialize;
+use serde::de::MapAccess;
 use serde_json::Value;
 
+use super::lenient::{
+    Count, Flaws, FromJson, Lenient, Str, from_value, members, object_from_slice,
+};
 use super::request::Operation;
-
-/// A string that borrows from the event when it has no escapes. serde only
-/// borrows into a `Cow` that is a field's whole type, not one inside an
-/// `Option`, hence the newtype.
-#[derive(Deserialize)]
-pub(crate) struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
-
-impl Str<'_> {
-    pub(crate) fn into_owned(self) -> String {
-        self.0.into_owned()
-    }
-}
-
-impl std::ops::Deref for Str<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
 
 /// Token counts exactly as the provider reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,62 +41,143 @@ pub struct ResponseFacts {
     pub embedding_dimensions: Option<u64>,
     /// OpenAI error `code`, else `type`, from an error body.
     pub error_type: Option<String>,
+    /// A usage count, usage detail, id, model, fingerprint or tier had an
+    /// unusable type or value and was dropped on its own (`invalid_usage`).
+    pub invalid_usage: bool,
 }
 
-#[derive(Deserialize)]
+/// Any of the APIs' usage objects, each count read on its own.
+#[derive(Default)]
 pub(crate) struct RawUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    total_tokens: Option<u64>,
-    prompt_tokens_details: Option<RawDetails>,
-    input_tokens_details: Option<RawDetails>,
-    completion_tokens_details: Option<RawDetails>,
-    output_tokens_details: Option<RawDetails>,
+    prompt_tokens: Lenient<Count>,
+    completion_tokens: Lenient<Count>,
+    input_tokens: Lenient<Count>,
+    output_tokens: Lenient<Count>,
+    total_tokens: Lenient<Count>,
+    prompt_tokens_details: Lenient<InputDetails>,
+    input_tokens_details: Lenient<InputDetails>,
+    completion_tokens_details: Lenient<OutputDetails>,
+    output_tokens_details: Lenient<OutputDetails>,
 }
 
-#[derive(Deserialize)]
-struct RawDetails {
-    cached_tokens: Option<u64>,
-    reasoning_tokens: Option<u64>,
+impl<'de> FromJson<'de> for RawUsage {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut u = RawUsage::default();
+        members!(map {
+            "prompt_tokens" => u.prompt_tokens,
+            "completion_tokens" => u.completion_tokens,
+            "input_tokens" => u.input_tokens,
+            "output_tokens" => u.output_tokens,
+            "total_tokens" => u.total_tokens,
+            "prompt_tokens_details" => u.prompt_tokens_details,
+            "input_tokens_details" => u.input_tokens_details,
+            "completion_tokens_details" => u.completion_tokens_details,
+            "output_tokens_details" => u.output_tokens_details,
+        });
+        Ok(Some(u))
+    }
+}
+
+impl Flaws for RawUsage {
+    fn flawed(&self) -> bool {
+        [
+            &self.prompt_tokens,
+            &self.completion_tokens,
+            &self.input_tokens,
+            &self.output_tokens,
+            &self.total_tokens,
+        ]
+        .iter()
+        .any(|c| c.flawed())
+            || self.prompt_tokens_details.flawed()
+            || self.input_tokens_details.flawed()
+            || self.completion_tokens_details.flawed()
+            || self.output_tokens_details.flawed()
+    }
+}
+
+#[derive(Default)]
+struct InputDetails {
+    cached_tokens: Lenient<Count>,
+}
+
+impl<'de> FromJson<'de> for InputDetails {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut d = InputDetails::default();
+        members!(map { "cached_tokens" => d.cached_tokens });
+        Ok(Some(d))
+    }
+}
+
+impl Flaws for InputDetails {
+    fn flawed(&self) -> bool {
+        self.cached_tokens.flawed()
+    }
+}
+
+#[derive(Default)]
+struct OutputDetails {
+    reasoning_tokens: Lenient<Count>,
+}
+
+impl<'de> FromJson<'de> for OutputDetails {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut d = OutputDetails::default();
+        members!(map { "reasoning_tokens" => d.reasoning_tokens });
+        Ok(Some(d))
+    }
+}
+
+impl Flaws for OutputDetails {
+    fn flawed(&self) -> bool {
+        self.reasoning_tokens.flawed()
+    }
+}
+
+fn count(c: &Lenient<Count>) -> Option<u64> {
+    c.get().map(|c| c.0)
 }
 
 impl Usage {
-    /// Reads any of the APIs' usage objects; `None` when it is null or carries no counts.
+    /// Reads any of the APIs' usage objects; `None` when it is null or carries no
+    /// usable counts. An unusable count is left out (zero for input or output).
     pub fn from_value(v: &Value) -> Option<Usage> {
-        Self::from_raw(RawUsage::deserialize(v).ok()?)
+        from_value::<RawUsage>(Some(v))
+            .ok()
+            .and_then(|r| Self::from_raw(&r))
     }
 
-    pub(crate) fn from_raw(raw: RawUsage) -> Option<Usage> {
-        let input = raw.prompt_tokens.or(raw.input_tokens);
-        let output = raw.completion_tokens.or(raw.output_tokens);
-        if input.is_none() && output.is_none() && raw.total_tokens.is_none() {
+    pub(crate) fn from_raw(raw: &RawUsage) -> Option<Usage> {
+        let input = count(&raw.prompt_tokens).or(count(&raw.input_tokens));
+        let output = count(&raw.completion_tokens).or(count(&raw.output_tokens));
+        let total = count(&raw.total_tokens);
+        if input.is_none() && output.is_none() && total.is_none() {
             return None;
         }
         let input_tokens = input.unwrap_or(0);
         let output_tokens = output.unwrap_or(0);
-        let input_details = raw.prompt_tokens_details.or(raw.input_tokens_details);
-        let output_details = raw.completion_tokens_details.or(raw.output_tokens_details);
+        let cached = |d: &Lenient<InputDetails>| d.get().and_then(|d| count(&d.cached_tokens));
+        let reasoning =
+            |d: &Lenient<OutputDetails>| d.get().and_then(|d| count(&d.reasoning_tokens));
         Some(Usage {
             input_tokens,
             output_tokens,
-            total_tokens: raw.total_tokens.unwrap_or(input_tokens + output_tokens),
-            cached_input_tokens: input_details.and_then(|d| d.cached_tokens),
-            reasoning_tokens: output_details.and_then(|d| d.reasoning_tokens),
+            // believed counts are at most MAX_COUNT each: the sum cannot overflow
+            total_tokens: total.unwrap_or(input_tokens + output_tokens),
+            cached_input_tokens: cached(&raw.prompt_tokens_details)
+                .or_else(|| cached(&raw.input_tokens_details)),
+            reasoning_tokens: reasoning(&raw.completion_tokens_details)
+                .or_else(|| reasoning(&raw.output_tokens_details)),
         })
     }
-}
-
-fn str_field(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
 /// Reads the `error` member of an error body: its `code`, else its `type`.
 pub fn error_type(v: &Value) -> Option<String> {
     let err = v.get("error")?;
-    str_field(err, "code")
-        .or_else(|| str_field(err, "type"))
+    let field = |key: &str| err.get(key).and_then(Value::as_str).map(str::to_owned);
+    field("code")
+        .or_else(|| field("type"))
         .or_else(|| err.as_str().map(str::to_owned))
 }
 
@@ -136,143 +200,192 @@ pub fn responses_finish_reason(resp: &Value) -> Option<String> {
 /// A whole response body, read without building a `Value` tree: only the
 /// fields telemetry needs are kept (an embeddings body's vectors are counted,
 /// not stored).
-#[derive(Deserialize)]
+#[derive(Default)]
 struct RawBody<'a> {
-    #[serde(borrow)]
-    id: Option<Str<'a>>,
-    #[serde(borrow)]
-    model: Option<Str<'a>>,
-    #[serde(borrow)]
-    system_fingerprint: Option<Str<'a>>,
-    #[serde(borrow)]
-    service_tier: Option<Str<'a>>,
-    usage: Option<RawUsage>,
-    #[serde(borrow)]
-    choices: Option<Vec<RawChoice<'a>>>,
-    #[serde(borrow)]
-    status: Option<Str<'a>>,
-    #[serde(borrow)]
-    incomplete_details: Option<RawIncomplete<'a>>,
-    data: Option<FirstEmbedding>,
+    id: Lenient<Str<'a>>,
+    model: Lenient<Str<'a>>,
+    system_fingerprint: Lenient<Str<'a>>,
+    service_tier: Lenient<Str<'a>>,
+    usage: Lenient<RawUsage>,
+    choices: Lenient<Vec<Lenient<RawChoice<'a>>>>,
+    status: Lenient<Str<'a>>,
+    incomplete_details: Lenient<RawIncomplete<'a>>,
+    data: Lenient<FirstEmbedding>,
     error: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct RawChoice<'a> {
-    index: Option<u64>,
-    #[serde(borrow)]
-    finish_reason: Option<Str<'a>>,
+impl<'de> FromJson<'de> for RawBody<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut b = RawBody::default();
+        members!(map {
+            "id" => b.id,
+            "model" => b.model,
+            "system_fingerprint" => b.system_fingerprint,
+            "service_tier" => b.service_tier,
+            "usage" => b.usage,
+            "choices" => b.choices,
+            "status" => b.status,
+            "incomplete_details" => b.incomplete_details,
+            "data" => b.data,
+            "error" => b.error,
+        });
+        Ok(Some(b))
+    }
 }
 
-#[derive(Deserialize)]
+/// The members every API's top level shares, read the same way from a body,
+/// a chunk or a Responses object.
+pub(crate) struct Common<'a> {
+    pub id: Lenient<Str<'a>>,
+    pub model: Lenient<Str<'a>>,
+    pub system_fingerprint: Lenient<Str<'a>>,
+    pub service_tier: Lenient<Str<'a>>,
+    pub usage: Lenient<RawUsage>,
+}
+
+impl Common<'_> {
+    pub fn flawed(&self) -> bool {
+        self.id.flawed()
+            || self.model.flawed()
+            || self.system_fingerprint.flawed()
+            || self.service_tier.flawed()
+            || self.usage.flawed()
+    }
+}
+
+#[derive(Default)]
+struct RawChoice<'a> {
+    index: Lenient<Count>,
+    finish_reason: Lenient<Str<'a>>,
+}
+
+impl<'de> FromJson<'de> for RawChoice<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut c = RawChoice::default();
+        members!(map {
+            "index" => c.index,
+            "finish_reason" => c.finish_reason,
+        });
+        Ok(Some(c))
+    }
+}
+
+#[derive(Default)]
 struct RawIncomplete<'a> {
-    #[serde(borrow)]
-    reason: Option<Str<'a>>,
+    reason: Lenient<Str<'a>>,
+}
+
+impl<'de> FromJson<'de> for RawIncomplete<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut r = RawIncomplete::default();
+        members!(map { "reason" => r.reason });
+        Ok(Some(r))
+    }
 }
 
 /// The dimension count of the first embedding in `data`.
 struct FirstEmbedding(Option<u64>);
 
-impl<'de> Deserialize<'de> for FirstEmbedding {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FirstEmbedding;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of embeddings")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<FirstEmbedding, A::Error> {
-                #[derive(Deserialize)]
-                struct Item {
-                    embedding: Option<EmbeddingLen>,
-                }
-                let first: Option<Item> = seq.next_element()?;
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(FirstEmbedding(first.and_then(|i| i.embedding).map(|e| e.0)))
+impl<'de> FromJson<'de> for FirstEmbedding {
+    fn array<A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
+        #[derive(Default)]
+        struct Item(Lenient<EmbeddingLen>);
+        impl<'de> FromJson<'de> for Item {
+            fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+                let mut i = Item::default();
+                members!(map { "embedding" => i.0 });
+                Ok(Some(i))
             }
         }
-        d.deserialize_any(V)
+        let first = seq.next_element::<Lenient<Item>>()?;
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Some(FirstEmbedding(
+            first
+                .and_then(Lenient::ok)
+                .and_then(|i| i.0.ok())
+                .map(|e| e.0),
+        )))
     }
 }
 
 /// Length of one embedding: a float list, or base64 of little-endian f32s.
 struct EmbeddingLen(u64);
 
-impl<'de> Deserialize<'de> for EmbeddingLen {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = EmbeddingLen;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an embedding")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<EmbeddingLen, A::Error> {
-                let mut n = 0;
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-                    n += 1;
-                }
-                Ok(EmbeddingLen(n))
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<EmbeddingLen, E> {
-                let pad = s.bytes().rev().take_while(|&b| b == b'=').count();
-                Ok(EmbeddingLen(
-                    ((s.len() / 4 * 3).saturating_sub(pad) / 4) as u64,
-                ))
-            }
+impl<'de> FromJson<'de> for EmbeddingLen {
+    fn array<A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
+        let mut n = 0;
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            n += 1;
         }
-        d.deserialize_any(V)
+        Ok(Some(EmbeddingLen(n)))
     }
+    fn string(s: std::borrow::Cow<'de, str>) -> Option<Self> {
+        Some(EmbeddingLen(base64_dimensions(&s)))
+    }
+}
+
+/// Dimensions of an embedding sent as base64 of little-endian f32s (4 bytes each).
+fn base64_dimensions(s: &str) -> u64 {
+    let pad = s.bytes().rev().take_while(|&b| b == b'=').count();
+    ((s.len() / 4 * 3).saturating_sub(pad) / 4) as u64
+}
+
+fn own(s: Lenient<Str<'_>>) -> Option<String> {
+    s.ok().map(Str::into_owned)
+}
+
+/// Finish reasons of `choices`, in choice-index order.
+fn chat_finish_reasons(choices: Vec<Lenient<RawChoice<'_>>>) -> Vec<String> {
+    let mut reasons: Vec<(u64, String)> = choices
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let c = c.ok()?;
+            let idx = count(&c.index).unwrap_or(i as u64);
+            Some((idx, c.finish_reason.ok()?.into_owned()))
+        })
+        .collect();
+    reasons.sort_by_key(|r| r.0);
+    reasons.into_iter().map(|r| r.1).collect()
 }
 
 impl ResponseFacts {
     /// Reads a whole (non-stream) JSON body of `op`. Also reads error bodies.
+    /// An error only when the body is not a JSON object.
     pub fn from_body(op: Operation, body: &[u8]) -> Result<ResponseFacts, serde_json::Error> {
-        let raw: RawBody<'_> = serde_json::from_slice(body)?;
-        let own = |s: Option<Str<'_>>| s.map(Str::into_owned);
+        let raw: RawBody<'_> = object_from_slice(body)?;
+        let common = Common {
+            id: raw.id,
+            model: raw.model,
+            system_fingerprint: raw.system_fingerprint,
+            service_tier: raw.service_tier,
+            usage: raw.usage,
+        };
         let mut f = ResponseFacts {
             error_type: raw
                 .error
                 .as_ref()
                 .and_then(|e| error_type(&serde_json::json!({ "error": e }))),
-            id: own(raw.id),
-            model: own(raw.model),
-            system_fingerprint: own(raw.system_fingerprint),
-            service_tier: own(raw.service_tier),
-            usage: raw.usage.and_then(Usage::from_raw),
             ..ResponseFacts::default()
         };
+        f.merge(common);
         match op {
             Operation::ChatCompletions | Operation::Completions => {
-                let mut reasons: Vec<(u64, String)> = raw
-                    .choices
-                    .unwrap_or_default()
-                    .into_iter()
-                    .enumerate()
-                    .filter_map(|(i, c)| {
-                        Some((c.index.unwrap_or(i as u64), c.finish_reason?.into_owned()))
-                    })
-                    .collect();
-                reasons.sort_by_key(|r| r.0);
-                f.finish_reasons = reasons.into_iter().map(|r| r.1).collect();
+                f.finish_reasons = chat_finish_reasons(raw.choices.ok().unwrap_or_default());
             }
             Operation::Responses => {
-                f.finish_reasons = match raw.status.as_deref() {
+                f.finish_reasons = match raw.status.get().map(|s| &**s) {
                     Some("incomplete") => vec![
                         raw.incomplete_details
-                            .and_then(|d| d.reason)
-                            .map_or_else(|| "incomplete".to_owned(), Str::into_owned),
+                            .ok()
+                            .and_then(|d| own(d.reason))
+                            .unwrap_or_else(|| "incomplete".to_owned()),
                     ],
                     Some("in_progress" | "queued") | None => Vec::new(),
                     Some(other) => vec![other.to_owned()],
                 };
             }
-            Operation::Embeddings => f.embedding_dimensions = raw.data.and_then(|d| d.0),
+            Operation::Embeddings => f.embedding_dimensions = raw.data.ok().and_then(|d| d.0),
         }
         Ok(f)
     }
@@ -285,29 +398,19 @@ impl ResponseFacts {
         f.merge_common(v);
         match op {
             Operation::ChatCompletions | Operation::Completions => {
-                if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-                    let mut reasons: Vec<(u64, String)> = choices
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, c)| {
-                            let idx = c.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
-                            Some((idx, str_field(c, "finish_reason")?))
-                        })
-                        .collect();
-                    reasons.sort_by_key(|r| r.0);
-                    f.finish_reasons = reasons.into_iter().map(|r| r.1).collect();
-                }
+                f.finish_reasons = chat_finish_reasons(
+                    from_value::<Vec<Lenient<RawChoice<'_>>>>(v.get("choices"))
+                        .ok()
+                        .unwrap_or_default(),
+                );
             }
             Operation::Responses => {
                 f.finish_reasons = responses_finish_reason(v).into_iter().collect();
             }
             Operation::Embeddings => {
-                f.embedding_dimensions = v
-                    .get("data")
-                    .and_then(Value::as_array)
-                    .and_then(|d| d.first())
-                    .and_then(|e| e.get("embedding"))
-                    .and_then(embedding_len);
+                f.embedding_dimensions = from_value::<FirstEmbedding>(v.get("data"))
+                    .ok()
+                    .and_then(|d| d.0);
             }
         }
         f
@@ -315,33 +418,32 @@ impl ResponseFacts {
 
     /// Takes id, model, fingerprint, tier and usage from an object that has them.
     pub fn merge_common(&mut self, v: &Value) {
-        if let Some(id) = str_field(v, "id") {
-            self.id = Some(id);
-        }
-        if let Some(model) = str_field(v, "model") {
-            self.model = Some(model);
-        }
-        if let Some(fp) = str_field(v, "system_fingerprint") {
-            self.system_fingerprint = Some(fp);
-        }
-        if let Some(tier) = str_field(v, "service_tier") {
-            self.service_tier = Some(tier);
-        }
-        if let Some(u) = v.get("usage").and_then(Usage::from_value) {
+        self.merge(Common {
+            id: from_value(v.get("id")),
+            model: from_value(v.get("model")),
+            system_fingerprint: from_value(v.get("system_fingerprint")),
+            service_tier: from_value(v.get("service_tier")),
+            usage: from_value(v.get("usage")),
+        });
+    }
+
+    /// Takes every usable fact of `c` (a later object's facts replace earlier ones).
+    pub(crate) fn merge(&mut self, c: Common<'_>) {
+        self.invalid_usage |= c.flawed();
+        let set = |slot: &mut Option<String>, s: Lenient<Str<'_>>| {
+            if let Lenient::Valid(s) = s {
+                if slot.as_deref() != Some(&*s) {
+                    *slot = Some(s.into_owned());
+                }
+            }
+        };
+        set(&mut self.id, c.id);
+        set(&mut self.model, c.model);
+        set(&mut self.system_fingerprint, c.system_fingerprint);
+        set(&mut self.service_tier, c.service_tier);
+        if let Some(u) = c.usage.get().and_then(Usage::from_raw) {
             self.usage = Some(u);
         }
-    }
-}
-
-fn embedding_len(e: &Value) -> Option<u64> {
-    match e {
-        Value::Array(a) => Some(a.len() as u64),
-        // base64 of little-endian f32s: 4 bytes per dimension
-        Value::String(s) => {
-            let pad = s.bytes().rev().take_while(|&b| b == b'=').count();
-            Some(((s.len() / 4 * 3).saturating_sub(pad) / 4) as u64)
-        }
-        _ => None,
     }
 }
 
@@ -436,6 +538,56 @@ mod tests {
         .expect("json");
         assert_eq!(g.error_type.as_deref(), Some("server_error"));
         assert!(ResponseFacts::from_body(Operation::ChatCompletions, b"{\"id\":").is_err());
+    }
+
+    #[test]
+    fn one_odd_field_loses_only_itself() {
+        // an integral float count is a count; a numeric fingerprint, a negative and an
+        // absurd count are each dropped on their own, never the rest of the usage
+        let body = br#"{"id":"chatcmpl-1","model":"gpt-4o","system_fingerprint":5,
+          "usage":{"prompt_tokens":10,"completion_tokens":2.0,"total_tokens":12,
+                   "prompt_tokens_details":{"cached_tokens":-1},
+                   "completion_tokens_details":{"reasoning_tokens":1e300}}}"#;
+        let f = ResponseFacts::from_body(Operation::ChatCompletions, body).expect("json");
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.system_fingerprint, None);
+        assert_eq!(
+            f.usage,
+            Some(Usage {
+                input_tokens: 10,
+                output_tokens: 2,
+                total_tokens: 12,
+                cached_input_tokens: None,
+                reasoning_tokens: None,
+            })
+        );
+    }
+
+    #[test]
+    fn absurd_counts_are_dropped_without_overflow() {
+        let body = br#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#;
+        let f = ResponseFacts::from_body(Operation::ChatCompletions, body).expect("json");
+        let u = f.usage.expect("the sane count survives");
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens), (0, 1, 1));
+    }
+
+    #[test]
+    fn duplicate_keys_last_one_wins() {
+        let body = br#"{"model":"decoy","id":"a","model":"gpt-4o",
+          "usage":{"prompt_tokens":1,"completion_tokens":3,"prompt_tokens":2},"id":"b"}"#;
+        let f = ResponseFacts::from_body(Operation::ChatCompletions, body).expect("json");
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.id.as_deref(), Some("b"));
+        let u = f.usage.expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens), (2, 3, 5));
+    }
+
+    #[test]
+    fn usage_from_a_value_is_lenient_too() {
+        let v =
+            serde_json::json!({"input_tokens": 4.0, "output_tokens": "many", "total_tokens": 9});
+        let u = Usage::from_value(&v).expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens), (4, 0, 9));
     }
 
     #[test]

@@ -7,6 +7,15 @@
 //! an event is gathered in one reused buffer, so steady-state decoding does
 //! not allocate. Bytes are never validated as UTF-8 here: consumers parse the
 //! data as JSON, which validates it anyway.
+//!
+//! Memory is bounded whatever the upstream sends: comment lines are never
+//! stored, and an event larger than [`MAX_EVENT`] is skipped to its end and
+//! counted instead of gathered. The decoder also tells which bytes can no
+//! longer belong to an event still to come ([`SseDecoder::settled`]), so an
+//! editor of the stream holds back at most the current incomplete event.
+
+/// Largest event parsed (its lines as received); a larger one is skipped.
+pub const MAX_EVENT: usize = 1 << 20;
 
 /// One dispatched event. `data` is the `data:` lines joined by `\n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,23 +23,55 @@ pub struct SseEvent<'a> {
     /// The `event:` field, if the event had one.
     pub event: Option<&'a [u8]>,
     pub data: &'a [u8],
+    /// Offset in the whole stream where this event's bytes begin: the
+    /// [`SseDecoder::settled`] offset when its first line started (a lone LF
+    /// that completed the previous line's CRLF may come first).
+    pub start_offset: u64,
     /// Offset in the whole stream just past the line end that ended this
     /// event, as far as it had arrived: when a frame ends between the CR and
     /// LF of a CRLF, the LF is not counted (it arrives with the next frame).
     pub end_offset: u64,
 }
 
-#[derive(Debug, Default)]
+/// What the bytes of the current incomplete line are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Line {
+    /// No byte of it yet.
+    #[default]
+    Start,
+    /// A field line, gathered in `partial`.
+    Keep,
+    /// A comment, or a line of an oversized event: not stored.
+    Skip,
+}
+
+#[derive(Debug)]
 pub struct SseDecoder {
-    /// The incomplete last line of the previous frames.
+    /// The incomplete last field line of the previous frames.
     partial: Vec<u8>,
+    line: Line,
     data: Vec<u8>,
     event: Vec<u8>,
     has_data: bool,
     has_event: bool,
+    /// A field line arrived (or began) since the last blank line.
+    in_event: bool,
+    /// Where the current event's bytes begin.
+    event_start: u64,
+    /// The current event passed `max_event`: it is skipped to its end.
+    oversized: bool,
+    oversized_events: u64,
+    max_event: usize,
     /// The previous frame ended in CR: a leading LF belongs to that line end.
     after_cr: bool,
     consumed: u64,
+    settled: u64,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        Self::with_max_event(MAX_EVENT)
+    }
 }
 
 impl SseDecoder {
@@ -38,9 +79,41 @@ impl SseDecoder {
         Self::default()
     }
 
-    /// Bytes held for an incomplete line (bounded by the longest line).
+    /// A decoder that skips events larger than `max_event` bytes.
+    pub fn with_max_event(max_event: usize) -> Self {
+        SseDecoder {
+            partial: Vec::new(),
+            line: Line::Start,
+            data: Vec::new(),
+            event: Vec::new(),
+            has_data: false,
+            has_event: false,
+            in_event: false,
+            event_start: 0,
+            oversized: false,
+            oversized_events: 0,
+            max_event,
+            after_cr: false,
+            consumed: 0,
+            settled: 0,
+        }
+    }
+
+    /// Bytes held for an incomplete event (at most about `max_event`).
     pub fn buffered(&self) -> usize {
         self.partial.len() + self.data.len()
+    }
+
+    /// Events skipped (so far) because they were larger than the limit.
+    pub fn oversized_events(&self) -> u64 {
+        self.oversized_events
+    }
+
+    /// Stream offset before which no byte belongs to an event that may still
+    /// be dispatched: comments and blank lines between events, dispatched
+    /// events, and the part received so far of an event being skipped.
+    pub fn settled(&self) -> u64 {
+        self.settled
     }
 
     /// Feeds one frame; calls `on_event` for every event it completes.
@@ -53,6 +126,10 @@ impl SseDecoder {
             if let Some((&b'\n', rest)) = chunk.split_first() {
                 chunk = rest;
                 pos_base += 1;
+                if !self.in_event || self.oversized {
+                    // the LF of a CRLF that ended a comment or blank line: pass it on too
+                    self.settled = pos_base;
+                }
             }
         }
         let mut start = 0usize;
@@ -66,27 +143,97 @@ impl SseDecoder {
                     None => self.after_cr = true,
                 }
             }
-            let line_end_offset = pos_base + next as u64;
-            if self.partial.is_empty() {
-                self.line(&chunk[start..end], line_end_offset, &mut on_event);
-            } else {
-                let mut line = std::mem::take(&mut self.partial);
-                line.extend_from_slice(&chunk[start..end]);
-                self.line(&line, line_end_offset, &mut on_event);
-                line.clear();
-                self.partial = line;
+            let line_end = pos_base + next as u64;
+            let seg = &chunk[start..end];
+            match std::mem::take(&mut self.line) {
+                Line::Start => self.line(seg, line_end, &mut on_event),
+                Line::Skip => self.skipped_line(line_end),
+                Line::Keep if self.too_big(line_end) => {
+                    self.oversize(line_end);
+                    self.skipped_line(line_end);
+                }
+                Line::Keep => {
+                    let mut line = std::mem::take(&mut self.partial);
+                    line.extend_from_slice(seg);
+                    self.line(&line, line_end, &mut on_event);
+                    line.clear();
+                    self.partial = line;
+                }
             }
             start = next;
         }
-        self.partial.extend_from_slice(&chunk[start..]);
+        self.tail(&chunk[start..]);
+    }
+
+    /// The incomplete last line of a frame.
+    fn tail(&mut self, tail: &[u8]) {
+        let Some(&first) = tail.first() else {
+            return;
+        };
+        if self.line == Line::Start {
+            self.line = if first == b':' {
+                Line::Skip
+            } else {
+                self.begin_field_line();
+                if self.oversized {
+                    Line::Skip
+                } else {
+                    Line::Keep
+                }
+            };
+        }
+        if self.line == Line::Keep {
+            if self.too_big(self.consumed) {
+                self.oversize(self.consumed);
+                self.line = Line::Skip;
+            } else {
+                self.partial.extend_from_slice(tail);
+            }
+        }
+        if !self.in_event || self.oversized {
+            // a comment between events, or the part of an oversized event so far
+            self.settled = self.consumed;
+        }
+    }
+
+    fn begin_field_line(&mut self) {
+        if !self.in_event {
+            self.in_event = true;
+            self.event_start = self.settled;
+        }
+    }
+
+    /// Whether the current event would exceed the limit at stream offset `at`.
+    fn too_big(&self, at: u64) -> bool {
+        !self.oversized && at.saturating_sub(self.event_start) > self.max_event as u64
+    }
+
+    /// Drops what was gathered of the current event; skips the rest of it.
+    fn oversize(&mut self, at: u64) {
+        self.oversized = true;
+        self.oversized_events += 1;
+        self.partial = Vec::new();
+        self.data = Vec::new();
+        self.event = Vec::new();
+        self.has_data = false;
+        self.has_event = false;
+        self.settled = at;
+    }
+
+    /// A line that ended while being skipped (a comment, or inside an oversized event).
+    fn skipped_line(&mut self, end_offset: u64) {
+        if !self.in_event || self.oversized {
+            self.settled = end_offset;
+        }
     }
 
     fn line(&mut self, line: &[u8], end_offset: u64, on_event: &mut impl FnMut(SseEvent<'_>)) {
         if line.is_empty() {
-            if self.has_data {
+            if !self.oversized && self.has_data {
                 on_event(SseEvent {
                     event: self.has_event.then_some(self.event.as_slice()),
                     data: &self.data,
+                    start_offset: self.event_start,
                     end_offset,
                 });
             }
@@ -94,10 +241,23 @@ impl SseDecoder {
             self.event.clear();
             self.has_data = false;
             self.has_event = false;
+            self.in_event = false;
+            self.oversized = false;
+            self.settled = end_offset;
+            return;
+        }
+        if line[0] == b':' {
+            return self.skipped_line(end_offset); // comment
+        }
+        self.begin_field_line();
+        if self.oversized {
+            return self.skipped_line(end_offset);
+        }
+        if self.too_big(end_offset) {
+            self.oversize(end_offset);
             return;
         }
         let (field, value) = match memchr::memchr(b':', line) {
-            Some(0) => return, // comment
             Some(i) => {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
@@ -232,6 +392,64 @@ mod tests {
                 (None, &b""[..])
             ]
         );
+    }
+
+    #[test]
+    fn an_oversized_event_is_skipped_with_bounded_buffer() {
+        let mut d = SseDecoder::new();
+        let mut events = Vec::new();
+        let piece = vec![b'x'; 64 << 10];
+        d.feed(b"data: {\"a\":\"", |_| {});
+        for _ in 0..32 {
+            // 2 MiB of one data line
+            d.feed(&piece, |e| events.push(e.data.to_vec()));
+            assert!(d.buffered() <= (1 << 20) + piece.len(), "{}", d.buffered());
+        }
+        d.feed(b"\"}\n\ndata: {\"b\":1}\n\n", |e| {
+            events.push(e.data.to_vec())
+        });
+        assert_eq!(events, vec![b"{\"b\":1}".to_vec()]);
+    }
+
+    #[test]
+    fn settled_passes_comments_at_once_but_not_an_incomplete_event() {
+        let mut d = SseDecoder::new();
+        let a = b": ping\n\n: half a comm";
+        d.feed(a, |_| {});
+        assert_eq!(
+            d.settled(),
+            a.len() as u64,
+            "an incomplete comment is settled too"
+        );
+        let b = b"ent\ndata: {\"a\"";
+        d.feed(b, |_| {});
+        let event_start = (a.len() + 4) as u64;
+        assert_eq!(d.settled(), event_start, "not the incomplete event");
+        let c = b":1}\n: inside an event\r\n\r";
+        let mut spans = Vec::new();
+        d.feed(c, |e| spans.push((e.start_offset, e.end_offset)));
+        let end = (a.len() + b.len() + c.len()) as u64;
+        assert_eq!(spans, vec![(event_start, end)]);
+        assert_eq!(d.settled(), end);
+        d.feed(b"\n", |_| {});
+        assert_eq!(d.settled(), end + 1, "the LF of the CRLF");
+    }
+
+    #[test]
+    fn an_oversized_event_is_settled_as_it_arrives() {
+        let mut d = SseDecoder::with_max_event(16);
+        let mut n = 0;
+        d.feed(b"data: 0123456789", |_| n += 1);
+        assert_eq!(d.settled(), 0);
+        d.feed(b"abcdef", |_| n += 1);
+        assert_eq!(
+            (d.settled(), d.oversized_events(), d.buffered()),
+            (22, 1, 0)
+        );
+        d.feed(b"\ndata: more\n", |_| n += 1);
+        assert_eq!(d.settled(), 34);
+        d.feed(b"\ndata: x\n\n", |_| n += 1);
+        assert_eq!((n, d.oversized_events()), (1, 1));
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! whether it carried output (for time-per-chunk) and whether it was the
 //! usage-only chunk (for the usage-injection edit).
 
-use serde::Deserialize;
+use serde::de::MapAccess;
 use serde_json::Value;
 
 use super::content::{OutputChoice, output_from_value, output_json, push_capped};
+use super::lenient::{Count, FromJson, Lenient, Str, members, object_from_slice};
 use super::request::Operation;
-use super::response::{RawUsage, ResponseFacts, Str, Usage, error_type, responses_finish_reason};
+use super::response::{Common, RawUsage, ResponseFacts, error_type, responses_finish_reason};
 
 /// What one event was, as far as the caller cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,74 +38,133 @@ pub struct StreamAccumulator {
     capture: Option<Vec<(u64, OutputChoice)>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Chunk<'a> {
-    #[serde(borrow)]
-    id: Option<Str<'a>>,
-    #[serde(borrow)]
-    model: Option<Str<'a>>,
-    #[serde(borrow)]
-    system_fingerprint: Option<Str<'a>>,
-    #[serde(borrow)]
-    service_tier: Option<Str<'a>>,
-    #[serde(default, borrow)]
-    choices: Option<Vec<Choice<'a>>>,
-    usage: Option<RawUsage>,
+    id: Lenient<Str<'a>>,
+    model: Lenient<Str<'a>>,
+    system_fingerprint: Lenient<Str<'a>>,
+    service_tier: Lenient<Str<'a>>,
+    choices: Lenient<Vec<Lenient<Choice<'a>>>>,
+    usage: Lenient<RawUsage>,
     error: Option<Value>,
 }
 
-#[derive(Deserialize)]
+impl<'de> FromJson<'de> for Chunk<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut c = Chunk::default();
+        members!(map {
+            "id" => c.id,
+            "model" => c.model,
+            "system_fingerprint" => c.system_fingerprint,
+            "service_tier" => c.service_tier,
+            "choices" => c.choices,
+            "usage" => c.usage,
+            "error" => c.error,
+        });
+        Ok(Some(c))
+    }
+}
+
+#[derive(Default)]
 struct Choice<'a> {
-    index: Option<u64>,
-    #[serde(borrow)]
-    finish_reason: Option<Str<'a>>,
-    #[serde(borrow)]
-    delta: Option<Delta<'a>>,
+    index: Lenient<Count>,
+    finish_reason: Lenient<Str<'a>>,
+    delta: Lenient<Delta<'a>>,
     /// Legacy completions carry text here.
-    #[serde(borrow)]
-    text: Option<Str<'a>>,
+    text: Lenient<Str<'a>>,
 }
 
-#[derive(Deserialize)]
+impl<'de> FromJson<'de> for Choice<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut c = Choice::default();
+        members!(map {
+            "index" => c.index,
+            "finish_reason" => c.finish_reason,
+            "delta" => c.delta,
+            "text" => c.text,
+        });
+        Ok(Some(c))
+    }
+}
+
+#[derive(Default)]
 struct Delta<'a> {
-    #[serde(borrow)]
-    content: Option<Str<'a>>,
-    #[serde(borrow)]
-    refusal: Option<Str<'a>>,
-    #[serde(borrow)]
-    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+    content: Lenient<Str<'a>>,
+    refusal: Lenient<Str<'a>>,
+    tool_calls: Lenient<Vec<Lenient<ToolCallDelta<'a>>>>,
 }
 
-#[derive(Deserialize)]
+impl<'de> FromJson<'de> for Delta<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut d = Delta::default();
+        members!(map {
+            "content" => d.content,
+            "refusal" => d.refusal,
+            "tool_calls" => d.tool_calls,
+        });
+        Ok(Some(d))
+    }
+}
+
+#[derive(Default)]
 struct ToolCallDelta<'a> {
-    index: Option<u64>,
-    #[serde(borrow)]
-    id: Option<Str<'a>>,
-    #[serde(borrow)]
-    function: Option<FunctionDelta<'a>>,
+    index: Lenient<Count>,
+    id: Lenient<Str<'a>>,
+    function: Lenient<FunctionDelta<'a>>,
 }
 
-#[derive(Deserialize)]
+impl<'de> FromJson<'de> for ToolCallDelta<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut t = ToolCallDelta::default();
+        members!(map {
+            "index" => t.index,
+            "id" => t.id,
+            "function" => t.function,
+        });
+        Ok(Some(t))
+    }
+}
+
+#[derive(Default)]
 struct FunctionDelta<'a> {
-    #[serde(borrow)]
-    name: Option<Str<'a>>,
-    #[serde(borrow)]
-    arguments: Option<Str<'a>>,
+    name: Lenient<Str<'a>>,
+    arguments: Lenient<Str<'a>>,
 }
 
-#[derive(Deserialize)]
+impl<'de> FromJson<'de> for FunctionDelta<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut f = FunctionDelta::default();
+        members!(map {
+            "name" => f.name,
+            "arguments" => f.arguments,
+        });
+        Ok(Some(f))
+    }
+}
+
+#[derive(Default)]
 struct ResponsesEvent<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<Str<'a>>,
+    kind: Lenient<Str<'a>>,
     response: Option<Value>,
-    #[serde(borrow)]
-    delta: Option<Str<'a>>,
-    #[serde(borrow)]
-    code: Option<Str<'a>>,
+    delta: Lenient<Str<'a>>,
+    code: Lenient<Str<'a>>,
 }
 
-fn non_empty(s: &Option<Str<'_>>) -> bool {
-    s.as_ref().is_some_and(|s| !s.is_empty())
+impl<'de> FromJson<'de> for ResponsesEvent<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut e = ResponsesEvent::default();
+        members!(map {
+            "type" => e.kind,
+            "response" => e.response,
+            "delta" => e.delta,
+            "code" => e.code,
+        });
+        Ok(Some(e))
+    }
+}
+
+fn non_empty(s: &Lenient<Str<'_>>) -> bool {
+    s.get().is_some_and(|s| !s.is_empty())
 }
 
 impl StreamAccumulator {
@@ -169,48 +229,52 @@ impl StreamAccumulator {
     }
 
     fn chunk(&mut self, data: &[u8]) -> Option<EventInfo> {
-        let c: Chunk<'_> = serde_json::from_slice(data).ok()?;
+        let c: Chunk<'_> = object_from_slice(data).ok()?;
         let f = &mut self.facts;
-        if f.id.is_none() {
-            f.id = c.id.map(Str::into_owned);
-        }
-        if f.model.is_none() {
-            f.model = c.model.map(Str::into_owned);
-        }
-        if let Some(fp) = c.system_fingerprint {
-            if f.system_fingerprint.as_deref() != Some(&*fp) {
-                f.system_fingerprint = Some(fp.into_owned());
+        // the first chunk's id and model stay; a later fingerprint or tier replaces
+        fn first<'a>(slot: &Option<String>, s: Lenient<Str<'a>>) -> Lenient<Str<'a>> {
+            match s {
+                Lenient::Valid(_) if slot.is_some() => Lenient::Missing,
+                other => other,
             }
         }
-        if let Some(t) = c.service_tier {
-            if f.service_tier.as_deref() != Some(&*t) {
-                f.service_tier = Some(t.into_owned());
-            }
-        }
+        let usage_object = c.usage.get().is_some();
+        f.merge(Common {
+            id: first(&f.id, c.id),
+            model: first(&f.model, c.model),
+            system_fingerprint: c.system_fingerprint,
+            service_tier: c.service_tier,
+            usage: c.usage,
+        });
         if let Some(err) = &c.error {
             f.error_type = error_type(&serde_json::json!({ "error": err }));
         }
-        let usage = c.usage.and_then(Usage::from_raw);
-        let choices = c.choices.unwrap_or_default();
+        let choices = match c.choices {
+            Lenient::Missing => Some(Vec::new()),
+            other => other.ok(),
+        };
         let mut info = EventInfo {
-            usage_only: choices.is_empty() && usage.is_some(),
+            // what include_usage adds: a chunk with no choices and a usage object
+            usage_only: choices.as_ref().is_some_and(Vec::is_empty) && usage_object,
             ..EventInfo::default()
         };
-        if usage.is_some() {
-            f.usage = usage;
-        }
-        for (i, ch) in choices.into_iter().enumerate() {
-            let idx = ch.index.unwrap_or(i as u64);
-            if let Some(reason) = ch.finish_reason {
+        let choices = choices
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(Lenient::ok);
+        for (i, ch) in choices.enumerate() {
+            let idx = ch.index.get().map_or(i as u64, |c| c.0);
+            if let Lenient::Valid(reason) = ch.finish_reason {
                 match self.finish.iter_mut().find(|(k, _)| *k == idx) {
                     Some(slot) => slot.1 = reason.into_owned(),
                     None => self.finish.push((idx, reason.into_owned())),
                 }
             }
-            let delta_output = ch.delta.as_ref().is_some_and(|d| {
+            let delta = ch.delta.ok();
+            let delta_output = delta.as_ref().is_some_and(|d| {
                 non_empty(&d.content)
                     || non_empty(&d.refusal)
-                    || d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+                    || d.tool_calls.get().is_some_and(|t| !t.is_empty())
             });
             info.output |= delta_output || non_empty(&ch.text);
             if let Some(cap) = self.capture.as_mut() {
@@ -226,17 +290,21 @@ impl StreamAccumulator {
                     out.finish_reason = Some(r.1.clone());
                 }
                 for t in [
-                    ch.text.as_deref(),
-                    ch.delta.as_ref().and_then(|d| d.content.as_deref()),
+                    ch.text.get(),
+                    delta.as_ref().and_then(|d| d.content.get()),
+                    delta.as_ref().and_then(|d| d.refusal.get()),
                 ]
                 .into_iter()
                 .flatten()
-                .chain(ch.delta.as_ref().and_then(|d| d.refusal.as_deref()))
                 {
                     out.push_text(t);
                 }
-                for tc in ch.delta.into_iter().flat_map(|d| d.tool_calls).flatten() {
-                    let i = usize::try_from(tc.index.unwrap_or(0)).unwrap_or(usize::MAX);
+                let tool_calls = delta.and_then(|d| d.tool_calls.ok()).unwrap_or_default();
+                for tc in tool_calls.into_iter().filter_map(Lenient::ok) {
+                    let i = tc
+                        .index
+                        .get()
+                        .map_or(0, |c| usize::try_from(c.0).unwrap_or(usize::MAX));
                     if i >= 128 {
                         continue;
                     }
@@ -244,14 +312,14 @@ impl StreamAccumulator {
                         out.tool_calls.push((None, None, String::new()));
                     }
                     let call = &mut out.tool_calls[i];
-                    if let Some(id) = tc.id {
+                    if let Lenient::Valid(id) = tc.id {
                         call.0 = Some(id.into_owned());
                     }
-                    if let Some(f) = tc.function {
-                        if let Some(n) = f.name {
+                    if let Lenient::Valid(f) = tc.function {
+                        if let Lenient::Valid(n) = f.name {
                             call.1 = Some(n.into_owned());
                         }
-                        if let Some(a) = f.arguments {
+                        if let Lenient::Valid(a) = f.arguments {
                             push_capped(&mut call.2, &a);
                         }
                     }
@@ -262,8 +330,8 @@ impl StreamAccumulator {
     }
 
     fn responses_event(&mut self, event: Option<&[u8]>, data: &[u8]) -> Option<EventInfo> {
-        let e: ResponsesEvent<'_> = serde_json::from_slice(data).ok()?;
-        let kind: &str = match (&e.kind, event) {
+        let e: ResponsesEvent<'_> = object_from_slice(data).ok()?;
+        let kind: &str = match (e.kind.get(), event) {
             (Some(k), _) => k,
             (None, Some(name)) => std::str::from_utf8(name).ok()?,
             (None, None) => "",
@@ -282,7 +350,11 @@ impl StreamAccumulator {
                 }
             }
             "error" => {
-                self.facts.error_type = e.code.map(Str::into_owned).or(Some("error".to_owned()));
+                self.facts.error_type = Some(
+                    e.code
+                        .ok()
+                        .map_or_else(|| "error".to_owned(), Str::into_owned),
+                );
             }
             _ => {
                 if let Some(r) = &e.response {
@@ -461,6 +533,52 @@ mod tests {
             out[0]["parts"][0]["content"],
             "OpenTelemetry — traces everything."
         );
+    }
+
+    #[test]
+    fn odd_fields_and_duplicate_keys_in_chunks() {
+        let input = concat!(
+            "data: {\"id\":\"c\",\"model\":\"decoy\",\"model\":\"gpt-4o\",\"system_fingerprint\":7,",
+            "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\",\"content\":\"b\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,",
+            "\"completion_tokens\":2.0,\"total_tokens\":7,\"completion_tokens_details\":{\"reasoning_tokens\":-3}}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let (acc, infos) = run(Operation::ChatCompletions, input.as_bytes());
+        assert_eq!(acc.invalid_events(), 0);
+        assert!(infos[0].output);
+        assert!(infos[1].usage_only);
+        let f = acc.facts();
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.system_fingerprint, None);
+        assert_eq!(f.finish_reasons, vec!["stop"]);
+        let u = f.usage.expect("usage");
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.total_tokens,
+                u.reasoning_tokens
+            ),
+            (5, 2, 7, None)
+        );
+    }
+
+    #[test]
+    fn odd_fields_and_duplicate_keys_in_responses_events() {
+        let input = concat!(
+            "event: response.completed\n",
+            "data: {\"type\":\"response.in_progress\",\"type\":\"response.completed\",\"response\":{",
+            "\"id\":\"resp_1\",\"model\":\"decoy\",\"model\":\"gpt-5\",\"status\":\"completed\",",
+            "\"usage\":{\"input_tokens\":3.0,\"output_tokens\":4,\"total_tokens\":7,",
+            "\"output_tokens_details\":{\"reasoning_tokens\":\"x\"}}}}\n\n"
+        );
+        let (acc, _) = run(Operation::Responses, input.as_bytes());
+        assert!(acc.is_done());
+        let f = acc.facts();
+        assert_eq!(f.model.as_deref(), Some("gpt-5"));
+        let u = f.usage.expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens, u.total_tokens), (3, 4, 7));
     }
 
     #[test]
