@@ -69,31 +69,32 @@ async fn connect(addr: SocketAddr) -> TcpStream {
         .expect("connect")
 }
 
-/// Sends a request head a byte every 300 ms, never finishing it, until tokentap
-/// closes the connection; `true` if it did within `limit`.
-async fn trickle_head(addr: SocketAddr, limit: Duration) -> bool {
+/// The start of an HTTP/1.1 request head that never ends.
+const H1_HEAD: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nHost: tokentap.test\r\nX-Slow: ";
+
+/// The h2c connection preface, then nothing that completes a request.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Sends the first `sent` bytes of `head` at once, then the rest a byte every
+/// `gap` (and `a`s after it), never finishing a request, until tokentap closes
+/// the connection; `true` if it did within `limit`.
+async fn trickle_head(
+    addr: SocketAddr,
+    head: &'static [u8],
+    sent: usize,
+    gap: Duration,
+    limit: Duration,
+) -> bool {
     let mut s = connect(addr).await;
-    if s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: tokentap.test\r\n")
-        .await
-        .is_err()
-    {
+    if s.write_all(&head[..sent]).await.is_err() {
         return true;
     }
     let (mut r, mut w) = s.split();
     let until = tokio::time::Instant::now() + limit;
     let trickle = async {
-        let mut i = 0u64;
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            // `X-Slow: aaaa…` — a header line that never ends
-            let byte: &[u8] = match i {
-                0 => b"X",
-                1 => b"-",
-                2 => b"S",
-                3 => b":",
-                _ => b"a",
-            };
-            i += 1;
+        for i in sent.. {
+            tokio::time::sleep(gap).await;
+            let byte = head.get(i..i + 1).unwrap_or(b"a");
             if w.write_all(byte).await.is_err() {
                 return;
             }
@@ -109,9 +110,9 @@ async fn trickle_head(addr: SocketAddr, limit: Duration) -> bool {
         }
     };
     tokio::select! {
-        _ = tokio::time::sleep_until(until) => false,
-        _ = trickle => true,
-        _ = closed => true,
+        () = tokio::time::sleep_until(until) => false,
+        () = trickle => true,
+        () = closed => true,
     }
 }
 
@@ -120,19 +121,38 @@ async fn slowloris_heads_are_closed_after_the_header_timeout() {
     let mut tt = Tokentap::demo(&["--header-timeout", "1s"]);
     let baseline = warm_up(&mut tt, true).await;
     let addr = tt.addr;
+    let limit = Duration::from_secs(15);
     // issue 11 kept three trickling heads open for as long as it tried
-    let trickling: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(trickle_head(addr, Duration::from_secs(15))))
-        .collect();
+    let line = H1_HEAD.len() - "X-Slow: ".len();
+    let mut trickling = Vec::new();
+    for _ in 0..3 {
+        let t = trickle_head(addr, H1_HEAD, line, Duration::from_millis(300), limit);
+        trickling.push((
+            "an HTTP/1.1 head trickled after its request line",
+            tokio::spawn(t),
+        ));
+    }
+    // heads trickled from their very first byte: a server that waits for some bytes
+    // before starting its clock (to tell HTTP/1.1 from h2c by the preface, say)
+    // would hold the h2c one for the 19 s its 24 bytes take
+    let gap = Duration::from_millis(800);
+    trickling.push((
+        "an HTTP/1.1 head trickled from its first byte",
+        tokio::spawn(trickle_head(addr, H1_HEAD, 0, gap, limit)),
+    ));
+    trickling.push((
+        "an h2c preface trickled from its first byte",
+        tokio::spawn(trickle_head(addr, H2_PREFACE, 0, gap, limit)),
+    ));
     // a connection that never sends a byte has not sent a complete head either
     let silent = tokio::spawn(async move {
         let mut s = connect(addr).await;
-        wire::read_until_closed(&mut s, Duration::from_secs(15)).await
+        wire::read_until_closed(&mut s, limit).await
     });
-    for t in trickling {
+    for (what, t) in trickling {
         assert!(
             t.await.expect("task"),
-            "a head trickled a byte every 300 ms was still open 15 s after a --header-timeout of 1s"
+            "{what} was still open 15 s after a --header-timeout of 1s"
         );
     }
     let silent = silent.await.expect("task");

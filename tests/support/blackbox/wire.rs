@@ -149,9 +149,13 @@ pub const NORMAL_CHAT: &str =
 /// A well-behaved streamed chat completion request body.
 pub const NORMAL_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Stream to me."}]}"#;
 
-/// `/health` answers healthy and a normal chat completion succeeds, each within
-/// [`ANSWER_DEADLINE`] — what "still serving" means after an attack.
+/// `/health` answers healthy and a normal chat completion made with a real SDK
+/// (async-openai) succeeds, each within [`ANSWER_DEADLINE`] — what "still
+/// serving" means after an attack.
 pub async fn assert_serves(tt: &mut Tokentap) {
+    use async_openai::types::chat::{
+        ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
+    };
     tt.assert_running();
     let addr = tt.addr;
     let health = within(
@@ -162,19 +166,39 @@ pub async fn assert_serves(tt: &mut Tokentap) {
     .await;
     assert_eq!(health.status, StatusCode::OK, "/health: {}", health.text());
     assert_eq!(health.json()["status"], "healthy");
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = async_openai::Client::with_config(
+        async_openai::config::OpenAIConfig::new()
+            .with_api_base(format!("http://{addr}/v1"))
+            .with_api_key("sk-test-key"),
+    );
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("gpt-4o-mini")
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("Are you still there?")
+            .build()
+            .expect("message")
+            .into()])
+        .build()
+        .expect("request");
     let chat = within(
         ANSWER_DEADLINE,
-        "a normal chat completion after the scenario",
-        post_json(addr, "/v1/chat/completions", NORMAL_CHAT),
+        "a normal chat completion (async-openai) after the scenario",
+        client.chat().create(req),
     )
-    .await;
-    assert_eq!(chat.status, StatusCode::OK, "chat: {}", chat.text());
-    let v = chat.json();
-    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    .await
+    .expect("a normal chat completion after the scenario");
     assert!(
-        v["usage"]["total_tokens"].as_u64().is_some_and(|n| n > 0),
-        "{v}"
+        chat.choices[0]
+            .message
+            .content
+            .as_deref()
+            .is_some_and(|c| !c.is_empty()),
+        "{chat:?}"
     );
+    assert!(chat.usage.is_some_and(|u| u.total_tokens > 0), "usage");
+    drop(client);
     tt.assert_running();
 }
 
