@@ -499,3 +499,28 @@ pub async fn send_raw(addr: SocketAddr, req: Vec<u8>) -> Option<u16> {
         .unwrap_or_else(|| panic!("not an HTTP response: {:?}", String::from_utf8_lossy(&got)));
     Some(r.status)
 }
+
+/// The bytes of a `POST` of a JSON `body` (with `content-length`, or chunked in
+/// 1 MiB chunks), `connection: close`.
+pub fn raw_post(path: &str, body: &[u8], chunked: bool) -> Vec<u8> {
+    let framing = if chunked {
+        "transfer-encoding: chunked".to_owned()
+    } else {
+        format!("content-length: {}", body.len())
+    };
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: tokentap.test\r\ncontent-type: application/json\r\n{framing}\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    if chunked {
+        for piece in body.chunks(1 << 20) {
+            raw.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            raw.extend_from_slice(piece);
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"0\r\n\r\n");
+    } else {
+        raw.extend_from_slice(body);
+    }
+    raw
+}
