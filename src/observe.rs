@@ -140,7 +140,7 @@ impl Observer {
     /// a stream that the upstream compressed although asked for `identity`,
     /// and removing what the injection added needs the plain text.
     ///
-    /// `src/proxy.rs` must call this when it builds the client's response
+    /// `proxy::respond` calls this when it builds the client's response
     /// head and, when it is true, remove `Content-Encoding` and
     /// `Content-Length` from it (the body then is the decoded, edited stream).
     pub fn decodes_for_client(&self) -> bool {

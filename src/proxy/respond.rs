@@ -67,6 +67,10 @@ where
     if observer.edits() {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
+    if observer.decodes_for_client() {
+        // an injected stream compressed against our `identity`: the client gets it decoded
+        parts.headers.remove(header::CONTENT_ENCODING);
+    }
     if let Some(v) = traceresponse {
         parts.headers.insert(TRACERESPONSE, v);
     }
