@@ -16,7 +16,7 @@ use crate::agent::Agent;
 use crate::config::{Config, Upstream};
 use crate::demo::{DemoOptions, DemoUpstream};
 use crate::genai::pricing::PriceTable;
-use crate::listener;
+use crate::listener::{self, ConnectionLimits, ServeOptions};
 use crate::proxy::Proxy;
 use crate::route::Routes;
 use crate::server::{self, Server};
@@ -147,7 +147,15 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
         ),
     });
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(server::serve(listener, server, rx, cfg.shutdown_grace));
+    let options = ServeOptions {
+        grace: Some(cfg.shutdown_grace),
+        limits: Some(ConnectionLimits {
+            header_timeout: cfg.header_timeout,
+            idle_timeout: cfg.idle_timeout,
+        }),
+        max_connections: Some(cfg.max_connections as usize),
+    };
+    let task = tokio::spawn(server::serve(listener, server, rx, options));
     Ok(Running {
         addr,
         upstream,

@@ -105,7 +105,7 @@ impl DemoUpstream {
         });
         // Open connections finish their in-flight requests however long they take
         // (hanging streams end at shutdown on their own).
-        let options = ServeOptions { grace: None };
+        let options = ServeOptions::default();
         tokio::spawn(listener::serve(
             listener,
             builder,

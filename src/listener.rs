@@ -9,6 +9,10 @@
 //! one place means the connection limits of SPEC §8 (head-read timeout, idle
 //! keep-alive timeout, connection cap) are added once, in [`serve`], for both.
 
+mod limits;
+
+pub use limits::ConnectionLimits;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -99,6 +103,10 @@ pub struct ServeOptions {
     /// After the stop signal, how long in-flight connections get to finish
     /// before [`serve`] returns anyway; `None` waits for all of them.
     pub grace: Option<Duration>,
+    /// Head and idle deadlines per connection; `None`: none (the demo).
+    pub limits: Option<ConnectionLimits>,
+    /// Connections served at once; past it `accept` waits for one to close.
+    pub max_connections: Option<usize>,
 }
 
 /// Accepts connections on `listener` and serves each with a clone of
@@ -120,13 +128,24 @@ pub async fn serve<S, B>(
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder);
+    let slots = options
+        .max_connections
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
     loop {
+        // at the cap, wait for a connection to close before accepting: the kernel
+        // queues newcomers meanwhile, and no accepted connection is ever dropped
+        let slot = match &slots {
+            None => None,
+            Some(slots) => tokio::select! {
+                () = stopped(&mut stop) => break,
+                slot = slots.clone().acquire_owned() => slot.ok(),
+            },
+        };
         let accepted = tokio::select! {
             () = stopped(&mut stop) => break,
             accepted = listener.accept() => accepted,
@@ -139,12 +158,13 @@ pub async fn serve<S, B>(
                 continue;
             }
         };
-        spawn_connection(
-            stream,
-            Arc::clone(&builder),
-            service.clone(),
-            graceful.watcher(),
-        );
+        let conn = Connection {
+            builder: Arc::clone(&builder),
+            watcher: graceful.watcher(),
+            limits: options.limits,
+            _slot: slot,
+        };
+        conn.spawn(stream, service.clone());
     }
     drop(listener);
     drain(graceful, options.grace).await;
@@ -155,28 +175,60 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Serves one accepted connection in its own task, watched for graceful shutdown.
-fn spawn_connection<S, B>(
-    stream: TcpStream,
+/// One accepted connection and what it is served with.
+struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    service: S,
     watcher: Watcher,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    // streamed tokens are small writes; Nagle would hold each one back
-    let _ = stream.set_nodelay(true);
-    tokio::spawn(async move {
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
-    });
+    limits: Option<ConnectionLimits>,
+    /// Its place under `--max-connections`, given back when the task ends.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Connection {
+    /// Serves the connection in its own task, watched for graceful shutdown and,
+    /// with limits, closed by its watchdog when a deadline passes.
+    fn spawn<S, B>(self, stream: TcpStream, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        // streamed tokens are small writes; Nagle would hold each one back
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let Connection {
+                builder,
+                watcher,
+                limits,
+                _slot,
+            } = self;
+            let result = match limits {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(limits) => {
+                    let activity = limits::Activity::new();
+                    let io = TokioIo::new(limits::Watched::new(stream, activity.clone()));
+                    let service = limits::Tracked::new(service, activity.clone());
+                    let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
+                    tokio::select! {
+                        result = conn => result,
+                        () = limits::watchdog(activity, limits) => {
+                            tracing::debug!("closing a connection past its head or idle deadline");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
 }
 
 /// Signals every watched connection to finish and waits for them, at most `grace`.
@@ -223,8 +275,7 @@ mod tests {
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
@@ -296,7 +347,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn idle_keep_alive_connections_do_not_hold_up_the_stop() {
-        let (addr, stop, task) = start(hello(), ServeOptions { grace: None });
+        let (addr, stop, task) = start(hello(), ServeOptions::default());
         let client = client();
         let resp = client.request(get(addr)).await.unwrap();
         assert_eq!(
@@ -328,7 +379,10 @@ mod tests {
                 Ok::<_, Infallible>(Response::new(ChannelBody::new(rx)))
             }
         });
-        let options = ServeOptions { grace: Some(LONG) };
+        let options = ServeOptions {
+            grace: Some(LONG),
+            ..ServeOptions::default()
+        };
         let (addr, stop, task) = start(service, options);
         let resp = client().request(get(addr)).await.unwrap();
         let mut body = resp.into_body();
@@ -368,6 +422,7 @@ mod tests {
         });
         let options = ServeOptions {
             grace: Some(Duration::from_millis(50)),
+            ..ServeOptions::default()
         };
         let (addr, stop, task) = start(service, options);
         let resp = client().request(get(addr)).await.unwrap();

@@ -50,18 +50,17 @@ impl Target {
     }
 }
 
-/// Serves `listener` until `stop` turns true, then drains within `grace`.
+/// Serves `listener` until `stop` turns true, then drains as `options` say.
 pub(crate) async fn serve(
     listener: TcpListener,
     server: Arc<Server>,
     stop: watch::Receiver<bool>,
-    grace: std::time::Duration,
+    options: ServeOptions,
 ) {
     let svc = service_fn(move |req| {
         let server = server.clone();
         async move { Ok::<_, std::convert::Infallible>(server.route(req).await) }
     });
-    let options = ServeOptions { grace: Some(grace) };
     listener::serve(
         listener,
         auto::Builder::new(TokioExecutor::new()),
