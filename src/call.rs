@@ -1,8 +1,11 @@
 //! The one record of a finished call.
 //!
-//! Everything tokentap reports about a call (metrics now, spans and logs
-//! later) is derived from this record, built once when the call ends, so
-//! the different signals can never disagree.
+//! Everything tokentap reports about a call — its span, the Prometheus
+//! series, the OTel instruments, the log line — is derived from this record
+//! by the telemetry sinks, so the different signals can never disagree. It
+//! is started by the proxy's prepare stage (request facts, provider,
+//! upstream), filled in as the response flows (status, usage, timings), and
+//! handed over exactly once when the call ends.
 
 use std::time::Duration;
 

@@ -16,7 +16,7 @@
 //! `responses`, `embeddings`, `models`), which generates its reply with `text`
 //! and renders it with `wire`; `faults` holds the fault models and timing
 //! controls. Sockets, the accept loop and graceful shutdown are
-//! [`crate::listener`]'s, shared with the proxy.
+//! `crate::listener`'s, shared with the proxy.
 
 mod chat;
 mod completions;

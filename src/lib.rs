@@ -3,45 +3,70 @@
 //! # The path of one request
 //!
 //! ```text
-//! client ──► server (route) ──► proxy::forward ──► upstream (pooled hyper client, rustls)
-//!                │                  │  read the body (bounded), genai::request → RequestFacts,
-//!                │                  │  ask a stream for usage if it would carry none (genai::inject)
-//!                │                  ▼
-//!                │            tap::Tap wraps the response body: frames pass through as they
-//!                │            arrive, observe::Observer decodes a copy (genai::sse / stream /
-//!                │            response / decode); exactly once — end, error, or client gone —
-//!                │            a call::Call is handed to telemetry::Recorder
-//!                ▼
-//!          /health, /metrics answered locally
+//!            listener (accept, head/idle deadlines, connection cap)
+//!               │
+//! client ──► server ──► Target: /health · /metrics · agent · proxy
+//!                                              │        │
+//!                                              │        ▼  proxy stages (proxy/*.rs)
+//!                                              │   read body (inbound: size + time bounds)
+//!                                              │   → route (route.rs: upstream, provider, pool)
+//!                                              │   → prepare (RequestFacts → Call, usage injection)
+//!                                              │   → upstream request → send (upstream.rs pool)
+//!                                              │   → tap: tap::Tap passes every frame on as it
+//!                                              │     arrives; observe::Observer decodes a copy
+//!                                              │     (genai::sse / stream / response / decode)
+//!                                              ▼
+//!              agent (lab API) ── calls the model through the same proxy stages
+//!
+//! exactly once per call — end, error, or client gone — a call::Call goes to
+//! telemetry::Recorder: priced, labels bounded once, then handed to each
+//! CallSink in order: Prometheus metrics → OTel instruments → log line → span
 //! ```
 //!
 //! # Module map
+//! Composition and configuration:
+//! - [`app`]: the composition root — builds every part, one `StartError` with its exit code
 //! - [`config`]: flags, env and `.env` → [`config::Config`]
-//! - [`server`]: listener, routes, graceful shutdown
-//! - [`proxy`]: forwarding and hop-by-hop rules
+//!
+//! The request path, in order:
+//! - `listener`: the socket, the shared accept loop, per-connection limits, channel bodies
+//! - `server`: routes each request to a local route, the agent or the proxy
+//! - `inbound`: reading a client's body within size and time limits
+//! - `proxy`: the forwarding stages (`proxy/{prepare,request,send,retry,respond}.rs`)
+//! - `route`: where a request goes (upstream, provider, connection pool)
+//! - `upstream`: the pooled client of a route (TLS, buffers)
 //! - [`tap`]: the body wrapper that ends each call exactly once
 //! - [`observe`]: what the tap does with the bytes it sees
+//! - `agent`: the lab's conversation API on the proxy's stages (`agent/{chat,store}.rs`)
+//!
+//! What a call is and what becomes of it:
 //! - [`genai`]: pure protocol knowledge (no I/O), unit-tested on recorded bytes
 //! - [`call`]: the one record per call all telemetry derives from
-//! - [`telemetry`]: names, the label guard, Prometheus metrics
-//! - [`demo`]: the simulated OpenAI upstream of `--demo` and the tests
-//! - [`error`]: OpenAI-shaped local errors
+//! - [`telemetry`]: the recorder and its sinks (metrics, instruments, log, span), one
+//!   descriptor per metric, the series cache, OTel providers and export queues
+//! - `error`: OpenAI-shaped local errors
+//!
+//! Beside the path:
+//! - [`demo`]: the simulated OpenAI upstream of `--demo` and the tests (`demo/`: one file
+//!   per endpoint)
+//!
+//! No module imports one that imports it back; `genai` imports none of the others.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
-pub mod agent;
+pub(crate) mod agent;
 pub mod app;
 pub mod call;
 pub mod config;
 pub mod demo;
-pub mod error;
+pub(crate) mod error;
 pub mod genai;
 pub(crate) mod inbound;
-pub mod listener;
+pub(crate) mod listener;
 pub mod observe;
-pub mod proxy;
+pub(crate) mod proxy;
 pub(crate) mod route;
-pub mod server;
+pub(crate) mod server;
 pub mod tap;
 pub mod telemetry;
 pub(crate) mod upstream;
