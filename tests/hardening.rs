@@ -575,6 +575,7 @@ async fn a_comment_only_upstream_does_not_grow_memory() {
     assert!(String::from_utf8_lossy(&tail).ends_with(&plain));
 
     let grown = tt.peak_rss_kib().saturating_sub(peak.max(rss));
+    eprintln!("comment flood: peak RSS grew {grown} KiB");
     assert!(
         grown <= 16 * 1024,
         "peak RSS grew by {grown} KiB over 48 MiB of comments (baseline {rss} KiB, peak before {peak} KiB)"

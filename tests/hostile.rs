@@ -61,6 +61,8 @@ async fn assert_recovered(tt: &mut Tokentap, baseline: u64) {
         rss <= baseline + RSS_SLACK_KIB,
         "RSS {rss} KiB stayed above the warmed-up baseline {baseline} KiB + {RSS_SLACK_KIB} KiB"
     );
+    // measured figures for the record (`cargo test --test hostile -- --nocapture`)
+    eprintln!("RSS after the attack: {rss} KiB (warmed-up baseline {baseline} KiB)");
 }
 
 async fn connect(addr: SocketAddr) -> TcpStream {
