@@ -49,6 +49,8 @@
 //! Beside the path:
 //! - [`demo`]: the simulated OpenAI upstream of `--demo` and the tests (`demo/`: one file
 //!   per endpoint)
+//! - [`websocket`]: a bounded, pure reader of WebSocket messages from copied bytes
+//!   (fragments, control frames, `permessage-deflate`), for observing tunnels
 //!
 //! No module imports one that imports it back; `genai` imports none of the others.
 #![forbid(unsafe_code)]
@@ -70,3 +72,4 @@ pub(crate) mod server;
 pub mod tap;
 pub mod telemetry;
 pub(crate) mod upstream;
+pub mod websocket;
