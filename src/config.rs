@@ -124,6 +124,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration that must be more than zero (a zero deadline would close or refuse everything).
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?} must be more than zero"));
+    }
+    Ok(d)
+}
+
 /// Longest duration any setting accepts: deadlines past it would overflow the
 /// clock arithmetic of timers, and no real wait is that long.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -216,15 +225,15 @@ pub struct Cli {
     pub max_body: u64,
 
     /// Close a connection that has not sent a complete request head within this (slowloris)
-    #[arg(long, env = "TOKENTAP_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "TOKENTAP_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub header_timeout: Duration,
 
     /// Longest wait for the next byte of a request body (→ 408)
-    #[arg(long, env = "TOKENTAP_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "TOKENTAP_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub request_timeout: Duration,
 
     /// Close an idle keep-alive client connection after this
-    #[arg(long, env = "TOKENTAP_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "TOKENTAP_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
 
     /// Client connections served at once; past it tokentap waits before accepting more
@@ -447,6 +456,8 @@ mod tests {
         assert!(parse_duration("1000000000s").is_err());
         assert!(parse_duration("8761h").is_err());
         assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
         assert_eq!(parse_size("32MiB"), Ok(32 << 20));
         assert_eq!(parse_size("1kb"), Ok(1000));
         assert_eq!(parse_size("77"), Ok(77));

@@ -216,6 +216,8 @@ impl Connection {
                     let service = limits::Tracked::new(service, activity.clone());
                     let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
                     tokio::select! {
+                        // a connection with bytes ready is served before its deadline is judged
+                        biased;
                         result = conn => result,
                         () = limits::watchdog(activity, limits) => {
                             tracing::debug!("closing a connection past its head or idle deadline");

@@ -45,7 +45,7 @@ use crate::inbound::{self, ReadError};
 use crate::route::Routes;
 use crate::tap::BoxError;
 use crate::telemetry::Recorder;
-use crate::telemetry::spans;
+use crate::telemetry::{bounded, spans};
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -185,10 +185,10 @@ impl Proxy {
         };
         let resp = match original {
             None => resp.map(retry::Prefixed::new),
-            Some(original) => match retry::judge(resp).await {
+            Some(original) => match retry::judge(resp, self.read_timeout).await {
                 retry::Verdict::Forward(resp) => resp,
                 retry::Verdict::Retry => {
-                    tracing::info!(path = %call.path, "the upstream refused stream_options; sending the request as the client wrote it");
+                    tracing::info!(path = %bounded::for_log(&call.path), "the upstream refused stream_options; sending the request as the client wrote it");
                     call.usage_injected = false;
                     let up = match request::build(route, original, body, &call) {
                         Ok(up) => up,
@@ -230,7 +230,7 @@ impl Proxy {
             other => Outcome::Rejected(other.code()),
         };
         call.duration = started.elapsed();
-        tracing::warn!(status = status.as_u16(), path = %call.path, error = %e, "request failed locally");
+        tracing::warn!(status = status.as_u16(), path = %bounded::for_log(&call.path), error = %e, "request failed locally");
         let traceresponse = call.trace.as_ref().and_then(spans::traceresponse);
         self.recorder.record(call);
         let mut resp = full_response(status, "application/json", e.body());

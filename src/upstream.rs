@@ -23,6 +23,9 @@ pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Full<Byte
 /// this, since a head must fit in it whole.
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
+/// HTTP/2's limit on a response head: 64 KiB plus 32 bytes for each of up to 100 headers.
+const H2_MAX_HEADER_LIST: u32 = (MAX_RESPONSE_HEAD + 32 * 100) as u32;
+
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -65,5 +68,8 @@ pub(crate) fn client(connect_timeout: Duration) -> Client {
         // `proxy_buffer_size`) made a 502 of a call the upstream had already run and
         // billed (issue 11), so heads up to 64 KiB pass.
         .http1_max_buf_size(MAX_RESPONSE_HEAD)
+        // HTTP/2 counts 32 bytes more per header (RFC 9113 §6.5.2) and defaults to 16 KiB;
+        // the exact 64 KiB check on the parsed head is the proxy's (`send.rs`)
+        .http2_max_header_list_size(H2_MAX_HEADER_LIST)
         .build(https)
 }

@@ -26,7 +26,7 @@ use crate::genai::sse::SseDecoder;
 use crate::genai::stream::StreamAccumulator;
 use crate::listener::ChannelBody;
 use crate::proxy::{Proxy, ResponseBody, Timing};
-use crate::telemetry::Recorder;
+use crate::telemetry::{Recorder, bounded};
 
 #[derive(Deserialize)]
 struct ChatBody {
@@ -100,8 +100,10 @@ impl Agent {
             Ok(id) => id,
             Err(resp) => return resp,
         };
-        cx.span()
-            .set_attribute(KeyValue::new("request.model", model.clone()));
+        cx.span().set_attribute(KeyValue::new(
+            "request.model",
+            bounded::cut(&model).into_owned(),
+        ));
         let conv = self.conversation(&id);
         let guard = conv.clone().lock_owned().await;
 
@@ -234,9 +236,9 @@ impl Agent {
         let msg = msg.into();
         let span = pcx.span();
         span.set_attribute(KeyValue::new("error.type", "upstream_error"));
-        span.set_status(Status::error(msg.clone()));
+        span.set_status(Status::error(bounded::cut(&msg).into_owned()));
         span.end();
-        tracing::warn!(error = %msg, "agent call failed; conversation unchanged");
+        tracing::warn!(error = %bounded::for_log(&msg), "agent call failed; conversation unchanged");
         detail(StatusCode::INTERNAL_SERVER_ERROR, msg)
     }
 

@@ -13,15 +13,21 @@
 //!   `header_timeout` ago, or no request at all within `header_timeout` of
 //!   accepting: slowloris, closed;
 //! - nothing in flight, no bytes, and the last request ended more than
-//!   `idle_timeout` ago: idle keep-alive, closed.
+//!   `idle_timeout` ago: idle keep-alive, closed;
+//! - a request in flight whose answer the client has not taken for more than
+//!   `idle_timeout` (writes blocked: the client stopped reading): closed, or
+//!   a client that never reads would hold its slot under `--max-connections`
+//!   forever.
 //!
-//! A connection with a request in flight is never closed here: its body has
-//! `--request-timeout`, its upstream `--read-timeout`.
+//! Otherwise a connection with a request in flight is not closed here: its
+//! body has `--request-timeout`, its upstream `--read-timeout`. On HTTP/2 the
+//! frames between requests (PING, WINDOW_UPDATE, SETTINGS) are not a request
+//! head, so once a request was served only the idle deadline applies.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -52,6 +58,10 @@ pub(super) struct Activity {
     head_started: AtomicU64,
     /// When the last request ended; `NONE` until one has.
     idle_since: AtomicU64,
+    /// Since when writes to the client have been blocked; `NONE` when they flow.
+    write_blocked: AtomicU64,
+    /// The connection speaks HTTP/2 (its bytes between requests are not heads).
+    h2: AtomicBool,
 }
 
 impl Activity {
@@ -61,6 +71,8 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             head_started: AtomicU64::new(NONE),
             idle_since: AtomicU64::new(NONE),
+            write_blocked: AtomicU64::new(NONE),
+            h2: AtomicBool::new(false),
         })
     }
 
@@ -69,10 +81,23 @@ impl Activity {
     }
 
     fn read_some(&self) {
+        let between_h2_requests =
+            self.h2.load(Ordering::Relaxed) && self.idle_since.load(Ordering::Relaxed) != NONE;
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == NONE
+            && !between_h2_requests
         {
             self.head_started.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the last write to the client could not proceed.
+    fn wrote(&self, blocked: bool) {
+        let now_blocked = self.write_blocked.load(Ordering::Relaxed) != NONE;
+        if blocked && !now_blocked {
+            self.write_blocked.store(self.now(), Ordering::Relaxed);
+        } else if !blocked && now_blocked {
+            self.write_blocked.store(NONE, Ordering::Relaxed);
         }
     }
 
@@ -86,16 +111,17 @@ impl Activity {
     /// When the connection must be closed if nothing changes, in ms since accept;
     /// `None` while a request is in flight.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<u64> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE - 1);
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            let blocked = self.write_blocked.load(Ordering::Relaxed);
+            return (blocked != NONE).then(|| blocked.saturating_add(ms(limits.idle_timeout)));
+        }
         let head = self.head_started.load(Ordering::Relaxed);
         let idle = self.idle_since.load(Ordering::Relaxed);
-        Some(if head != NONE {
+        Some(if idle == NONE {
+            ms(limits.header_timeout) // a new connection: its first head counts from accept
+        } else if head != NONE {
             head.saturating_add(ms(limits.header_timeout))
-        } else if idle == NONE {
-            ms(limits.header_timeout) // nothing asked since accept
         } else {
             idle.saturating_add(ms(limits.idle_timeout))
         })
@@ -167,7 +193,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.wrote(polled.is_pending());
+        polled
     }
 
     fn poll_write_vectored(
@@ -175,7 +203,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.wrote(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -217,6 +247,9 @@ where
     type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if req.version() == http::Version::HTTP_2 {
+            self.activity.h2.store(true, Ordering::Relaxed);
+        }
         let guard = self.activity.begin();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -269,10 +302,17 @@ mod tests {
         let a = Activity::new();
         // accepted, nothing sent: the head deadline from accept
         assert_eq!(a.deadline(&LIMITS), Some(30_000));
-        a.head_started.store(1_000, Ordering::Relaxed);
-        assert_eq!(a.deadline(&LIMITS), Some(31_000));
-        // a request in flight: no deadline here
+        // a first head started late still counts from accept
+        a.head_started.store(29_000, Ordering::Relaxed);
+        assert_eq!(a.deadline(&LIMITS), Some(30_000));
+        // a request in flight: no deadline while the client takes what it is sent
         let g = a.begin();
+        assert_eq!(a.deadline(&LIMITS), None);
+        // …but a client that stopped reading gets the idle deadline
+        a.wrote(true);
+        let blocked = a.write_blocked.load(Ordering::Relaxed);
+        assert_eq!(a.deadline(&LIMITS), Some(blocked + 300_000));
+        a.wrote(false);
         assert_eq!(a.deadline(&LIMITS), None);
         // bytes while in flight are the body, not a new head
         a.read_some();
@@ -284,5 +324,15 @@ mod tests {
         a.read_some();
         let head = a.head_started.load(Ordering::Relaxed);
         assert_eq!(a.deadline(&LIMITS), Some(head + 30_000));
+    }
+
+    #[test]
+    fn http2_frames_between_requests_are_not_heads() {
+        let a = Activity::new();
+        a.h2.store(true, Ordering::Relaxed);
+        drop(a.begin());
+        a.read_some(); // a PING after the last stream
+        let idle = a.idle_since.load(Ordering::Relaxed);
+        assert_eq!(a.deadline(&LIMITS), Some(idle + 300_000));
     }
 }

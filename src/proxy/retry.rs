@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
@@ -86,7 +87,9 @@ pub(super) enum Verdict {
 }
 
 /// Looks at an answer to an injected request: a `400` naming `stream_options` means retry.
-pub(super) async fn judge(resp: Response<Incoming>) -> Verdict {
+/// Each read of the `400` body waits at most `read_timeout`; past it the answer is
+/// forwarded as it is, and the tap's own idle deadline takes over.
+pub(super) async fn judge(resp: Response<Incoming>, read_timeout: Duration) -> Verdict {
     if resp.status() != StatusCode::BAD_REQUEST {
         return Verdict::Forward(resp.map(Prefixed::new));
     }
@@ -94,7 +97,10 @@ pub(super) async fn judge(resp: Response<Incoming>) -> Verdict {
     let mut seen = BytesMut::new();
     let mut done = false;
     while seen.len() < ERROR_PEEK_MAX {
-        match body.frame().await {
+        let Ok(frame) = tokio::time::timeout(read_timeout, body.frame()).await else {
+            break; // a silent upstream: forward what there is, the tap times it out
+        };
+        match frame {
             None => {
                 done = true;
                 break;

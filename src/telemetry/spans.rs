@@ -276,7 +276,12 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
     a
 }
 
-/// Cuts every string (and string array element) in `a` to the identifier limit.
+/// Most elements an array attribute keeps (stop sequences, finish reasons): a
+/// client could otherwise send a million stop strings into one span.
+const MAX_ARRAY: usize = 128;
+
+/// Cuts every string (and string array element) in `a` to the identifier limit,
+/// and arrays to [`MAX_ARRAY`] elements.
 fn bound_identifiers(a: &mut [KeyValue]) {
     let limit = |s: &StringValue| bounded::cut(s.as_str()).len() < s.as_str().len();
     for kv in a {
@@ -285,6 +290,7 @@ fn bound_identifiers(a: &mut [KeyValue]) {
                 *s = StringValue::from(bounded::cut(s.as_str()).into_owned());
             }
             Value::Array(Array::String(v)) => {
+                v.truncate(MAX_ARRAY);
                 for s in v.iter_mut().filter(|s| limit(s)) {
                     *s = StringValue::from(bounded::cut(s.as_str()).into_owned());
                 }
