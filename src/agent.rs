@@ -31,7 +31,7 @@ use store::{Shared, Store};
 /// The conversation used when a request names none (the lab's single one).
 pub const DEFAULT_CONVERSATION: &str = "default";
 
-/// The agent's routes (SPEC §6); every other request is the proxy's.
+/// The agent's routes (the lab's API, see the README); every other request is the proxy's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AgentRoute {
     Chat,
@@ -285,7 +285,7 @@ impl Agent {
     }
 }
 
-/// Longest conversation id (SPEC §8); ids are also keys and log fields.
+/// Longest conversation id; ids are also keys and log fields.
 const MAX_CONVERSATION_ID: usize = 128;
 
 /// The conversation a request names (the default one when it names none), or

@@ -6,7 +6,7 @@
 //! matters under load and at shutdown: a deep accept queue, no spinning when
 //! accepting fails, no Nagle delay on streamed tokens, and a shutdown that
 //! stops accepting at once yet lets in-flight streams finish. Keeping that in
-//! one place means the connection limits of SPEC §8 (head-read timeout, idle
+//! one place means the connection limits (head-read timeout, idle
 //! keep-alive timeout, connection cap) are added once, in [`serve`], for both.
 
 mod limits;
@@ -94,7 +94,7 @@ impl Body for ChannelBody {
 
 /// How [`serve`] treats its connections.
 ///
-/// The connection limits of SPEC §8 belong here, next to the shutdown grace,
+/// The connection limits belong here, next to the shutdown grace,
 /// and are applied in [`serve`] alone: the connection cap before `accept`
 /// (waiting for a free slot, still watching the stop signal), the head-read and
 /// idle keep-alive timeouts per connection in `spawn_connection`.

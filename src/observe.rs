@@ -6,8 +6,8 @@
 //! tokentap injected `include_usage`, the observer also edits the stream
 //! (see `genai::inject`) and says which bytes the client gets; if the
 //! upstream compressed that stream anyway, the edit needs the plain text, so
-//! the client then gets the decoded, edited stream (SPEC §8: the client never
-//! sees injected usage). A hostile upstream cannot make the observer hold
+//! the client then gets the decoded, edited stream (usage injection fails
+//! open: the client never sees injected usage). A hostile upstream cannot make the observer hold
 //! more than the caps below, however far its bytes inflate.
 
 use std::ops::ControlFlow;

@@ -317,7 +317,7 @@ async fn raw_upstream(response: Vec<u8>) -> String {
 
 /// Upstream read buffers are capped (so pooled connections don't keep grown buffers):
 /// a multi-megabyte body still arrives byte for byte; a head up to 64 KiB passes
-/// (SPEC §8: an 8 KiB cap made a 502 of a call the upstream had run and billed), and
+/// (issue 11: an 8 KiB cap made a 502 of a call the upstream had run and billed), and
 /// one over it is a clear 502 with code `upstream_header_too_large`.
 #[tokio::test(flavor = "multi_thread")]
 async fn big_bodies_pass_and_oversized_response_heads_are_a_502() {

@@ -1,4 +1,4 @@
-//! Regression tests for the findings of issue 11 (SPEC §8), one per finding,
+//! Regression tests for the findings of issue 11 (docs/configuration.md "Limits and hostile input"), one per finding,
 //! each against the real binary in front of `--demo` or a scripted upstream
 //! that misbehaves the way the finding needs. The slow-client findings
 //! (slowloris heads, request-body deadline, idle keep-alives, the connection
@@ -1055,7 +1055,7 @@ async fn upstream_heads_up_to_64_kib_pass_and_larger_are_502() {
     wire::assert_alive(&mut tt).await;
 }
 
-// ---- finding (SPEC §8 "usage injection fails open", b): an upstream that
+// ---- finding ("usage injection fails open", b): an upstream that
 // ---- answers 400 naming stream_options to an injected request
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1128,7 +1128,7 @@ async fn a_400_naming_stream_options_gets_the_original_request_once() {
     wire::assert_alive(&mut tt).await;
 }
 
-// ---- SPEC §8 "memory is bounded under hostile upstreams": one SSE event larger
+// ---- "memory is bounded under hostile upstreams": one SSE event larger
 // ---- than 1 MiB is passed through unparsed
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,4 +1,4 @@
-//! Hostile clients against the real binary (SPEC §8, issue 11): slowloris heads,
+//! Hostile clients against the real binary (issue 11; docs/configuration.md "Limits and hostile input"): slowloris heads,
 //! stalled bodies, idle keep-alives, more connections than `--max-connections`,
 //! huge headers and h2c with many streams. Each test runs its own `tokentap
 //! --demo`, warms it up, attacks it, and then requires that it still answers

@@ -2,7 +2,7 @@
 //!
 //! Model names, ids, paths and error codes come from clients and upstreams;
 //! one request with a 1 MiB `model` must not make a 1 MiB span name or log
-//! line. SPEC §8 caps them at 256 bytes, lowered by the standard
+//! line. The limits (docs/configuration.md) cap them at 256 bytes, lowered by the standard
 //! `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` / `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`.
 //! Log fields also lose raw control characters, so a `\n` in an id cannot
 //! forge a log line.
@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-/// The most bytes an identifier keeps (SPEC §8).
+/// The most bytes an identifier keeps.
 pub(crate) const MAX_IDENTIFIER: usize = 256;
 
 /// The limit in force: 256, or less when the OTel attribute limits say so.
