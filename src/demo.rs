@@ -13,7 +13,8 @@
 //! upstreams. See [`DemoUpstream`] for the routes and the fault models.
 //!
 //! Layout: `route` picks the endpoint (one file each: `chat`, `completions`,
-//! `responses`, `embeddings`, `models`), which generates its reply with `text`
+//! `responses`, `embeddings`, `models`, `transcriptions`, `images`,
+//! `moderations`; `uploads` reads the multipart forms), which generates its reply with `text`
 //! and renders it with `wire`; `faults` holds the fault models and timing
 //! controls. Sockets, the accept loop and graceful shutdown are
 //! [`crate::listener`]'s, shared with the proxy.
@@ -22,12 +23,16 @@ mod chat;
 mod completions;
 mod embeddings;
 mod faults;
+mod images;
 mod models;
+mod moderations;
 mod responses;
 mod route;
 #[cfg(test)]
 mod testkit;
 mod text;
+mod transcriptions;
+mod uploads;
 mod wire;
 
 use std::convert::Infallible;

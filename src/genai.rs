@@ -8,6 +8,7 @@ pub mod content;
 pub mod decode;
 pub mod inject;
 pub mod lenient;
+pub mod multipart;
 pub mod pricing;
 pub mod provider;
 pub mod request;
