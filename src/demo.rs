@@ -23,6 +23,7 @@ mod chat;
 mod completions;
 mod embeddings;
 mod faults;
+mod form;
 mod images;
 mod models;
 mod moderations;

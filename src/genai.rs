@@ -6,6 +6,7 @@
 
 pub mod content;
 pub mod decode;
+pub mod details;
 pub mod inject;
 pub mod lenient;
 pub mod multipart;

@@ -9,8 +9,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::form::Form;
 use super::text::{Fnv, words};
-use super::uploads::Form;
 use super::wire::{ApiError, CREATED, Payload, to_json};
 
 /// A 1×1 PNG, base64 (the same for every prompt, so answers are stable).
@@ -136,8 +136,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::demo::form::form_body;
     use crate::demo::testkit::*;
-    use crate::demo::uploads::form_body;
 
     #[tokio::test(flavor = "multi_thread")]
     async fn generations_report_text_input_and_image_output() {

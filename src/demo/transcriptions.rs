@@ -10,8 +10,8 @@
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::form::Form;
 use super::text::{mix, pieces, sentence, words};
-use super::uploads::Form;
 use super::wire::{ApiError, Payload, sse_data, to_json};
 use crate::genai::request::Operation;
 
@@ -145,8 +145,8 @@ mod tests {
     use http::{Method, StatusCode};
 
     use super::*;
+    use crate::demo::form::form_body;
     use crate::demo::testkit::*;
-    use crate::demo::uploads::form_body;
 
     const CT: &str = "multipart/form-data; boundary=demo-boundary";
 

@@ -10,6 +10,8 @@
 use serde::de::MapAccess;
 use serde_json::Value;
 
+pub use super::details::TokenDetails;
+use super::details::{InputDetails, Modalities, OutputDetails};
 use super::lenient::{
     Count, Flaws, FromJson, Lenient, Str, from_value, members, object_from_slice,
 };
@@ -27,23 +29,6 @@ pub struct Usage {
     pub reasoning_tokens: Option<u64>,
     /// How input and output split by modality, as far as the provider said.
     pub details: TokenDetails,
-}
-
-/// The modality split of a usage (`*_tokens_details` / `*_token_details`):
-/// each count is part of `input_tokens` or `output_tokens`, and priced at
-/// its own rate when the price table has one (`genai::pricing`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenDetails {
-    pub input_audio: Option<u64>,
-    pub input_text: Option<u64>,
-    pub input_image: Option<u64>,
-    /// Parts of the cached input (`cached_tokens_details`).
-    pub cached_audio: Option<u64>,
-    pub cached_text: Option<u64>,
-    pub cached_image: Option<u64>,
-    pub output_audio: Option<u64>,
-    pub output_text: Option<u64>,
-    pub output_image: Option<u64>,
 }
 
 /// Facts read from a response (whole body or assembled from a stream).
@@ -119,93 +104,6 @@ impl Flaws for RawUsage {
             || self.completion_tokens_details.flawed()
             || self.output_tokens_details.flawed()
             || self.output_token_details.flawed()
-    }
-}
-
-/// Counts by modality, as every details object spells them.
-#[derive(Default)]
-struct Modalities {
-    audio_tokens: Lenient<Count>,
-    text_tokens: Lenient<Count>,
-    image_tokens: Lenient<Count>,
-}
-
-impl Modalities {
-    fn flawed(&self) -> bool {
-        self.audio_tokens.flawed() || self.text_tokens.flawed() || self.image_tokens.flawed()
-    }
-}
-
-#[derive(Default)]
-struct InputDetails {
-    cached_tokens: Lenient<Count>,
-    split: Modalities,
-    cached_tokens_details: Lenient<CachedDetails>,
-}
-
-impl<'de> FromJson<'de> for InputDetails {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut d = InputDetails::default();
-        members!(map {
-            "cached_tokens" => d.cached_tokens,
-            "audio_tokens" => d.split.audio_tokens,
-            "text_tokens" => d.split.text_tokens,
-            "image_tokens" => d.split.image_tokens,
-            "cached_tokens_details" => d.cached_tokens_details,
-        });
-        Ok(Some(d))
-    }
-}
-
-impl Flaws for InputDetails {
-    fn flawed(&self) -> bool {
-        self.cached_tokens.flawed() || self.split.flawed() || self.cached_tokens_details.flawed()
-    }
-}
-
-#[derive(Default)]
-struct CachedDetails(Modalities);
-
-impl<'de> FromJson<'de> for CachedDetails {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut d = CachedDetails::default();
-        members!(map {
-            "audio_tokens" => d.0.audio_tokens,
-            "text_tokens" => d.0.text_tokens,
-            "image_tokens" => d.0.image_tokens,
-        });
-        Ok(Some(d))
-    }
-}
-
-impl Flaws for CachedDetails {
-    fn flawed(&self) -> bool {
-        self.0.flawed()
-    }
-}
-
-#[derive(Default)]
-struct OutputDetails {
-    reasoning_tokens: Lenient<Count>,
-    split: Modalities,
-}
-
-impl<'de> FromJson<'de> for OutputDetails {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut d = OutputDetails::default();
-        members!(map {
-            "reasoning_tokens" => d.reasoning_tokens,
-            "audio_tokens" => d.split.audio_tokens,
-            "text_tokens" => d.split.text_tokens,
-            "image_tokens" => d.split.image_tokens,
-        });
-        Ok(Some(d))
-    }
-}
-
-impl Flaws for OutputDetails {
-    fn flawed(&self) -> bool {
-        self.reasoning_tokens.flawed() || self.split.flawed()
     }
 }
 
