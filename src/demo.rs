@@ -72,7 +72,11 @@ impl Default for DemoOptions {
 /// A running simulated OpenAI API server.
 ///
 /// Routes: `POST /v1/chat/completions`, `POST /v1/completions`,
-/// `POST /v1/responses`, `POST /v1/embeddings`, `GET /v1/models` and
+/// `POST /v1/responses`, `POST /v1/embeddings`, `POST /v1/audio/transcriptions`
+/// and `/v1/audio/translations` (multipart; `gpt-4o-*transcribe` report token
+/// usage with an audio/text split and can stream, `whisper-*` a duration),
+/// `POST /v1/images/generations` and `/v1/images/edits` (multipart; `gpt-image-*`
+/// report token usage), `POST /v1/moderations`, `GET /v1/models` and
 /// `GET /v1/models/{id}`; anything else is a 404 in OpenAI's format.
 ///
 /// Fault models (the request's `model`, on the `POST` routes):
