@@ -17,10 +17,14 @@ const BOUNDARY: &str = "tokentap-test-7f3a";
 /// A transcription form: text fields, then a "file" holding every byte value
 /// (CR, LF, NUL, invalid UTF-8 and a boundary-like line included).
 fn transcription_form(model: &str) -> Vec<u8> {
+    form_with(&[("model", model), ("language", "en")])
+}
+
+fn form_with(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut audio: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
     audio.extend_from_slice(b"\r\n--tokentap-test-7f3\r\n\xff\xfe");
     let mut b = Vec::new();
-    for (name, value) in [("model", model), ("language", "en")] {
+    for (name, value) in fields {
         b.extend_from_slice(
             format!(
                 "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
@@ -258,8 +262,48 @@ async fn demo_serves_every_new_operation_and_whisper_has_no_cost() {
     .await;
     assert_eq!(r.status, StatusCode::OK);
 
+    // a streamed transcription: usage from its `transcript.text.done` event
+    let r = post(
+        &tt,
+        "/v1/audio/transcriptions",
+        &content_type(),
+        form_with(&[("model", "gpt-4o-transcribe"), ("stream", "true")]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let done = r
+        .text()
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .find(|e| e["type"] == "transcript.text.done")
+        .expect("a done event");
+    let streamed_in = done["usage"]["input_tokens"].as_u64().expect("input");
+    let streamed_out = done["usage"]["output_tokens"].as_u64().expect("output");
+
     let page =
-        wire::metrics_until(tt.addr, |p| wire::sum(p, "llm_requests_total", &[]) >= 4.0).await;
+        wire::metrics_until(tt.addr, |p| wire::sum(p, "llm_requests_total", &[]) >= 5.0).await;
+    let tokens = |model: &str, kind: &str| {
+        wire::sum(
+            &page,
+            "llm_tokens_used_total",
+            &[("model", model), ("type", kind)],
+        )
+    };
+    assert_eq!(tokens("gpt-4o-transcribe", "prompt"), streamed_in as f64);
+    assert_eq!(
+        tokens("gpt-4o-transcribe", "completion"),
+        streamed_out as f64
+    );
+    assert!(
+        wire::sum(
+            &page,
+            "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+            &[("gen_ai_request_model", "gpt-4o-transcribe")]
+        ) >= 1.0,
+        "{}",
+        wire::grep(&page, "time_to_first_chunk_seconds_count")
+    );
     let cost = |model: &str| wire::sum(&page, "llm_cost_usd_total", &[("model", model)]);
     assert_eq!(
         wire::sum(
