@@ -13,7 +13,8 @@
 //! upstreams. See [`DemoUpstream`] for the routes and the fault models.
 //!
 //! Layout: `route` picks the endpoint (one file each: `chat`, `completions`,
-//! `responses`, `embeddings`, `models`), which generates its reply with `text`
+//! `responses`, `embeddings`, `models`, `transcriptions`, `images`,
+//! `moderations`; `uploads` reads the multipart forms), which generates its reply with `text`
 //! and renders it with `wire`; `faults` holds the fault models and timing
 //! controls. Sockets, the accept loop and graceful shutdown are
 //! `crate::listener`'s, shared with the proxy.
@@ -22,12 +23,17 @@ mod chat;
 mod completions;
 mod embeddings;
 mod faults;
+mod form;
+mod images;
 mod models;
+mod moderations;
 mod responses;
 mod route;
 #[cfg(test)]
 mod testkit;
 mod text;
+mod transcriptions;
+mod uploads;
 mod wire;
 
 use std::convert::Infallible;
@@ -66,7 +72,11 @@ impl Default for DemoOptions {
 /// A running simulated OpenAI API server.
 ///
 /// Routes: `POST /v1/chat/completions`, `POST /v1/completions`,
-/// `POST /v1/responses`, `POST /v1/embeddings`, `GET /v1/models` and
+/// `POST /v1/responses`, `POST /v1/embeddings`, `POST /v1/audio/transcriptions`
+/// and `/v1/audio/translations` (multipart; `gpt-4o-*transcribe` report token
+/// usage with an audio/text split and can stream, `whisper-*` a duration),
+/// `POST /v1/images/generations` and `/v1/images/edits` (multipart; `gpt-image-*`
+/// report token usage), `POST /v1/moderations`, `GET /v1/models` and
 /// `GET /v1/models/{id}`; anything else is a 404 in OpenAI's format.
 ///
 /// Fault models (the request's `model`, on the `POST` routes):

@@ -6,8 +6,10 @@
 
 pub mod content;
 pub mod decode;
+pub mod details;
 pub mod inject;
 pub mod lenient;
+pub mod multipart;
 pub mod pricing;
 pub mod provider;
 pub mod request;

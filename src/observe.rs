@@ -294,6 +294,8 @@ impl Observer {
                                 }
                             }
                         }
+                        // a transcript asked for as text, srt or vtt is not JSON, and has no usage
+                        Err(_) if !expects_json(op, &call.request) => {}
                         Err(_) => call.note_parse_failure(ParseFailure::InvalidJson),
                     }
                 }
@@ -317,6 +319,18 @@ impl Observer {
                 }
             }
         }
+    }
+}
+
+/// Whether a successful answer to `op` is JSON: audio requests may ask for
+/// plain text, subtitles (`srt`, `vtt`) or JSON.
+fn expects_json(op: Operation, request: &crate::genai::request::RequestFacts) -> bool {
+    match op {
+        Operation::AudioTranscriptions | Operation::AudioTranslations => matches!(
+            request.response_format.as_deref(),
+            None | Some("json" | "verbose_json" | "diarized_json")
+        ),
+        _ => true,
     }
 }
 
@@ -389,6 +403,39 @@ mod tests {
 
         let (_, clean) = run(observer(true, None, false), [WITH_USAGE]);
         assert!(clean.parse_failures.is_empty());
+    }
+
+    #[test]
+    fn transcripts_as_text_are_not_invalid_json() {
+        let finish = |format: Option<&str>, body: &[u8]| {
+            let mut obs = Observer::new(
+                Some(Operation::AudioTranscriptions),
+                false,
+                None,
+                false,
+                Instant::now(),
+            );
+            let _ = obs.on_data(body);
+            let mut call = new_call();
+            call.operation = Some(Operation::AudioTranscriptions);
+            call.request.response_format = format.map(str::to_owned);
+            obs.finish_into(&mut call, true);
+            call
+        };
+        let text = finish(Some("text"), b"Hello there.\n");
+        assert!(text.parse_failures.is_empty());
+        assert_eq!(text.usage(), None);
+        let srt = finish(Some("srt"), b"1\n00:00:00,000 --> 00:00:01,000\nHi\n");
+        assert!(srt.parse_failures.is_empty());
+        // JSON was asked for (or nothing, which means JSON): a broken body is counted
+        let broken = finish(None, b"Hello there.");
+        assert_eq!(broken.parse_failures, vec![ParseFailure::InvalidJson]);
+        let json = finish(
+            Some("json"),
+            br#"{"text":"Hi","usage":{"type":"tokens","input_tokens":14,"input_token_details":{"text_tokens":0,"audio_tokens":14},"output_tokens":2,"total_tokens":16}}"#,
+        );
+        let u = json.usage().expect("usage");
+        assert_eq!((u.input_tokens, u.details.input_audio), (14, Some(14)));
     }
 
     #[test]

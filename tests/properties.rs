@@ -20,9 +20,11 @@ use serde_json::{Value, json};
 use tokentap::call::Call;
 use tokentap::genai::decode::Decoder;
 use tokentap::genai::inject::UsageStripper;
+use tokentap::genai::multipart;
+use tokentap::genai::pricing::{Price, cost};
 use tokentap::genai::provider::Provider;
 use tokentap::genai::request::{Operation, RequestFacts};
-use tokentap::genai::response::ResponseFacts;
+use tokentap::genai::response::{ResponseFacts, Usage};
 use tokentap::genai::sse::SseDecoder;
 use tokentap::genai::stream::StreamAccumulator;
 use tokentap::observe::{Observer, Pass};
@@ -189,11 +191,16 @@ fn typical_request_value() -> impl Strategy<Value = Value> + Clone {
     ]
 }
 
-const OPS: [Operation; 4] = [
+const OPS: [Operation; 9] = [
     Operation::ChatCompletions,
     Operation::Responses,
     Operation::Completions,
     Operation::Embeddings,
+    Operation::AudioTranscriptions,
+    Operation::AudioTranslations,
+    Operation::ImageGenerations,
+    Operation::ImageEdits,
+    Operation::Moderations,
 ];
 
 /// The same text with repeated keys resolved as `Value` resolves them (the last wins).
@@ -705,5 +712,119 @@ proptest! {
         prop_assert_eq!(out, gz);
         prop_assert_eq!(plain.response, packed.response);
         prop_assert_eq!(plain.parse_failures, packed.parse_failures);
+    }
+}
+
+/// A usage whose details are arbitrary: they may exceed the totals they are parts of.
+fn arb_usage() -> impl Strategy<Value = Usage> {
+    let count = || prop::option::of(0u64..5000);
+    (
+        (0u64..5000, 0u64..5000, count()),
+        (count(), count(), count(), count(), count()),
+        (count(), count(), count(), count()),
+    )
+        .prop_map(
+            |((input, output, cached), (ia, it, ii, ca, ct), (ci, oa, ot, oi))| {
+                let mut u = Usage {
+                    input_tokens: input,
+                    output_tokens: output,
+                    total_tokens: input + output,
+                    cached_input_tokens: cached,
+                    ..Usage::default()
+                };
+                u.details.input_audio = ia;
+                u.details.input_text = it;
+                u.details.input_image = ii;
+                u.details.cached_audio = ca;
+                u.details.cached_text = ct;
+                u.details.cached_image = ci;
+                u.details.output_audio = oa;
+                u.details.output_text = ot;
+                u.details.output_image = oi;
+                u
+            },
+        )
+}
+
+fn arb_price() -> impl Strategy<Value = Price> {
+    let rate = || 0.0f64..100.0;
+    let opt = || prop::option::of(0.0f64..100.0);
+    (
+        (rate(), opt(), rate()),
+        (opt(), opt(), opt()),
+        (opt(), opt(), opt()),
+    )
+        .prop_map(
+            |((input, cached_input, output), (ai, cai, ao), (ii, cii, io))| Price {
+                input,
+                cached_input,
+                output,
+                audio_input: ai,
+                cached_audio_input: cai,
+                audio_output: ao,
+                image_input: ii,
+                cached_image_input: cii,
+                image_output: io,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn cost_prices_each_reported_token_once(u in arb_usage(), p in arb_price()) {
+        // every token is priced exactly once, at one of the model's rates, whatever the
+        // details claim: the cost lies between the totals at the lowest and highest rate
+        let rates = [
+            Some(p.input), p.cached_input, Some(p.output), p.audio_input, p.cached_audio_input,
+            p.audio_output, p.image_input, p.cached_image_input, p.image_output,
+        ];
+        let rates: Vec<f64> = rates.into_iter().flatten().collect();
+        let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = rates.iter().copied().fold(0.0, f64::max);
+        let n = (u.input_tokens + u.output_tokens) as f64;
+        let c = cost(&p, &u);
+        prop_assert!(c.is_finite() && c >= 0.0);
+        prop_assert!(c <= n * hi / 1e6 * (1.0 + 1e-12) + 1e-15, "{} > {}", c, n * hi / 1e6);
+        prop_assert!(c >= n * lo / 1e6 * (1.0 - 1e-12) - 1e-15, "{} < {}", c, n * lo / 1e6);
+        // with every rate equal, the details cannot change the cost
+        let flat = Price { cached_input: Some(p.input), output: p.input, audio_input: Some(p.input),
+            cached_audio_input: Some(p.input), audio_output: Some(p.input), image_input: Some(p.input),
+            cached_image_input: Some(p.input), image_output: Some(p.input), ..p };
+        prop_assert!((cost(&flat, &u) - n * p.input / 1e6).abs() <= 1e-12 * (1.0 + n * p.input / 1e6));
+    }
+
+    #[test]
+    fn multipart_scan_never_panics(body in prop::collection::vec(any::<u8>(), 0..1024), boundary in "[a-z0-9-]{1,12}") {
+        let _ = multipart::text_fields(&body, &boundary, &["model", "stream"]);
+    }
+
+    #[test]
+    fn multipart_fields_are_read_back(
+        model in "[ -~]{1,60}",
+        file in prop::collection::vec(any::<u8>(), 0..2048),
+        first in any::<bool>(),
+    ) {
+        let boundary = "proptest-boundary-0123456789";
+        let field = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n");
+        let mut file_part = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\n").into_bytes();
+        file_part.extend_from_slice(&file);
+        file_part.extend_from_slice(b"\r\n");
+        let mut body = Vec::new();
+        if first {
+            body.extend_from_slice(field.as_bytes());
+            body.extend_from_slice(&file_part);
+        } else {
+            body.extend_from_slice(&file_part);
+            body.extend_from_slice(field.as_bytes());
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let f = RequestFacts::parse_for(
+            Operation::AudioTranscriptions,
+            &body,
+            Some(&format!("multipart/form-data; boundary={boundary}")),
+        );
+        prop_assert_eq!(f.ok().and_then(|f| f.model), Some(model));
     }
 }

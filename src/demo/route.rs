@@ -18,7 +18,7 @@ use super::text::Fnv;
 use super::wire::{
     ApiError, DemoBody, Outcome, Payload, accepts_gzip, insert_request_id, json_response,
 };
-use super::{chat, completions, embeddings, models, responses};
+use super::{chat, completions, embeddings, images, models, moderations, responses, uploads};
 use crate::genai::request::Operation;
 use crate::listener::ChannelBody;
 
@@ -30,7 +30,11 @@ pub(super) async fn handle(req: Request<Incoming>, state: Arc<State>) -> Respons
     let Some(operation) = model_operation(&method, &path) else {
         return other_route(&method, &path, req.uri().query(), gzip);
     };
+    let content_type = req.headers().get(CONTENT_TYPE).cloned();
     let outcome = match req.into_body().collect().await {
+        Ok(body) if operation.multipart() => {
+            uploads::call(operation, &path, content_type.as_ref(), &body.to_bytes())
+        }
         Ok(body) => model_call(operation, &path, &body.to_bytes()),
         Err(err) => {
             let hash = Fnv::new().str(&path).finish();
@@ -60,6 +64,11 @@ fn operation_path(operation: Operation) -> &'static str {
         Operation::Completions => "/completions",
         Operation::Responses => "/responses",
         Operation::Embeddings => "/embeddings",
+        Operation::AudioTranscriptions => "/audio/transcriptions",
+        Operation::AudioTranslations => "/audio/translations",
+        Operation::ImageGenerations => "/images/generations",
+        Operation::ImageEdits => "/images/edits",
+        Operation::Moderations => "/moderations",
     }
 }
 
@@ -91,6 +100,7 @@ fn model_call(operation: Operation, path: &str, raw: &[u8]) -> Outcome {
     };
     let model = match obj.get("model") {
         Some(Value::String(model)) if !model.is_empty() => model.as_str(),
+        None if operation == Operation::Moderations => moderations::DEFAULT_MODEL,
         _ => {
             let msg = "you must provide a model parameter".to_owned();
             return Outcome::error(raw_hash(), &ApiError::invalid(msg, Some("model")));
@@ -109,6 +119,12 @@ fn model_call(operation: Operation, path: &str, raw: &[u8]) -> Outcome {
         Operation::Completions => completions::generate(obj, model, force_stream),
         Operation::Responses => responses::generate(obj, model, force_stream),
         Operation::Embeddings => embeddings::generate(obj, model),
+        Operation::ImageGenerations => images::generate(obj, model),
+        Operation::Moderations => moderations::generate(obj, model),
+        // `handle` sends form uploads to `uploads`
+        Operation::AudioTranscriptions | Operation::AudioTranslations | Operation::ImageEdits => {
+            Err(uploads::not_a_form())
+        }
     };
     let (request_hash, payload) = match generated {
         Ok(generated) => generated,

@@ -52,8 +52,13 @@ pub(super) async fn request(
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = Request::builder()
         .method(method)
-        .uri(format!("{}{}", up.base_url(), path))
-        .header("content-type", "application/json");
+        .uri(format!("{}{}", up.base_url(), path));
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        req = req.header("content-type", "application/json");
+    }
     for (name, value) in headers {
         req = req.header(*name, *value);
     }

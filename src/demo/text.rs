@@ -20,6 +20,12 @@ const SENTENCES: &[&str] = &[
     "Good observability is boring: the graphs are flat, the alerts are quiet and the engineer on call finishes a crème brûlée in peace.",
 ];
 
+/// One of the reply sentences, picked by `hash` (transcripts use them).
+pub(super) fn sentence(hash: u64) -> &'static str {
+    let pick = (mix(hash) as usize) % SENTENCES.len();
+    SENTENCES.get(pick).copied().unwrap_or_default()
+}
+
 /// Argument fragments streamed for the canned weather tool call.
 const TOOL_ARGUMENT_PIECES: &[&str] = &["{\"", "location", "\":\"", "Madrid", "\"}"];
 

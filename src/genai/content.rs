@@ -149,7 +149,28 @@ pub fn from_request(op: Operation, body: &[u8]) -> Option<Content> {
             };
             messages.push(json!({"role": "user", "parts": [text_part(&prompt)]}));
         }
-        Operation::Embeddings => return None,
+        Operation::ImageGenerations | Operation::Moderations => {
+            // an image prompt is text; a moderation input is a string or a list of them
+            let text = match v.get(if op == Operation::Moderations {
+                "input"
+            } else {
+                "prompt"
+            })? {
+                Value::String(s) => s.clone(),
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => return None,
+            };
+            messages.push(json!({"role": "user", "parts": [text_part(&text)]}));
+        }
+        // embeddings' inputs are not messages; the upload operations' forms are not read
+        Operation::Embeddings
+        | Operation::AudioTranscriptions
+        | Operation::AudioTranslations
+        | Operation::ImageEdits => return None,
     }
     finish(system, messages)
 }
@@ -294,7 +315,16 @@ pub fn output_from_value(op: Operation, v: &Value) -> Vec<OutputChoice> {
             }
             vec![out]
         }
-        Operation::Embeddings => Vec::new(),
+        Operation::AudioTranscriptions | Operation::AudioTranslations => {
+            let mut out = OutputChoice::default();
+            out.push_text(v.get("text").and_then(Value::as_str).unwrap_or(""));
+            vec![out]
+        }
+        // images are not text; moderation results are scores
+        Operation::Embeddings
+        | Operation::ImageGenerations
+        | Operation::ImageEdits
+        | Operation::Moderations => Vec::new(),
     }
 }
 

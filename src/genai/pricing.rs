@@ -10,22 +10,44 @@ use std::collections::HashMap;
 use super::response::Usage;
 
 /// Where and when the built-in prices were read (standard tier, USD per 1M tokens).
-pub const BUILTIN_SOURCE: &str = "OpenAI API pricing page, standard tier, as of 2025-08-07";
+pub const BUILTIN_SOURCE: &str = "OpenAI API pricing page, standard tier: text models as of 2025-08-07; \
+     audio, image and realtime models as of 2025-09-01";
 
-/// USD per 1M tokens.
+/// USD per 1M tokens. The modality rates are optional: a token detail whose
+/// rate is missing is priced at the text rate (input, cached input or output).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
     pub input: f64,
     /// Price of cached input tokens; `None` prices them as input.
     pub cached_input: Option<f64>,
     pub output: f64,
+    pub audio_input: Option<f64>,
+    pub cached_audio_input: Option<f64>,
+    pub audio_output: Option<f64>,
+    pub image_input: Option<f64>,
+    pub cached_image_input: Option<f64>,
+    pub image_output: Option<f64>,
 }
+
+/// A text-only price (no modality rates).
+const TEXT: Price = Price {
+    input: 0.0,
+    cached_input: None,
+    output: 0.0,
+    audio_input: None,
+    cached_audio_input: None,
+    audio_output: None,
+    image_input: None,
+    cached_image_input: None,
+    image_output: None,
+};
 
 const fn p(input: f64, cached: f64, output: f64) -> Price {
     Price {
         input,
         cached_input: Some(cached),
         output,
+        ..TEXT
     }
 }
 
@@ -34,6 +56,17 @@ const fn nc(input: f64, output: f64) -> Price {
         input,
         cached_input: None,
         output,
+        ..TEXT
+    }
+}
+
+/// Text rates plus audio rates (input, cached input, output).
+const fn audio(text: Price, input: f64, cached: Option<f64>, output: Option<f64>) -> Price {
+    Price {
+        audio_input: Some(input),
+        cached_audio_input: cached,
+        audio_output: output,
+        ..text
     }
 }
 
@@ -57,6 +90,30 @@ const BUILTIN: &[(&str, Price)] = &[
     ("text-embedding-3-small", nc(0.02, 0.0)),
     ("text-embedding-3-large", nc(0.13, 0.0)),
     ("text-embedding-ada-002", nc(0.10, 0.0)),
+    // speech to text: text and audio input, text output
+    ("gpt-4o-transcribe", audio(nc(2.50, 10.0), 6.0, None, None)),
+    (
+        "gpt-4o-mini-transcribe",
+        audio(nc(1.25, 5.0), 3.0, None, None),
+    ),
+    // image generation: all of its output is image tokens, so `output` is the image rate
+    (
+        "gpt-image-1",
+        Price {
+            image_input: Some(10.0),
+            image_output: Some(40.0),
+            ..p(5.0, 1.25, 40.0)
+        },
+    ),
+    // realtime (SPEC §10): text and audio rates
+    (
+        "gpt-4o-realtime-preview-2024-12-17",
+        audio(p(5.0, 2.50, 20.0), 40.0, Some(2.50), Some(80.0)),
+    ),
+    (
+        "gpt-realtime",
+        audio(p(4.0, 0.40, 16.0), 32.0, Some(0.40), Some(64.0)),
+    ),
 ];
 
 /// The price table in force: built-in entries, overridden and extended by a file.
@@ -96,6 +153,12 @@ struct TomlPrice {
     cached_input: Option<f64>,
     #[serde(default)]
     output: f64,
+    audio_input: Option<f64>,
+    cached_audio_input: Option<f64>,
+    audio_output: Option<f64>,
+    image_input: Option<f64>,
+    cached_image_input: Option<f64>,
+    image_output: Option<f64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -103,6 +166,12 @@ struct LiteLlmEntry {
     input_cost_per_token: Option<f64>,
     output_cost_per_token: Option<f64>,
     cache_read_input_token_cost: Option<f64>,
+    input_cost_per_audio_token: Option<f64>,
+    cache_read_input_audio_token_cost: Option<f64>,
+    output_cost_per_audio_token: Option<f64>,
+    input_cost_per_image_token: Option<f64>,
+    cache_read_input_image_token_cost: Option<f64>,
+    output_cost_per_image_token: Option<f64>,
 }
 
 /// Per-token to per-1M, rounded to 1e-9 USD so 2.5e-6 reads as 2.5.
@@ -126,6 +195,16 @@ impl PriceTable {
                             input: per_million(input),
                             cached_input: e.cache_read_input_token_cost.map(per_million),
                             output: per_million(e.output_cost_per_token.unwrap_or(0.0)),
+                            audio_input: e.input_cost_per_audio_token.map(per_million),
+                            cached_audio_input: e
+                                .cache_read_input_audio_token_cost
+                                .map(per_million),
+                            audio_output: e.output_cost_per_audio_token.map(per_million),
+                            image_input: e.input_cost_per_image_token.map(per_million),
+                            cached_image_input: e
+                                .cache_read_input_image_token_cost
+                                .map(per_million),
+                            image_output: e.output_cost_per_image_token.map(per_million),
                         },
                     ))
                 })
@@ -142,15 +221,32 @@ impl PriceTable {
                             input: t.input,
                             cached_input: t.cached_input,
                             output: t.output,
+                            audio_input: t.audio_input,
+                            cached_audio_input: t.cached_audio_input,
+                            audio_output: t.audio_output,
+                            image_input: t.image_input,
+                            cached_image_input: t.cached_image_input,
+                            image_output: t.image_output,
                         },
                     )
                 })
                 .collect()
         };
         for (name, price) in &entries {
-            let ok = [price.input, price.output, price.cached_input.unwrap_or(0.0)]
-                .iter()
-                .all(|v| v.is_finite() && *v >= 0.0);
+            let ok = [
+                Some(price.input),
+                Some(price.output),
+                price.cached_input,
+                price.audio_input,
+                price.cached_audio_input,
+                price.audio_output,
+                price.image_input,
+                price.cached_image_input,
+                price.image_output,
+            ]
+            .into_iter()
+            .flatten()
+            .all(|v| v.is_finite() && v >= 0.0);
             if !ok {
                 return Err(PricingError(format!(
                     "model {name:?}: prices must be finite and not negative"
@@ -209,23 +305,68 @@ pub fn undated(model: &str) -> Option<&str> {
     shape.then(|| &model[..model.len() - 11])
 }
 
-/// USD for `usage` at `price`.
+/// USD for `usage` at `price` (SPEC §7, §9).
+///
+/// Input splits into cached and uncached tokens; each splits by modality
+/// (audio and image from the usage's details, text the rest). Output splits
+/// into audio, image and text the same way. Every part is priced at its own
+/// rate when the table has one, else at the text rate of its kind (input,
+/// cached input, output). A detail larger than what it is part of is cut to
+/// it, so a confused usage can never be charged more tokens than it reports.
 pub fn cost(price: &Price, usage: &Usage) -> f64 {
+    let d = &usage.details;
+    let cached_price = price.cached_input.unwrap_or(price.input);
     let cached = usage
         .cached_input_tokens
         .unwrap_or(0)
         .min(usage.input_tokens);
     let uncached = usage.input_tokens - cached;
-    let cached_price = price.cached_input.unwrap_or(price.input);
-    (uncached as f64 * price.input
-        + cached as f64 * cached_price
-        + usage.output_tokens as f64 * price.output)
-        / 1e6
+    // cached input: audio, image, the rest text
+    let cached_audio = d.cached_audio.unwrap_or(0).min(cached);
+    let cached_image = d.cached_image.unwrap_or(0).min(cached - cached_audio);
+    let cached_text = cached - cached_audio - cached_image;
+    // uncached input: the details count cached tokens too
+    let audio_in = d
+        .input_audio
+        .unwrap_or(0)
+        .saturating_sub(cached_audio)
+        .min(uncached);
+    let image_in = d
+        .input_image
+        .unwrap_or(0)
+        .saturating_sub(cached_image)
+        .min(uncached - audio_in);
+    let text_in = uncached - audio_in - image_in;
+    let audio_out = d.output_audio.unwrap_or(0).min(usage.output_tokens);
+    let image_out = d
+        .output_image
+        .unwrap_or(0)
+        .min(usage.output_tokens - audio_out);
+    let text_out = usage.output_tokens - audio_out - image_out;
+    let parts = [
+        (text_in, price.input),
+        (audio_in, price.audio_input.unwrap_or(price.input)),
+        (image_in, price.image_input.unwrap_or(price.input)),
+        (cached_text, cached_price),
+        (
+            cached_audio,
+            price.cached_audio_input.unwrap_or(cached_price),
+        ),
+        (
+            cached_image,
+            price.cached_image_input.unwrap_or(cached_price),
+        ),
+        (text_out, price.output),
+        (audio_out, price.audio_output.unwrap_or(price.output)),
+        (image_out, price.image_output.unwrap_or(price.output)),
+    ];
+    parts.iter().map(|(n, rate)| *n as f64 * rate).sum::<f64>() / 1e6
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::genai::response::TokenDetails;
 
     fn usage(input: u64, cached: Option<u64>, output: u64) -> Usage {
         Usage {
@@ -234,6 +375,7 @@ mod tests {
             total_tokens: input + output,
             cached_input_tokens: cached,
             reasoning_tokens: None,
+            details: TokenDetails::default(),
         }
     }
 
@@ -278,6 +420,116 @@ mod tests {
             (cost(g4, &usage(100, Some(50), 10)) - (100.0 * 30.0 + 10.0 * 60.0) / 1e6).abs()
                 < 1e-15
         );
+    }
+
+    #[test]
+    fn transcription_audio_input_at_its_own_rate() {
+        let t = PriceTable::default();
+        let price = t.get("gpt-4o-transcribe").expect("priced");
+        // 1000 input (800 audio, 200 text), 300 output:
+        // 800 × 6.00 + 200 × 2.50 + 300 × 10.00 = 4800 + 500 + 3000 = 8300 per 1M
+        let u = Usage {
+            details: TokenDetails {
+                input_audio: Some(800),
+                input_text: Some(200),
+                ..TokenDetails::default()
+            },
+            ..usage(1000, None, 300)
+        };
+        let c = cost(price, &u);
+        assert!((c - 0.0083).abs() < 1e-12, "{c}");
+        // without details the input is all text: 1000 × 2.50 + 300 × 10.00
+        let plain = cost(price, &usage(1000, None, 300));
+        assert!((plain - 0.0055).abs() < 1e-12, "{plain}");
+        let mini = t.get("gpt-4o-mini-transcribe").expect("priced");
+        // 800 × 3.00 + 200 × 1.25 + 300 × 5.00 = 2400 + 250 + 1500 = 4150 per 1M
+        assert!((cost(mini, &u) - 0.00415).abs() < 1e-12);
+    }
+
+    #[test]
+    fn image_tokens_at_image_rates() {
+        let t = PriceTable::default();
+        let price = t.get("gpt-image-1").expect("priced");
+        // 50 text + 200 image input (none cached), 4160 image output:
+        // 50 × 5 + 200 × 10 + 4160 × 40 = 250 + 2000 + 166400 = 168650 per 1M
+        let u = Usage {
+            details: TokenDetails {
+                input_text: Some(50),
+                input_image: Some(200),
+                ..TokenDetails::default()
+            },
+            ..usage(250, None, 4160)
+        };
+        assert!((cost(price, &u) - 0.16865).abs() < 1e-12);
+        // an explicit output split: text at `output`, image at `image_output` (both 40 here)
+        let split = Usage {
+            details: TokenDetails {
+                output_image: Some(4000),
+                output_text: Some(160),
+                ..u.details
+            },
+            ..u
+        };
+        assert!((cost(price, &split) - 0.16865).abs() < 1e-12);
+        // cached text at 1.25: 20 of the 50 text tokens cached
+        // 30 × 5 + 20 × 1.25 + 200 × 10 + 4160 × 40 = 150 + 25 + 2000 + 166400
+        let cached = Usage {
+            cached_input_tokens: Some(20),
+            ..u
+        };
+        assert!((cost(price, &cached) - 0.168575).abs() < 1e-12);
+    }
+
+    #[test]
+    fn realtime_audio_and_cached_audio() {
+        let t = PriceTable::default();
+        let price = t
+            .lookup(Some("gpt-4o-realtime-preview-2024-12-17"), None)
+            .expect("priced");
+        // input 300 = text 80 + audio 220, of which cached 100 = text 20 + audio 80;
+        // output 120 = text 20 + audio 100.
+        // uncached text 60 × 5 + uncached audio 140 × 40 + cached text 20 × 2.50
+        // + cached audio 80 × 2.50 + text out 20 × 20 + audio out 100 × 80
+        // = 300 + 5600 + 50 + 200 + 400 + 8000 = 14550 per 1M
+        let u = Usage {
+            details: TokenDetails {
+                input_audio: Some(220),
+                input_text: Some(80),
+                cached_audio: Some(80),
+                cached_text: Some(20),
+                output_audio: Some(100),
+                output_text: Some(20),
+                ..TokenDetails::default()
+            },
+            ..usage(300, Some(100), 120)
+        };
+        assert!(
+            (cost(price, &u) - 0.01455).abs() < 1e-12,
+            "{}",
+            cost(price, &u)
+        );
+    }
+
+    #[test]
+    fn details_never_exceed_their_totals() {
+        // a confused usage: more audio than input, more audio out than output
+        let price = Price {
+            audio_input: Some(100.0),
+            audio_output: Some(100.0),
+            ..nc(1.0, 1.0)
+        };
+        let u = Usage {
+            details: TokenDetails {
+                input_audio: Some(5000),
+                output_audio: Some(5000),
+                ..TokenDetails::default()
+            },
+            ..usage(10, None, 10)
+        };
+        // at most the 10 + 10 reported tokens, each at 100
+        assert!((cost(&price, &u) - 2000.0 / 1e6).abs() < 1e-15);
+        // no audio rate: audio priced as text
+        assert!((cost(&nc(1.0, 2.0), &u) - 30.0 / 1e6).abs() < 1e-15);
     }
 
     #[test]
@@ -327,6 +579,21 @@ mod tests {
         );
         assert!(t.extend_from_str("[models.x]\nprice = 1\n", false).is_err());
         assert!(t.extend_from_str("not toml", false).is_err());
+        let media = "[models.\"my-voice\"]\ninput = 2\noutput = 8\naudio_input = 30\ncached_audio_input = 3\naudio_output = 60\nimage_input = 9\ncached_image_input = 0.9\nimage_output = 36\n";
+        assert_eq!(t.extend_from_str(media, false).expect("valid"), 1);
+        let v = t.get("my-voice").expect("added");
+        assert_eq!(
+            (v.audio_input, v.cached_audio_input, v.audio_output),
+            (Some(30.0), Some(3.0), Some(60.0))
+        );
+        assert_eq!(
+            (v.image_input, v.cached_image_input, v.image_output),
+            (Some(9.0), Some(0.9), Some(36.0))
+        );
+        assert!(
+            t.extend_from_str("[models.x]\ninput = 1\naudio_output = -1\n", false)
+                .is_err()
+        );
     }
 
     #[test]
@@ -337,9 +604,32 @@ mod tests {
           "gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05,
                      "cache_read_input_token_cost": 1.25e-06, "litellm_provider": "openai"},
           "whisper-1": {"input_cost_per_second": 0.0001},
-          "custom/llama": {"input_cost_per_token": 1e-07, "output_cost_per_token": 2e-07}
+          "custom/llama": {"input_cost_per_token": 1e-07, "output_cost_per_token": 2e-07},
+          "gpt-4o-transcribe": {"input_cost_per_token": 2.5e-06, "input_cost_per_audio_token": 6e-06,
+                     "output_cost_per_token": 1e-05, "mode": "audio_transcription"},
+          "gpt-image-1": {"input_cost_per_token": 5e-06, "cache_read_input_token_cost": 1.25e-06,
+                     "input_cost_per_image_token": 1e-05, "cache_read_input_image_token_cost": 2.5e-06,
+                     "output_cost_per_image_token": 4e-05},
+          "gpt-4o-realtime-preview": {"input_cost_per_token": 5e-06, "output_cost_per_token": 2e-05,
+                     "input_cost_per_audio_token": 4e-05, "cache_read_input_audio_token_cost": 2.5e-06,
+                     "output_cost_per_audio_token": 8e-05}
         }"#;
-        assert_eq!(t.extend_from_str(json, true).expect("valid"), 2);
+        assert_eq!(t.extend_from_str(json, true).expect("valid"), 5);
+        let tr = t.get("gpt-4o-transcribe").expect("read");
+        assert_eq!(
+            (tr.input, tr.audio_input, tr.output),
+            (2.5, Some(6.0), 10.0)
+        );
+        let im = t.get("gpt-image-1").expect("read");
+        assert_eq!(
+            (im.image_input, im.cached_image_input, im.image_output),
+            (Some(10.0), Some(2.5), Some(40.0))
+        );
+        let rt = t.get("gpt-4o-realtime-preview").expect("read");
+        assert_eq!(
+            (rt.audio_input, rt.cached_audio_input, rt.audio_output),
+            (Some(40.0), Some(2.5), Some(80.0))
+        );
         assert_eq!(t.get("gpt-4o"), Some(&p(2.5, 1.25, 10.0)));
         assert_eq!(t.get("custom/llama"), Some(&nc(0.1, 0.2)));
         assert!(t.get("whisper-1").is_none());

@@ -9,15 +9,39 @@
 use serde::de::MapAccess;
 
 use super::lenient::{FromJson, Int, Len, Lenient, Num, Str, members, object_from_slice};
+use super::multipart;
 
-/// The four OpenAI operations tokentap understands.
+/// The OpenAI operations tokentap understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     ChatCompletions,
     Responses,
     Completions,
     Embeddings,
+    /// `/audio/transcriptions` (multipart request).
+    AudioTranscriptions,
+    /// `/audio/translations` (multipart request).
+    AudioTranslations,
+    /// `/images/generations` (JSON request).
+    ImageGenerations,
+    /// `/images/edits` (multipart request).
+    ImageEdits,
+    Moderations,
 }
+
+/// Path suffix of each operation, checked in this order (`/chat/completions`
+/// before `/completions`).
+const SUFFIXES: &[(&str, Operation)] = &[
+    ("/chat/completions", Operation::ChatCompletions),
+    ("/responses", Operation::Responses),
+    ("/completions", Operation::Completions),
+    ("/embeddings", Operation::Embeddings),
+    ("/audio/transcriptions", Operation::AudioTranscriptions),
+    ("/audio/translations", Operation::AudioTranslations),
+    ("/images/generations", Operation::ImageGenerations),
+    ("/images/edits", Operation::ImageEdits),
+    ("/moderations", Operation::Moderations),
+];
 
 impl Operation {
     /// Recognises the operation from the client's path (any prefix before `/v1` is allowed,
@@ -30,36 +54,51 @@ impl Operation {
     /// ```
     pub fn from_path(path: &str) -> Option<Operation> {
         let path = path.trim_end_matches('/');
-        if path.ends_with("/chat/completions") {
-            Some(Operation::ChatCompletions)
-        } else if path.ends_with("/responses") {
-            Some(Operation::Responses)
-        } else if path.ends_with("/completions") {
-            Some(Operation::Completions)
-        } else if path.ends_with("/embeddings") {
-            Some(Operation::Embeddings)
-        } else {
-            None
-        }
+        SUFFIXES
+            .iter()
+            .find(|(suffix, _)| path.ends_with(suffix))
+            .map(|(_, op)| *op)
     }
 
-    /// `gen_ai.operation.name`.
+    /// `gen_ai.operation.name`. The conventions have no name for speech-to-text
+    /// or image generation beyond multimodal `generate_content`, and none for
+    /// moderation (a custom `moderations`); `openai.api.type` tells them apart.
     pub fn name(self) -> &'static str {
         match self {
             Operation::ChatCompletions | Operation::Responses => "chat",
             Operation::Completions => "text_completion",
             Operation::Embeddings => "embeddings",
+            Operation::AudioTranscriptions
+            | Operation::AudioTranslations
+            | Operation::ImageGenerations
+            | Operation::ImageEdits => "generate_content",
+            Operation::Moderations => "moderations",
         }
     }
 
-    /// `openai.api.type`.
+    /// `openai.api.type`. Translations are told apart from transcriptions (a
+    /// different output: English text); image edits share `images` with
+    /// generations (`url.path` tells them apart).
     pub fn api_type(self) -> &'static str {
         match self {
             Operation::ChatCompletions => "chat_completions",
             Operation::Responses => "responses",
             Operation::Completions => "completions",
             Operation::Embeddings => "embeddings",
+            Operation::AudioTranscriptions => "audio_transcriptions",
+            Operation::AudioTranslations => "audio_translations",
+            Operation::ImageGenerations | Operation::ImageEdits => "images",
+            Operation::Moderations => "moderations",
         }
+    }
+
+    /// Requests of these operations are `multipart/form-data` (an audio file or
+    /// an image), read with [`RequestFacts::parse_multipart`].
+    pub fn multipart(self) -> bool {
+        matches!(
+            self,
+            Operation::AudioTranscriptions | Operation::AudioTranslations | Operation::ImageEdits
+        )
     }
 
     /// Streams of these operations carry usage only when asked via `stream_options`.
@@ -90,6 +129,9 @@ pub struct RequestFacts {
     pub tool_count: usize,
     /// Embedding dimensions requested.
     pub dimensions: Option<i64>,
+    /// `response_format` of an audio request (`json`, `text`, `srt`, …): a
+    /// transcription asked for plain text answers with a body that is not JSON.
+    pub response_format: Option<String>,
 }
 
 /// Lenient view of the request: each field is read on its own.
@@ -219,6 +261,49 @@ fn num(n: Lenient<Num>) -> Option<f64> {
 }
 
 impl RequestFacts {
+    /// Reads the body of `op`: a form for the upload operations when the
+    /// content type says so, JSON otherwise.
+    pub fn parse_for(
+        op: Operation,
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<RequestFacts, InvalidJson> {
+        let mut facts = match content_type.and_then(multipart::boundary) {
+            Some(boundary) if op.multipart() => Self::parse_multipart(body, boundary),
+            _ => Self::parse(body)?,
+        };
+        if matches!(op, Operation::ImageGenerations | Operation::ImageEdits) {
+            facts.output_type = Some("image");
+        } else if matches!(
+            op,
+            Operation::AudioTranscriptions | Operation::AudioTranslations
+        ) {
+            facts.output_type = Some(match facts.response_format.as_deref() {
+                Some("json" | "verbose_json") => "json",
+                _ => "text",
+            });
+        }
+        Ok(facts)
+    }
+
+    /// Reads `model`, `stream` and `response_format` from a
+    /// `multipart/form-data` body (see `genai::multipart`). Never an error:
+    /// a field that cannot be found is unknown. A repeated field is read as
+    /// its last value.
+    pub fn parse_multipart(body: &[u8], boundary: &str) -> RequestFacts {
+        let mut facts = RequestFacts::default();
+        for (name, value) in
+            multipart::text_fields(body, boundary, &["model", "stream", "response_format"])
+        {
+            match name.as_str() {
+                "model" => facts.model = Some(value),
+                "stream" => facts.stream = value.trim().eq_ignore_ascii_case("true"),
+                _ => facts.response_format = Some(value),
+            }
+        }
+        facts
+    }
+
     pub fn parse(body: &[u8]) -> Result<RequestFacts, InvalidJson> {
         let raw: RawRequest<'_> = object_from_slice(body).map_err(|_| InvalidJson)?;
         let output_type = output_type(&raw);
@@ -241,6 +326,7 @@ impl RequestFacts {
             output_type,
             tool_count: raw.tools.ok().map_or(0, |l| l.0),
             dimensions: int(raw.dimensions),
+            response_format: None,
         })
     }
 }
@@ -293,6 +379,92 @@ mod tests {
         );
         assert_eq!(Operation::from_path("/v1/models"), None);
         assert_eq!(Operation::from_path("/v1/responses/resp_1/cancel"), None);
+    }
+
+    #[test]
+    fn upload_operations_from_paths() {
+        for (path, op, name, api) in [
+            (
+                "/v1/audio/transcriptions",
+                Operation::AudioTranscriptions,
+                "generate_content",
+                "audio_transcriptions",
+            ),
+            (
+                "/openai/deployments/whisper/audio/translations",
+                Operation::AudioTranslations,
+                "generate_content",
+                "audio_translations",
+            ),
+            (
+                "/v1/images/generations",
+                Operation::ImageGenerations,
+                "generate_content",
+                "images",
+            ),
+            (
+                "/v1/images/edits/",
+                Operation::ImageEdits,
+                "generate_content",
+                "images",
+            ),
+            (
+                "/v1/moderations",
+                Operation::Moderations,
+                "moderations",
+                "moderations",
+            ),
+        ] {
+            assert_eq!(Operation::from_path(path), Some(op), "{path}");
+            assert_eq!((op.name(), op.api_type()), (name, api));
+        }
+        assert_eq!(Operation::from_path("/v1/images/variations"), None);
+        assert_eq!(Operation::from_path("/v1/audio/speech"), None);
+        assert!(Operation::AudioTranscriptions.multipart());
+        assert!(Operation::ImageEdits.multipart());
+        assert!(!Operation::ImageGenerations.multipart());
+    }
+
+    #[test]
+    fn multipart_facts_from_the_form() {
+        let body = b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n\r\nID3\x00\xff\r\n--XX\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n--XX\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n--XX\r\nContent-Disposition: form-data; name=\"response_format\"\r\n\r\ntext\r\n--XX--\r\n";
+        let f = RequestFacts::parse_for(
+            Operation::AudioTranscriptions,
+            body,
+            Some("multipart/form-data; boundary=XX"),
+        )
+        .expect("a form is never an error");
+        assert_eq!(f.model.as_deref(), Some("gpt-4o-transcribe"));
+        assert!(f.stream);
+        assert_eq!(f.response_format.as_deref(), Some("text"));
+        assert_eq!(f.output_type, Some("text"));
+        // a form without the fields: nothing known, nothing failed
+        let empty = RequestFacts::parse_for(
+            Operation::ImageEdits,
+            b"garbage",
+            Some("multipart/form-data; boundary=XX"),
+        )
+        .expect("lenient");
+        assert_eq!(empty.model, None);
+        assert_eq!(empty.output_type, Some("image"));
+        // a JSON body on an upload path is read as JSON
+        let j = RequestFacts::parse_for(
+            Operation::AudioTranscriptions,
+            br#"{"model":"whisper-1"}"#,
+            Some("application/json"),
+        )
+        .expect("json");
+        assert_eq!(j.model.as_deref(), Some("whisper-1"));
+        let g = RequestFacts::parse_for(
+            Operation::ImageGenerations,
+            br#"{"model":"gpt-image-1","prompt":"x","response_format":"b64_json"}"#,
+            Some("application/json"),
+        )
+        .expect("json");
+        assert_eq!(
+            (g.model.as_deref(), g.output_type),
+            (Some("gpt-image-1"), Some("image"))
+        );
     }
 
     #[test]

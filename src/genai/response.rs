@@ -10,6 +10,8 @@
 use serde::de::MapAccess;
 use serde_json::Value;
 
+pub use super::details::TokenDetails;
+use super::details::{InputDetails, Modalities, OutputDetails};
 use super::lenient::{
     Count, Flaws, FromJson, Lenient, Str, from_value, members, object_from_slice,
 };
@@ -25,6 +27,8 @@ pub struct Usage {
     pub total_tokens: u64,
     pub cached_input_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
+    /// How input and output split by modality, as far as the provider said.
+    pub details: TokenDetails,
 }
 
 /// Facts read from a response (whole body or assembled from a stream).
@@ -56,8 +60,11 @@ pub(crate) struct RawUsage {
     total_tokens: Lenient<Count>,
     prompt_tokens_details: Lenient<InputDetails>,
     input_tokens_details: Lenient<InputDetails>,
+    /// The transcription and Realtime APIs' spelling.
+    input_token_details: Lenient<InputDetails>,
     completion_tokens_details: Lenient<OutputDetails>,
     output_tokens_details: Lenient<OutputDetails>,
+    output_token_details: Lenient<OutputDetails>,
 }
 
 impl<'de> FromJson<'de> for RawUsage {
@@ -71,8 +78,10 @@ impl<'de> FromJson<'de> for RawUsage {
             "total_tokens" => u.total_tokens,
             "prompt_tokens_details" => u.prompt_tokens_details,
             "input_tokens_details" => u.input_tokens_details,
+            "input_token_details" => u.input_token_details,
             "completion_tokens_details" => u.completion_tokens_details,
             "output_tokens_details" => u.output_tokens_details,
+            "output_token_details" => u.output_token_details,
         });
         Ok(Some(u))
     }
@@ -91,46 +100,10 @@ impl Flaws for RawUsage {
         .any(|c| c.flawed())
             || self.prompt_tokens_details.flawed()
             || self.input_tokens_details.flawed()
+            || self.input_token_details.flawed()
             || self.completion_tokens_details.flawed()
             || self.output_tokens_details.flawed()
-    }
-}
-
-#[derive(Default)]
-struct InputDetails {
-    cached_tokens: Lenient<Count>,
-}
-
-impl<'de> FromJson<'de> for InputDetails {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut d = InputDetails::default();
-        members!(map { "cached_tokens" => d.cached_tokens });
-        Ok(Some(d))
-    }
-}
-
-impl Flaws for InputDetails {
-    fn flawed(&self) -> bool {
-        self.cached_tokens.flawed()
-    }
-}
-
-#[derive(Default)]
-struct OutputDetails {
-    reasoning_tokens: Lenient<Count>,
-}
-
-impl<'de> FromJson<'de> for OutputDetails {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut d = OutputDetails::default();
-        members!(map { "reasoning_tokens" => d.reasoning_tokens });
-        Ok(Some(d))
-    }
-}
-
-impl Flaws for OutputDetails {
-    fn flawed(&self) -> bool {
-        self.reasoning_tokens.flawed()
+            || self.output_token_details.flawed()
     }
 }
 
@@ -156,18 +129,53 @@ impl Usage {
         }
         let input_tokens = input.unwrap_or(0);
         let output_tokens = output.unwrap_or(0);
-        let cached = |d: &Lenient<InputDetails>| d.get().and_then(|d| count(&d.cached_tokens));
-        let reasoning =
-            |d: &Lenient<OutputDetails>| d.get().and_then(|d| count(&d.reasoning_tokens));
+        // the first details object (in the order below) that has a count gives it
+        let inputs = [
+            &raw.prompt_tokens_details,
+            &raw.input_tokens_details,
+            &raw.input_token_details,
+        ];
+        let outputs = [
+            &raw.completion_tokens_details,
+            &raw.output_tokens_details,
+            &raw.output_token_details,
+        ];
+        let input = |f: fn(&InputDetails) -> &Lenient<Count>| {
+            inputs
+                .iter()
+                .find_map(|d| d.get().and_then(|d| count(f(d))))
+        };
+        let cached = |f: fn(&Modalities) -> &Lenient<Count>| {
+            inputs.iter().find_map(|d| {
+                d.get()
+                    .and_then(|d| d.cached_tokens_details.get())
+                    .and_then(|c| count(f(&c.0)))
+            })
+        };
+        let output = |f: fn(&OutputDetails) -> &Lenient<Count>| {
+            outputs
+                .iter()
+                .find_map(|d| d.get().and_then(|d| count(f(d))))
+        };
+        let details = TokenDetails {
+            input_audio: input(|d| &d.split.audio_tokens),
+            input_text: input(|d| &d.split.text_tokens),
+            input_image: input(|d| &d.split.image_tokens),
+            cached_audio: cached(|m| &m.audio_tokens),
+            cached_text: cached(|m| &m.text_tokens),
+            cached_image: cached(|m| &m.image_tokens),
+            output_audio: output(|d| &d.split.audio_tokens),
+            output_text: output(|d| &d.split.text_tokens),
+            output_image: output(|d| &d.split.image_tokens),
+        };
         Some(Usage {
             input_tokens,
             output_tokens,
             // believed counts are at most MAX_COUNT each: the sum cannot overflow
             total_tokens: total.unwrap_or(input_tokens + output_tokens),
-            cached_input_tokens: cached(&raw.prompt_tokens_details)
-                .or_else(|| cached(&raw.input_tokens_details)),
-            reasoning_tokens: reasoning(&raw.completion_tokens_details)
-                .or_else(|| reasoning(&raw.output_tokens_details)),
+            cached_input_tokens: input(|d| &d.cached_tokens),
+            reasoning_tokens: output(|d| &d.reasoning_tokens),
+            details,
         })
     }
 }
@@ -386,6 +394,12 @@ impl ResponseFacts {
                 };
             }
             Operation::Embeddings => f.embedding_dimensions = raw.data.ok().and_then(|d| d.0),
+            // usage, id and model are all these tell
+            Operation::AudioTranscriptions
+            | Operation::AudioTranslations
+            | Operation::ImageGenerations
+            | Operation::ImageEdits
+            | Operation::Moderations => {}
         }
         Ok(f)
     }
@@ -412,6 +426,11 @@ impl ResponseFacts {
                     .ok()
                     .and_then(|d| d.0);
             }
+            Operation::AudioTranscriptions
+            | Operation::AudioTranslations
+            | Operation::ImageGenerations
+            | Operation::ImageEdits
+            | Operation::Moderations => {}
         }
         f
     }
@@ -474,9 +493,95 @@ mod tests {
                 total_tokens: 1800,
                 cached_input_tokens: Some(1024),
                 reasoning_tokens: Some(64),
+                details: TokenDetails {
+                    input_audio: Some(0),
+                    ..TokenDetails::default()
+                },
             })
         );
         assert_eq!(f.error_type, None);
+    }
+
+    #[test]
+    fn transcription_usage_in_tokens_or_duration() {
+        let body = br#"{"text":"Hello.","usage":{"type":"tokens","input_tokens":14,
+          "input_token_details":{"text_tokens":4,"audio_tokens":10},"output_tokens":3,"total_tokens":17}}"#;
+        let f = ResponseFacts::from_body(Operation::AudioTranscriptions, body).expect("json");
+        let u = f.usage.expect("usage");
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.total_tokens),
+            (14, 3, 17)
+        );
+        assert_eq!(
+            u.details,
+            TokenDetails {
+                input_audio: Some(10),
+                input_text: Some(4),
+                ..TokenDetails::default()
+            }
+        );
+        assert!(!f.invalid_usage);
+        // whisper-1: a duration, no tokens, not a flaw
+        let w = ResponseFacts::from_body(
+            Operation::AudioTranscriptions,
+            br#"{"text":"Hello.","usage":{"type":"duration","seconds":3}}"#,
+        )
+        .expect("json");
+        assert_eq!(w.usage, None);
+        assert!(!w.invalid_usage);
+    }
+
+    #[test]
+    fn image_and_realtime_style_details() {
+        let body = br#"{"created":1,"data":[{"b64_json":"iVBO"}],"usage":{"input_tokens":50,
+          "input_tokens_details":{"text_tokens":10,"image_tokens":40},"output_tokens":4160,
+          "output_tokens_details":{"image_tokens":4000,"text_tokens":160},"total_tokens":4210}}"#;
+        let f = ResponseFacts::from_body(Operation::ImageEdits, body).expect("json");
+        let d = f.usage.expect("usage").details;
+        assert_eq!((d.input_text, d.input_image), (Some(10), Some(40)));
+        assert_eq!((d.output_image, d.output_text), (Some(4000), Some(160)));
+        assert_eq!(f.embedding_dimensions, None);
+        // the Realtime API's spelling, with the cached split
+        let v = serde_json::json!({"input_tokens": 300, "output_tokens": 120,
+            "input_token_details": {"cached_tokens": 100, "text_tokens": 80, "audio_tokens": 220,
+                "cached_tokens_details": {"text_tokens": 20, "audio_tokens": 80}},
+            "output_token_details": {"text_tokens": 20, "audio_tokens": 100}});
+        let u = Usage::from_value(&v).expect("usage");
+        assert_eq!(u.cached_input_tokens, Some(100));
+        assert_eq!(
+            u.details,
+            TokenDetails {
+                input_audio: Some(220),
+                input_text: Some(80),
+                input_image: None,
+                cached_audio: Some(80),
+                cached_text: Some(20),
+                cached_image: None,
+                output_audio: Some(100),
+                output_text: Some(20),
+                output_image: None,
+            }
+        );
+        // an unusable detail is dropped on its own and counted
+        let bad = ResponseFacts::from_body(
+            Operation::AudioTranscriptions,
+            br#"{"usage":{"input_tokens":5,"output_tokens":1,"input_token_details":{"audio_tokens":"x"}}}"#,
+        )
+        .expect("json");
+        assert!(bad.invalid_usage);
+        assert_eq!(bad.usage.map(|u| u.input_tokens), Some(5));
+    }
+
+    #[test]
+    fn moderation_body_has_a_model_and_no_usage() {
+        let f = ResponseFacts::from_body(
+            Operation::Moderations,
+            br#"{"id":"modr-1","model":"omni-moderation-latest","results":[{"flagged":false}]}"#,
+        )
+        .expect("json");
+        assert_eq!(f.model.as_deref(), Some("omni-moderation-latest"));
+        assert_eq!(f.id.as_deref(), Some("modr-1"));
+        assert_eq!(f.usage, None);
     }
 
     #[test]
@@ -559,6 +664,7 @@ mod tests {
                 total_tokens: 12,
                 cached_input_tokens: None,
                 reasoning_tokens: None,
+                details: TokenDetails::default(),
             })
         );
     }

@@ -163,6 +163,29 @@ impl<'de> FromJson<'de> for ResponsesEvent<'de> {
     }
 }
 
+#[derive(Default)]
+struct MediaEvent<'a> {
+    kind: Lenient<Str<'a>>,
+    delta: Lenient<Str<'a>>,
+    text: Lenient<Str<'a>>,
+    usage: Lenient<RawUsage>,
+    error: Option<Value>,
+}
+
+impl<'de> FromJson<'de> for MediaEvent<'de> {
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut e = MediaEvent::default();
+        members!(map {
+            "type" => e.kind,
+            "delta" => e.delta,
+            "text" => e.text,
+            "usage" => e.usage,
+            "error" => e.error,
+        });
+        Ok(Some(e))
+    }
+}
+
 fn non_empty(s: &Lenient<Str<'_>>) -> bool {
     s.get().is_some_and(|s| !s.is_empty())
 }
@@ -217,7 +240,14 @@ impl StreamAccumulator {
         }
         let ok = match self.op {
             Operation::Responses => self.responses_event(event, data),
-            _ => self.chunk(data),
+            Operation::AudioTranscriptions
+            | Operation::AudioTranslations
+            | Operation::ImageGenerations
+            | Operation::ImageEdits => self.media_event(data),
+            Operation::ChatCompletions
+            | Operation::Completions
+            | Operation::Embeddings
+            | Operation::Moderations => self.chunk(data),
         };
         ok.unwrap_or_else(|| {
             self.invalid_events += 1;
@@ -365,6 +395,45 @@ impl StreamAccumulator {
         Some(info)
     }
 
+    /// Transcription (`transcript.text.*`) and image (`image_*.partial_image`,
+    /// `image_*.completed`) stream events: the last one carries the usage.
+    fn media_event(&mut self, data: &[u8]) -> Option<EventInfo> {
+        let e: MediaEvent<'_> = object_from_slice(data).ok()?;
+        let mut info = EventInfo::default();
+        match e.kind.get().map(|k| &**k) {
+            Some("transcript.text.delta") => info.output = non_empty(&e.delta),
+            Some("image_generation.partial_image" | "image_edit.partial_image") => {
+                info.output = true;
+            }
+            Some(
+                "transcript.text.done" | "image_generation.completed" | "image_edit.completed",
+            ) => {
+                self.done = true;
+                if let Some(cap) = self.capture.as_mut() {
+                    if let Some(t) = e.text.get() {
+                        let mut out = OutputChoice::default();
+                        out.push_text(t);
+                        *cap = vec![(0, out)];
+                    }
+                }
+            }
+            Some("error") => {
+                let err = e.error.unwrap_or(Value::Null);
+                self.facts.error_type =
+                    error_type(&serde_json::json!({ "error": err })).or(Some("error".to_owned()));
+            }
+            _ => {}
+        }
+        self.facts.merge(Common {
+            id: Lenient::Missing,
+            model: Lenient::Missing,
+            system_fingerprint: Lenient::Missing,
+            service_tier: Lenient::Missing,
+            usage: e.usage,
+        });
+        Some(info)
+    }
+
     fn responses_object(&mut self, r: &Value) {
         self.facts.merge_common(r);
         if let Some(cap) = self.capture.as_mut() {
@@ -404,6 +473,44 @@ impl StreamAccumulator {
 mod tests {
     use super::*;
     use crate::genai::sse::SseDecoder;
+
+    #[test]
+    fn transcription_stream_usage_and_done() {
+        let input = concat!(
+            "data: {\"type\":\"transcript.text.delta\",\"delta\":\"Hello\"}\n\n",
+            "data: {\"type\":\"transcript.text.delta\",\"delta\":\" there.\"}\n\n",
+            "data: {\"type\":\"transcript.text.done\",\"text\":\"Hello there.\",",
+            "\"usage\":{\"type\":\"tokens\",\"input_tokens\":14,",
+            "\"input_token_details\":{\"text_tokens\":0,\"audio_tokens\":14},",
+            "\"output_tokens\":4,\"total_tokens\":18}}\n\n",
+        );
+        let mut acc = StreamAccumulator::new(Operation::AudioTranscriptions).capturing(true);
+        let (_, infos) = {
+            let mut dec = SseDecoder::new();
+            let mut infos = Vec::new();
+            dec.feed(input.as_bytes(), |ev| {
+                infos.push(acc.on_event(ev.event, ev.data))
+            });
+            ((), infos)
+        };
+        assert_eq!(infos.iter().filter(|i| i.output).count(), 2);
+        assert!(acc.is_done());
+        assert_eq!(acc.invalid_events(), 0);
+        let u = acc.facts().usage.expect("usage");
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.total_tokens),
+            (14, 4, 18)
+        );
+        assert_eq!(
+            (u.details.input_audio, u.details.input_text),
+            (Some(14), Some(0))
+        );
+        assert!(
+            acc.output_messages()
+                .expect("captured")
+                .contains("Hello there.")
+        );
+    }
 
     fn run(op: Operation, input: &[u8]) -> (StreamAccumulator, Vec<EventInfo>) {
         let mut dec = SseDecoder::new();

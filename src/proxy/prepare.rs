@@ -65,7 +65,15 @@ pub(super) fn call(
     let op = Operation::from_path(parts.uri.path());
     let mut parse_failure = None;
     let facts = match op {
-        Some(_) if !body.is_empty() => RequestFacts::parse(body).unwrap_or_else(|_| {
+        Some(op) if !body.is_empty() => RequestFacts::parse_for(
+            op,
+            body,
+            parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .unwrap_or_else(|_| {
             parse_failure = Some(ParseFailure::InvalidJson);
             RequestFacts::default()
         }),

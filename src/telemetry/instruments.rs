@@ -256,6 +256,7 @@ mod tests {
             total_tokens: 12,
             cached_input_tokens: None,
             reasoning_tokens: None,
+            details: Default::default(),
         });
         call.streamed = true;
         call.time_to_first_chunk = Some(std::time::Duration::from_millis(30));

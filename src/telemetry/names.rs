@@ -300,6 +300,12 @@ pub mod attr {
     pub const OPENAI_REQUEST_SERVICE_TIER: &str = "openai.request.service_tier";
     pub const OPENAI_RESPONSE_SERVICE_TIER: &str = "openai.response.service_tier";
     pub const OPENAI_RESPONSE_SYSTEM_FINGERPRINT: &str = "openai.response.system_fingerprint";
+    /// The modality split of a usage (no convention exists for it): parts of
+    /// `gen_ai.usage.input_tokens` / `gen_ai.usage.output_tokens`.
+    pub const OPENAI_USAGE_INPUT_AUDIO_TOKENS: &str = "openai.usage.input_audio_tokens";
+    pub const OPENAI_USAGE_OUTPUT_AUDIO_TOKENS: &str = "openai.usage.output_audio_tokens";
+    pub const OPENAI_USAGE_INPUT_IMAGE_TOKENS: &str = "openai.usage.input_image_tokens";
+    pub const OPENAI_USAGE_OUTPUT_IMAGE_TOKENS: &str = "openai.usage.output_image_tokens";
     pub const SERVER_ADDRESS: &str = "server.address";
     pub const SERVER_PORT: &str = "server.port";
     pub const HTTP_REQUEST_METHOD: &str = "http.request.method";

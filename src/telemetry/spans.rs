@@ -221,6 +221,23 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
                     r as i64,
                 ));
             }
+            let split = [
+                (attr::OPENAI_USAGE_INPUT_AUDIO_TOKENS, u.details.input_audio),
+                (
+                    attr::OPENAI_USAGE_OUTPUT_AUDIO_TOKENS,
+                    u.details.output_audio,
+                ),
+                (attr::OPENAI_USAGE_INPUT_IMAGE_TOKENS, u.details.input_image),
+                (
+                    attr::OPENAI_USAGE_OUTPUT_IMAGE_TOKENS,
+                    u.details.output_image,
+                ),
+            ];
+            a.extend(
+                split
+                    .into_iter()
+                    .filter_map(|(k, v)| Some(KeyValue::new(k, v? as i64))),
+            );
         }
         if let Some(d) = resp.embedding_dimensions {
             a.push(KeyValue::new(
