@@ -121,7 +121,8 @@ impl SseDecoder {
         let base = self.consumed;
         self.consumed += chunk.len() as u64;
         let mut pos_base = base;
-        if self.after_cr {
+        // an empty frame between the CR and its LF changes nothing
+        if self.after_cr && !chunk.is_empty() {
             self.after_cr = false;
             if let Some((&b'\n', rest)) = chunk.split_first() {
                 chunk = rest;
@@ -373,6 +374,20 @@ mod tests {
             a.last().and_then(|e| e.0.as_deref()),
             Some(&b"response.completed"[..])
         );
+    }
+
+    #[test]
+    fn an_empty_frame_between_cr_and_lf_is_no_blank_line() {
+        // found by tests/properties.rs: a split left an empty frame after a CR, and
+        // its LF then read as a blank line that dispatched a half-read event
+        let mut d = SseDecoder::new();
+        let mut got = Vec::new();
+        for frame in [&b"data: a\r"[..], b"", b"\ndata: b\r", b"", b"\n"] {
+            d.feed(frame, |e| got.push(e.data.to_vec()));
+        }
+        assert!(got.is_empty(), "{got:?}");
+        d.feed(b"\r\n", |e| got.push(e.data.to_vec()));
+        assert_eq!(got, vec![b"a\nb".to_vec()]);
     }
 
     #[test]
