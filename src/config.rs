@@ -96,6 +96,114 @@ impl std::fmt::Display for Upstream {
     }
 }
 
+/// One `--route PREFIX=URL[,provider=NAME]` (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Whole path segments, starting with `/`, without a trailing slash.
+    pub prefix: String,
+    pub upstream: Upstream,
+    /// `provider=`: overrides the provider inferred from the upstream host.
+    pub provider: Option<String>,
+}
+
+impl RouteSpec {
+    pub fn parse(s: &str) -> Result<RouteSpec, String> {
+        let (prefix, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not PREFIX=URL[,provider=NAME]"))?;
+        let prefix = parse_prefix(prefix)?;
+        let mut fields = rest.split(',');
+        let url = fields.next().unwrap_or_default();
+        let upstream = Upstream::parse(url)?;
+        let mut provider = None;
+        for option in fields {
+            let (key, value) = option
+                .split_once('=')
+                .ok_or_else(|| format!("route {prefix}: option {option:?} is not KEY=VALUE"))?;
+            match key {
+                "provider" => provider = Some(parse_provider(value)?),
+                // `ca=FILE` (SPEC §15) is added here with the upstream TLS options.
+                other => {
+                    return Err(format!(
+                        "route {prefix}: unknown option {other:?} (known: provider)"
+                    ));
+                }
+            }
+        }
+        Ok(RouteSpec {
+            prefix,
+            upstream,
+            provider,
+        })
+    }
+}
+
+/// A route prefix: `/` then whole segments; a trailing slash is dropped.
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let prefix = s.trim_end_matches('/');
+    if !s.starts_with('/') {
+        return Err(format!("route prefix {s:?} must start with /"));
+    }
+    if prefix.is_empty() {
+        return Err(format!(
+            "route prefix {s:?} would match every request (use --upstream for the default)"
+        ));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '?' | '#' | '%' | '\\'))
+    {
+        return Err(format!("route prefix {s:?}: {c:?} is not allowed"));
+    }
+    if prefix[1..]
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(format!(
+            "route prefix {s:?}: empty, . and .. segments are not allowed"
+        ));
+    }
+    Ok(prefix.to_owned())
+}
+
+/// A provider name for `gen_ai.provider.name` and the `provider` labels.
+pub fn parse_provider(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "provider {s:?}: use 1 to 64 letters, digits, '.', '_' or '-' (e.g. groq, azure.ai.openai)"
+        ))
+    }
+}
+
+/// The routes of one `--route` value or of `TOKENTAP_ROUTES` (separated by spaces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteList(pub Vec<RouteSpec>);
+
+impl RouteList {
+    pub fn parse(s: &str) -> Result<RouteList, String> {
+        s.split_whitespace()
+            .map(RouteSpec::parse)
+            .collect::<Result<_, _>>()
+            .map(RouteList)
+    }
+}
+
+/// Refuses two routes with the same prefix (which one is meant?).
+pub fn check_routes(routes: &[RouteSpec]) -> Result<(), String> {
+    for (i, r) in routes.iter().enumerate() {
+        if routes[..i].iter().any(|o| o.prefix == r.prefix) {
+            return Err(format!("--route: prefix {} is given twice", r.prefix));
+        }
+    }
+    Ok(())
+}
+
 /// Parses `500ms`, `2s`, `5m`, `1h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -190,6 +298,14 @@ pub struct Cli {
     /// Base URL requests are forwarded to; a path prefix in it is kept
     #[arg(long, env = "TOKENTAP_UPSTREAM", default_value = "https://api.openai.com", value_name = "URL", value_parser = parse_upstream)]
     pub upstream: Upstream,
+
+    /// Provider name of --upstream (default: inferred from its host, e.g. openai, azure.ai.openai, groq)
+    #[arg(long, env = "TOKENTAP_PROVIDER", value_parser = parse_provider, value_name = "NAME")]
+    pub provider: Option<String>,
+
+    /// Send requests under PREFIX to URL, PREFIX removed (repeatable; the longest prefix wins); env: routes separated by spaces
+    #[arg(long = "route", env = "TOKENTAP_ROUTES", value_parser = RouteList::parse, value_name = "PREFIX=URL[,provider=NAME]")]
+    pub routes: Vec<RouteList>,
 
     /// Use the built-in simulated OpenAI upstream (offline, no key needed)
     #[arg(long, env = "TOKENTAP_DEMO", value_parser = parse_bool_env, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
@@ -341,6 +457,10 @@ fn parse_usage_injection(s: &str) -> Result<bool, String> {
 pub struct Config {
     pub listen: SocketAddr,
     pub upstream: Upstream,
+    /// `--provider`: the default route's provider, when not inferred from its host.
+    pub provider: Option<String>,
+    /// `--route`s, in the order given.
+    pub routes: Vec<RouteSpec>,
     pub demo: bool,
     pub demo_chunk_delay: Duration,
     pub pricing: Option<PathBuf>,
@@ -371,6 +491,8 @@ impl Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             upstream,
+            provider: None,
+            routes: Vec::new(),
             demo: false,
             demo_chunk_delay: Duration::ZERO,
             pricing: None,
@@ -402,6 +524,8 @@ impl From<Cli> for Config {
         Config {
             listen: c.listen,
             upstream: c.upstream,
+            provider: c.provider,
+            routes: c.routes.into_iter().flat_map(|l| l.0).collect(),
             demo: c.demo,
             demo_chunk_delay: c.demo_chunk_delay,
             pricing: c.pricing,
@@ -486,6 +610,57 @@ mod tests {
         assert!(d.usage_injection && !d.demo && !d.capture_content);
         assert!(Cli::try_parse_from(["tokentap", "--connect-timeout", "soon"]).is_err());
         assert!(Cli::try_parse_from(["tokentap", "--no-usage-injection", "true"]).is_err());
+    }
+
+    #[test]
+    fn routes_parse_or_say_why_not() {
+        let r = RouteSpec::parse("/groq/=https://api.groq.com/openai,provider=groq").expect("ok");
+        assert_eq!(r.prefix, "/groq");
+        assert_eq!(r.upstream.prefix, "/openai");
+        assert_eq!(r.provider.as_deref(), Some("groq"));
+        let r = RouteSpec::parse("/a/b=http://127.0.0.1:9000").expect("ok");
+        assert_eq!((r.prefix.as_str(), r.provider), ("/a/b", None));
+        for bad in [
+            "groq=https://api.groq.com",
+            "/groq",
+            "/=https://api.groq.com",
+            "/groq=ftp://x",
+            "/groq=",
+            "/g?x=https://api.groq.com",
+            "/a//b=https://api.groq.com",
+            "/a/../b=https://api.groq.com",
+            "/groq=https://api.groq.com,provider=",
+            "/groq=https://api.groq.com,provider=a b",
+            "/groq=https://api.groq.com,region=eu",
+            "/groq=https://api.groq.com,provider",
+        ] {
+            assert!(RouteSpec::parse(bad).is_err(), "{bad}");
+        }
+        let l = RouteList::parse("  /a=http://a  /b=http://b,provider=x \n").expect("ok");
+        assert_eq!(l.0.len(), 2);
+        assert_eq!(RouteList::parse("").expect("empty").0, vec![]);
+        let twice = [l.0[0].clone(), l.0[0].clone()];
+        assert!(check_routes(&twice).is_err());
+        assert!(check_routes(&l.0).is_ok());
+    }
+
+    #[test]
+    fn route_flags_repeat_and_combine() {
+        let c = Cli::try_parse_from([
+            "tokentap",
+            "--route",
+            "/a=http://a",
+            "--route",
+            "/b=http://b /c=http://c",
+            "--provider",
+            "vllm",
+        ])
+        .expect("parses");
+        let cfg = Config::from(c);
+        let prefixes: Vec<_> = cfg.routes.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["/a", "/b", "/c"]);
+        assert_eq!(cfg.provider.as_deref(), Some("vllm"));
+        assert!(Cli::try_parse_from(["tokentap", "--provider", "no way"]).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! controls. Sockets, the accept loop and graceful shutdown are
 //! [`crate::listener`]'s, shared with the proxy.
 
+mod azure;
 mod chat;
 mod completions;
 mod embeddings;
@@ -67,7 +68,10 @@ impl Default for DemoOptions {
 ///
 /// Routes: `POST /v1/chat/completions`, `POST /v1/completions`,
 /// `POST /v1/responses`, `POST /v1/embeddings`, `GET /v1/models` and
-/// `GET /v1/models/{id}`; anything else is a 404 in OpenAI's format.
+/// `GET /v1/models/{id}`; the same model calls under Azure OpenAI's
+/// `/openai/deployments/{deployment}/` (the deployment is the model when the
+/// body names none) and `/openai/v1/`, answered with a dated model version as
+/// Azure does; anything else is a 404 in OpenAI's format.
 ///
 /// Fault models (the request's `model`, on the `POST` routes):
 /// `demo-error-429`, `demo-error-500`, `demo-malformed-json`,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokentap::app::{self, StartError};
-use tokentap::config::{Cli, Config, LogFormat};
+use tokentap::config::{Cli, Config, LogFormat, RouteSpec};
 use tokentap::telemetry::otel::OtelSettings;
 
 /// Log lines go to stderr (text or JSON) and, when a logs exporter is on, over OTLP.
@@ -51,7 +51,7 @@ fn init_logging(
         .map_err(|e| e.to_string())
 }
 
-fn banner(running: &app::Running, demo: bool) {
+fn banner(running: &app::Running, demo: bool, routes: &[RouteSpec]) {
     let url = running.url();
     println!("tokentap listening on {url}");
     if demo {
@@ -61,6 +61,9 @@ fn banner(running: &app::Running, demo: bool) {
         );
     } else {
         println!("  upstream: {}", running.upstream);
+    }
+    for r in routes {
+        println!("  route:    {url}{} -> {}", r.prefix, r.upstream);
     }
     println!("  metrics:  {url}/metrics");
     println!("  health:   {url}/health");
@@ -122,8 +125,9 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         telemetry.providers.logger_provider.as_ref(),
     )
     .map_err(StartError::Config)?;
+    let routes = cfg.routes.clone();
     let running = app::start_with(cfg, telemetry).await?;
-    banner(&running, demo);
+    banner(&running, demo, &routes);
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
