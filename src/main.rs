@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokentap::app::{self, StartError};
 use tokentap::config::{Cli, Config, LogFormat, RouteSpec};
+use tokentap::genai::provider::Provider;
 use tokentap::telemetry::otel::OtelSettings;
 
 /// Log lines go to stderr (text or JSON) and, when a logs exporter is on, over OTLP.
@@ -63,7 +64,14 @@ fn banner(running: &app::Running, demo: bool, routes: &[RouteSpec]) {
         println!("  upstream: {}", running.upstream);
     }
     for r in routes {
-        println!("  route:    {url}{} -> {}", r.prefix, r.upstream);
+        let provider = r
+            .provider
+            .as_deref()
+            .map_or_else(|| Provider::for_host(r.upstream.host()), Provider::new);
+        println!(
+            "  route:    {url}{}/ -> {} (provider {provider})",
+            r.prefix, r.upstream
+        );
     }
     println!("  metrics:  {url}/metrics");
     println!("  health:   {url}/health");
