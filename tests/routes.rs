@@ -356,3 +356,38 @@ async fn azure_calls_are_accounted_and_api_key_is_never_recorded() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_route_fails_alone() {
+    let default = answering("gpt-4o-mini").await;
+    // a port nothing listens on: bind one, then let it go
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let route = format!("/dead={dead_url},provider=deadco");
+    let tt = Tokentap::in_front_of(&default.base_url(), &["--route", &route]);
+    let r = wire::post_json(tt.addr, "/dead/v1/chat/completions", wire::NORMAL_CHAT).await;
+    r.assert_openai_error(502, "connection_error");
+    let r = wire::post_json(tt.addr, "/v1/chat/completions", wire::NORMAL_CHAT).await;
+    assert_eq!(r.status, 200);
+    let page =
+        wire::metrics_until(tt.addr, |p| wire::sum(p, "llm_requests_total", &[]) >= 2.0).await;
+    assert_eq!(
+        wire::sum(
+            &page,
+            "llm_requests_total",
+            &[("provider", "deadco"), ("status", "error")]
+        ),
+        1.0,
+        "{}",
+        wire::grep(&page, "llm_requests_total")
+    );
+    assert_eq!(
+        wire::sum(
+            &page,
+            "llm_requests_total",
+            &[("provider", "openai"), ("status", "success")]
+        ),
+        1.0
+    );
+}
