@@ -198,8 +198,8 @@ pub struct Cli {
     #[arg(long, env = "TOKENTAP_PROVIDER", value_parser = parse_provider, value_name = "NAME")]
     pub provider: Option<String>,
 
-    /// Send requests under PREFIX to URL, PREFIX removed (repeatable; the longest prefix wins); env: routes separated by spaces
-    #[arg(long = "route", env = "TOKENTAP_ROUTES", value_parser = RouteList::parse, value_name = "PREFIX=URL[,provider=NAME]")]
+    /// PREFIX=URL[,provider=NAME]: requests under PREFIX go to URL, PREFIX removed (repeatable; the longest prefix wins; env: routes separated by spaces)
+    #[arg(long = "route", env = "TOKENTAP_ROUTES", value_parser = RouteList::parse, value_name = "ROUTE")]
     pub routes: Vec<RouteList>,
 
     /// Use the built-in simulated OpenAI upstream (offline, no key needed)
