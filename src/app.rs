@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::agent::Agent;
-use crate::config::{Config, Upstream};
+use crate::config::{self, Config, Upstream};
 use crate::demo::{DemoOptions, DemoUpstream};
 use crate::genai::pricing::PriceTable;
 use crate::listener::{self, ConnectionLimits, ServeOptions};
@@ -117,6 +117,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
 
 /// Starts the demo upstream if asked, binds the listener, and serves.
 pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, StartError> {
+    config::check_routes(&cfg.routes).map_err(StartError::Config)?;
     let (upstream, demo) = if cfg.demo {
         let opts = DemoOptions {
             chunk_delay: cfg.demo_chunk_delay,

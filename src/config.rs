@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+mod routes;
+pub use routes::{RouteList, RouteSpec, check_routes, parse_provider};
+
 /// A value that must never be printed (API keys).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -200,6 +203,14 @@ pub struct Cli {
     #[arg(long, env = "TOKENTAP_UPSTREAM", default_value = "https://api.openai.com", value_name = "URL", value_parser = parse_upstream)]
     pub upstream: Upstream,
 
+    /// Provider name of --upstream (default: inferred from its host, e.g. openai, azure.ai.openai, groq)
+    #[arg(long, env = "TOKENTAP_PROVIDER", value_parser = parse_provider, value_name = "NAME")]
+    pub provider: Option<String>,
+
+    /// PREFIX=URL[,provider=NAME]: requests under PREFIX go to URL, PREFIX removed (repeatable; the longest prefix wins; env: routes separated by spaces)
+    #[arg(long = "route", env = "TOKENTAP_ROUTES", value_parser = RouteList::parse, value_name = "ROUTE")]
+    pub routes: Vec<RouteList>,
+
     /// Use the built-in simulated OpenAI upstream (offline, no key needed)
     #[arg(long, env = "TOKENTAP_DEMO", value_parser = parse_bool_env, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
     pub demo: bool,
@@ -350,6 +361,10 @@ fn parse_usage_injection(s: &str) -> Result<bool, String> {
 pub struct Config {
     pub listen: SocketAddr,
     pub upstream: Upstream,
+    /// `--provider`: the default route's provider, when not inferred from its host.
+    pub provider: Option<String>,
+    /// `--route`s, in the order given.
+    pub routes: Vec<RouteSpec>,
     pub demo: bool,
     pub demo_chunk_delay: Duration,
     pub pricing: Option<PathBuf>,
@@ -380,6 +395,8 @@ impl Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             upstream,
+            provider: None,
+            routes: Vec::new(),
             demo: false,
             demo_chunk_delay: Duration::ZERO,
             pricing: None,
@@ -411,6 +428,8 @@ impl From<Cli> for Config {
         Config {
             listen: c.listen,
             upstream: c.upstream,
+            provider: c.provider,
+            routes: c.routes.into_iter().flat_map(|l| l.0).collect(),
             demo: c.demo,
             demo_chunk_delay: c.demo_chunk_delay,
             pricing: c.pricing,
@@ -497,6 +516,25 @@ mod tests {
         assert!(d.usage_injection && !d.demo && !d.capture_content);
         assert!(Cli::try_parse_from(["tokentap", "--connect-timeout", "soon"]).is_err());
         assert!(Cli::try_parse_from(["tokentap", "--no-usage-injection", "true"]).is_err());
+    }
+
+    #[test]
+    fn route_flags_repeat_and_combine() {
+        let c = Cli::try_parse_from([
+            "tokentap",
+            "--route",
+            "/a=http://a",
+            "--route",
+            "/b=http://b /c=http://c",
+            "--provider",
+            "vllm",
+        ])
+        .expect("parses");
+        let cfg = Config::from(c);
+        let prefixes: Vec<_> = cfg.routes.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["/a", "/b", "/c"]);
+        assert_eq!(cfg.provider.as_deref(), Some("vllm"));
+        assert!(Cli::try_parse_from(["tokentap", "--provider", "no way"]).is_err());
     }
 
     #[test]

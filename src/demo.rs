@@ -19,6 +19,7 @@
 //! controls. Sockets, the accept loop and graceful shutdown are
 //! `crate::listener`'s, shared with the proxy.
 
+mod azure;
 mod chat;
 mod completions;
 mod embeddings;
@@ -77,7 +78,10 @@ impl Default for DemoOptions {
 /// usage with an audio/text split and can stream, `whisper-*` a duration),
 /// `POST /v1/images/generations` and `/v1/images/edits` (multipart; `gpt-image-*`
 /// report token usage), `POST /v1/moderations`, `GET /v1/models` and
-/// `GET /v1/models/{id}`; anything else is a 404 in OpenAI's format.
+/// `GET /v1/models/{id}`; the same model calls under Azure OpenAI's
+/// `/openai/deployments/{deployment}/` (the deployment is the model when the
+/// body names none) and `/openai/v1/`, answered with a dated model version as
+/// Azure does; anything else is a 404 in OpenAI's format.
 ///
 /// Fault models (the request's `model`, on the `POST` routes):
 /// `demo-error-429`, `demo-error-500`, `demo-malformed-json`,

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokentap::app::{self, StartError};
-use tokentap::config::{Cli, Config, LogFormat};
+use tokentap::config::{Cli, Config, LogFormat, RouteSpec};
+use tokentap::genai::provider::Provider;
 use tokentap::telemetry::otel::OtelSettings;
 
 /// Log lines go to stderr (text or JSON) and, when a logs exporter is on, over OTLP.
@@ -51,7 +52,7 @@ fn init_logging(
         .map_err(|e| e.to_string())
 }
 
-fn banner(running: &app::Running, demo: bool) {
+fn banner(running: &app::Running, demo: bool, routes: &[RouteSpec]) {
     let url = running.url();
     println!("tokentap listening on {url}");
     if demo {
@@ -61,6 +62,16 @@ fn banner(running: &app::Running, demo: bool) {
         );
     } else {
         println!("  upstream: {}", running.upstream);
+    }
+    for r in routes {
+        let provider = r
+            .provider
+            .as_deref()
+            .map_or_else(|| Provider::for_host(r.upstream.host()), Provider::new);
+        println!(
+            "  route:    {url}{}/ -> {} (provider {provider})",
+            r.prefix, r.upstream
+        );
     }
     println!("  metrics:  {url}/metrics");
     println!("  health:   {url}/health");
@@ -122,8 +133,9 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         telemetry.providers.logger_provider.as_ref(),
     )
     .map_err(StartError::Config)?;
+    let routes = cfg.routes.clone();
     let running = app::start_with(cfg, telemetry).await?;
-    banner(&running, demo);
+    banner(&running, demo, &routes);
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;

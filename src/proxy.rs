@@ -9,7 +9,8 @@
 //!   Proxy::forward      route.rs  prepare.rs  request.rs         send.rs respond.rs
 //! ```
 //!
-//! - **route** picks the [`Route`](crate::route::Route): upstream, provider, connection pool.
+//! - **route** picks the [`Route`](crate::route::Route) (upstream, provider, connection
+//!   pool) by the path's prefix, and the path to forward with that prefix removed.
 //! - **prepare** reads the body's facts into a [`Call`](crate::call::Call), starts its
 //!   span, and decides whether a stream must be asked for usage (the only change
 //!   tokentap ever makes, undone on the way back).
@@ -85,6 +86,11 @@ pub fn full_response(
     r
 }
 
+/// The client's path and query (`/` when the request has none).
+fn path_and_query(parts: &http::request::Parts) -> &str {
+    parts.uri.path_and_query().map_or("/", |pq| pq.as_str())
+}
+
 /// Everything the stages need, shared by all connections.
 pub struct Proxy {
     routes: Routes,
@@ -126,8 +132,8 @@ impl Proxy {
         match read {
             Ok(b) => self.forward_bytes(parts, b, timing, &parent).await,
             Err(e) => {
-                let route = self.routes.choose(parts.uri.path());
-                let mut call = prepare::unread(route, &parts);
+                let chosen = self.routes.choose(path_and_query(&parts));
+                let mut call = prepare::unread(&chosen, &parts);
                 call.trace = Some(spans::start(
                     self.recorder.tracer(),
                     &parent,
@@ -166,15 +172,16 @@ impl Proxy {
         parent: &opentelemetry::Context,
     ) -> Response<ResponseBody> {
         let work = Instant::now();
-        let route = self.routes.choose(parts.uri.path());
-        let prepared = prepare::call(route, &parts, &body, self.prepare_options());
+        let chosen = self.routes.choose(path_and_query(&parts));
+        let route = chosen.route;
+        let prepared = prepare::call(&chosen, &parts, &body, self.prepare_options());
         let mut call = prepared.call;
         let cx = spans::start(self.recorder.tracer(), parent, &call, timing.wall);
         let traceresponse = spans::traceresponse(&cx);
         call.trace = Some(cx);
         // the client's own request, kept in case the upstream refuses the injected one
         let original = call.usage_injected.then(|| parts.clone());
-        let up = match request::build(route, parts, prepared.upstream_body, &call) {
+        let up = match request::build(&chosen, parts, prepared.upstream_body, &call) {
             Ok(up) => up,
             Err(e) => return self.reject(call, e, timing.started),
         };
@@ -190,7 +197,7 @@ impl Proxy {
                 retry::Verdict::Retry => {
                     tracing::info!(path = %bounded::for_log(&call.path), "the upstream refused stream_options; sending the request as the client wrote it");
                     call.usage_injected = false;
-                    let up = match request::build(route, original, body, &call) {
+                    let up = match request::build(&chosen, original, body, &call) {
                         Ok(up) => up,
                         Err(e) => return self.reject(call, e, timing.started),
                     };

@@ -12,7 +12,7 @@
 //! How expressions are evaluated (instant queries at the current time):
 //! - Grafana's variables are substituted with their values in the compose stack at the
 //!   dashboard's default range: `$__rate_interval` → `20s`, `$__range` → `15m`,
-//!   `$__interval` → `5s` (see `GRAFANA_VARS`; Prometheus scrapes every 1 s here, so each
+//!   `$__interval` → `5s`, the `provider` variable → `openai` (see `GRAFANA_VARS`; Prometheus scrapes every 1 s here, so each
 //!   window holds many samples); any other `$` variable fails the test, as the check could
 //!   not evaluate it.
 //! - Every selector must have `job="tokentap"` (checked statically): Prometheus also
@@ -66,6 +66,9 @@ const GRAFANA_VARS: &[(&str, &str)] = &[
     ("$__rate_interval", "20s"),
     ("$__range", "15m"),
     ("$__interval", "5s"),
+    // the dashboard's `provider` variable with the demo's one provider picked (not "All",
+    // whose `.*` would also match series without the label)
+    ("$provider", "openai"),
 ];
 
 /// The scrape job of tokentap's own `/metrics` (compose/prometheus/prometheus.yml). The
@@ -356,12 +359,50 @@ fn threshold_stripping_and_yaml_reading() {
     );
 }
 
+/// Each `label_values(SELECTOR, LABEL)` query variable as PromQL that returns data only
+/// when series of SELECTOR carry LABEL (what fills the variable's drop-down).
+fn variable_exprs(dashboard: &Value) -> Vec<Expr> {
+    let mut out = Vec::new();
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let def = v["definition"].as_str().unwrap_or_default();
+        let Some(args) = def
+            .strip_prefix("label_values(")
+            .and_then(|a| a.strip_suffix(')'))
+        else {
+            continue;
+        };
+        let (selector, label) = args
+            .rsplit_once(',')
+            .expect("label_values(SELECTOR, LABEL)");
+        let (selector, label) = (selector.trim(), label.trim());
+        let selector = selector.strip_suffix('}').map_or_else(
+            || format!("{selector}{{{label}!=\"\"}}"),
+            |s| format!("{s},{label}!=\"\"}}"),
+        );
+        let query = format!("group by ({label}) ({selector})");
+        out.push(Expr {
+            source: format!("variable {} ({def})", v["name"].as_str().unwrap_or("?")),
+            ref_id: "definition".to_owned(),
+            // the PromQL form: what the static selector checks can read
+            original: query.clone(),
+            query,
+            exemplar: false,
+        });
+    }
+    out
+}
+
 fn all_exprs() -> Vec<Expr> {
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_file(DASHBOARD)).expect("read the dashboard"),
     )
     .expect("dashboard is JSON");
     let mut exprs = dashboard_exprs(&dashboard);
+    exprs.extend(variable_exprs(&dashboard));
     let yaml = std::fs::read_to_string(repo_file(ALERTS)).expect("read the alert rules");
     for (kind, name, expr) in rule_exprs(&yaml) {
         let query = match kind {
@@ -449,6 +490,35 @@ fn dashboard_is_provisionable_and_covers_the_metrics() {
             .any(|e| e.exemplar && e.original.contains("llm_request_duration_seconds_bucket")),
         "no latency query with exemplars"
     );
+    // the provider variable (SPEC §9) filters every llm_* and gen_ai_client_* query
+    let vars = d["templating"]["list"].as_array().expect("templating");
+    let provider = vars
+        .iter()
+        .find(|v| v["name"] == "provider")
+        .expect("a provider variable");
+    assert_eq!(
+        provider["definition"],
+        "label_values(llm_requests_total{job=\"tokentap\"}, provider)"
+    );
+    assert_eq!(provider["includeAll"], true);
+    assert_eq!(provider["allValue"], ".*");
+    assert_eq!(variable_exprs(&d).len(), 1);
+    for e in &exprs {
+        for (metric, filter) in [
+            ("llm_", r#"provider=~"$provider""#),
+            ("gen_ai_client_", r#"gen_ai_provider_name=~"$provider""#),
+        ] {
+            let uses = e.original.matches(metric).count();
+            assert_eq!(
+                e.original.matches(filter).count(),
+                uses,
+                "[{} {}] every {metric}* selector filters by {filter}: {}",
+                e.source,
+                e.ref_id,
+                e.original
+            );
+        }
+    }
     // dashboard and rules: each selector picks tokentap's own scrape job
     for e in all_exprs() {
         let bad = unscoped_selectors(&e.original);

@@ -1,8 +1,9 @@
 //! Which endpoint answers a request, and how its answer becomes HTTP.
 //!
 //! Model calls are recognised by the same [`Operation::from_path`] the proxy
-//! uses, under a path prefix this upstream serves (OpenAI's `/v1` today), so a
-//! provider with other paths is one more prefix here, not another router.
+//! uses, under a path prefix this upstream serves (OpenAI's `/v1`, and Azure's
+//! `/openai/v1` and `/openai/deployments/{name}`), so a provider with other
+//! paths is one more prefix here, not another router.
 
 use std::sync::Arc;
 
@@ -18,7 +19,9 @@ use super::text::Fnv;
 use super::wire::{
     ApiError, DemoBody, Outcome, Payload, accepts_gzip, insert_request_id, json_response,
 };
-use super::{chat, completions, embeddings, images, models, moderations, responses, uploads};
+use super::{
+    azure, chat, completions, embeddings, images, models, moderations, responses, uploads,
+};
 use crate::genai::request::Operation;
 use crate::listener::ChannelBody;
 
@@ -35,7 +38,7 @@ pub(super) async fn handle(req: Request<Incoming>, state: Arc<State>) -> Respons
         Ok(body) if operation.multipart() => {
             uploads::call(operation, &path, content_type.as_ref(), &body.to_bytes())
         }
-        Ok(body) => model_call(operation, &path, &body.to_bytes()),
+        Ok(body) => model_call(operation, &path, &body.to_bytes(), azure::Shape::of(&path)),
         Err(err) => {
             let hash = Fnv::new().str(&path).finish();
             let msg = format!("Could not read the request body: {err}");
@@ -72,16 +75,21 @@ fn operation_path(operation: Operation) -> &'static str {
     }
 }
 
-/// The API prefixes answered: OpenAI's `/v1` (an Azure-style
-/// `/openai/deployments/{name}` would be another).
+/// The API prefixes answered: OpenAI's `/v1`, Azure's v1 `/openai/v1`, and an
+/// Azure deployment's `/openai/deployments/{name}`.
 fn served_prefix(prefix: &str) -> bool {
     prefix == "/v1"
+        || prefix == "/openai/v1"
+        || prefix
+            .strip_prefix("/openai/deployments/")
+            .is_some_and(|d| !d.is_empty() && !d.contains('/'))
 }
 
 /// Reads the request, applies the fault its model asks for, and lets the
 /// endpoint of `operation` generate the answer. `path` seeds the request id of
-/// an invalid request.
-fn model_call(operation: Operation, path: &str, raw: &[u8]) -> Outcome {
+/// an invalid request. On an Azure path (`azure`) the model may come from the
+/// deployment, and the answer names the model version Azure would.
+fn model_call(operation: Operation, path: &str, raw: &[u8], azure: azure::Shape<'_>) -> Outcome {
     // Only error paths need a hash of the raw body; skip it for (possibly huge) valid requests.
     let raw_hash = || Fnv::new().str(path).bytes(raw).finish();
     let value: Value = match serde_json::from_slice(raw) {
@@ -98,9 +106,10 @@ fn model_call(operation: Operation, path: &str, raw: &[u8]) -> Outcome {
         let msg = "The request body must be a JSON object.".to_owned();
         return Outcome::error(raw_hash(), &ApiError::invalid(msg, None));
     };
-    let model = match obj.get("model") {
-        Some(Value::String(model)) if !model.is_empty() => model.as_str(),
-        None if operation == Operation::Moderations => moderations::DEFAULT_MODEL,
+    let model = match (obj.get("model"), azure.deployment) {
+        (Some(Value::String(model)), _) if !model.is_empty() => model.as_str(),
+        (_, Some(deployment)) => deployment,
+        (None, None) if operation == Operation::Moderations => moderations::DEFAULT_MODEL,
         _ => {
             let msg = "you must provide a model parameter".to_owned();
             return Outcome::error(raw_hash(), &ApiError::invalid(msg, Some("model")));
@@ -114,6 +123,7 @@ fn model_call(operation: Operation, path: &str, raw: &[u8]) -> Outcome {
     let extra_delay = faults::slow_delay(model);
 
     let force_stream = fault != StreamFault::None;
+    let model = azure.answered_model(operation, model);
     let generated = match operation {
         Operation::ChatCompletions => chat::generate(obj, model, force_stream),
         Operation::Completions => completions::generate(obj, model, force_stream),
@@ -208,6 +218,14 @@ mod tests {
         assert_eq!(post("/chat/completions"), None);
         assert_eq!(post("/v1/extra/chat/completions"), None);
         assert_eq!(post("/v1/chat/completions/"), None);
+        // Azure's shapes
+        assert_eq!(
+            post("/openai/deployments/prod-chat/chat/completions"),
+            Some(Operation::ChatCompletions)
+        );
+        assert_eq!(post("/openai/v1/embeddings"), Some(Operation::Embeddings));
+        assert_eq!(post("/openai/deployments//chat/completions"), None);
+        assert_eq!(post("/openai/deployments/a/b/chat/completions"), None);
         assert_eq!(post("/v1/models"), None);
         assert_eq!(model_operation(&Method::GET, "/v1/chat/completions"), None);
     }

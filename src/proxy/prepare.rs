@@ -8,10 +8,10 @@
 use bytes::Bytes;
 
 use crate::call::{Call, ParseFailure};
-use crate::genai::content;
 use crate::genai::inject::request_with_usage;
 use crate::genai::request::{Operation, RequestFacts};
-use crate::route::Route;
+use crate::genai::{azure, content};
+use crate::route::Chosen;
 
 /// Switches that change how a call is prepared.
 #[derive(Debug, Clone, Copy)]
@@ -28,12 +28,19 @@ pub(super) struct Prepared {
     pub(super) upstream_body: Bytes,
 }
 
+/// A new call on the `chosen` route. `Call.path` stays the client's path (the
+/// `url.path` it asked for, route prefix included); the Azure deployment, when
+/// the body names no model, is read from the forwarded one.
 fn new_call(
-    route: &Route,
+    chosen: &Chosen<'_>,
     parts: &http::request::Parts,
     op: Option<Operation>,
-    facts: RequestFacts,
+    mut facts: RequestFacts,
 ) -> Call {
+    if op.is_some() && facts.model.is_none() {
+        facts.model = azure::deployment(chosen.path()).map(str::to_owned);
+    }
+    let route = chosen.route;
     Call::new(
         op,
         facts,
@@ -46,9 +53,9 @@ fn new_call(
 }
 
 /// A call whose body could not be read: only the path tells what it was.
-pub(super) fn unread(route: &Route, parts: &http::request::Parts) -> Call {
+pub(super) fn unread(chosen: &Chosen<'_>, parts: &http::request::Parts) -> Call {
     new_call(
-        route,
+        chosen,
         parts,
         Operation::from_path(parts.uri.path()),
         RequestFacts::default(),
@@ -57,7 +64,7 @@ pub(super) fn unread(route: &Route, parts: &http::request::Parts) -> Call {
 
 /// Reads `body`'s facts into a new call and decides on usage injection.
 pub(super) fn call(
-    route: &Route,
+    chosen: &Chosen<'_>,
     parts: &http::request::Parts,
     body: &Bytes,
     opts: Options,
@@ -83,7 +90,7 @@ pub(super) fn call(
         && op.is_some_and(Operation::usage_is_opt_in)
         && facts.stream
         && facts.include_usage != Some(true);
-    let mut call = new_call(route, parts, op, facts);
+    let mut call = new_call(chosen, parts, op, facts);
     if let Some(f) = parse_failure {
         call.note_parse_failure(f);
     }

@@ -1,6 +1,7 @@
 //! Upstream request: the client's request, addressed to the route's upstream.
 //!
-//! Method, path, query, headers and body are the client's; only hop-by-hop
+//! Method, path, query, headers and body are the client's (the path less the
+//! route's prefix, under the upstream's own); only hop-by-hop
 //! headers, `Host` and `Content-Length` (both re-derived by the client
 //! library) are dropped, and the call's span goes along in `traceparent`.
 
@@ -12,19 +13,20 @@ use http_body_util::Full;
 use super::headers::strip_hop_by_hop;
 use crate::call::Call;
 use crate::error::ProxyError;
-use crate::route::Route;
+use crate::route::Chosen;
 use crate::telemetry::spans;
 
-/// The request to send to `route` for the client's `parts` and (possibly edited) `body`.
+/// The request to send on the `chosen` route for the client's `parts` and (possibly
+/// edited) `body`: its path is the client's, the route's prefix removed.
 pub(super) fn build(
-    route: &Route,
+    chosen: &Chosen<'_>,
     parts: http::request::Parts,
     body: Bytes,
     call: &Call,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = route
-        .uri(path_and_query)
+    let uri = chosen
+        .route
+        .uri(&chosen.path_and_query)
         .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URL: {e}")))?;
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
