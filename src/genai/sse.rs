@@ -145,18 +145,21 @@ impl SseDecoder {
                 }
             }
             let line_end = pos_base + next as u64;
+            // an event's size is its content: the line ending (1 or 2 bytes, maybe in
+            // the next frame) must not decide whether it is too large
+            let content_end = pos_base + end as u64;
             let seg = &chunk[start..end];
             match std::mem::take(&mut self.line) {
-                Line::Start => self.line(seg, line_end, &mut on_event),
+                Line::Start => self.line(seg, content_end, line_end, &mut on_event),
                 Line::Skip => self.skipped_line(line_end),
-                Line::Keep if self.too_big(line_end) => {
+                Line::Keep if self.too_big(content_end) => {
                     self.oversize(line_end);
                     self.skipped_line(line_end);
                 }
                 Line::Keep => {
                     let mut line = std::mem::take(&mut self.partial);
                     line.extend_from_slice(seg);
-                    self.line(&line, line_end, &mut on_event);
+                    self.line(&line, content_end, line_end, &mut on_event);
                     line.clear();
                     self.partial = line;
                 }
@@ -228,7 +231,13 @@ impl SseDecoder {
         }
     }
 
-    fn line(&mut self, line: &[u8], end_offset: u64, on_event: &mut impl FnMut(SseEvent<'_>)) {
+    fn line(
+        &mut self,
+        line: &[u8],
+        content_end: u64,
+        end_offset: u64,
+        on_event: &mut impl FnMut(SseEvent<'_>),
+    ) {
         if line.is_empty() {
             if !self.oversized && self.has_data {
                 on_event(SseEvent {
@@ -254,7 +263,7 @@ impl SseDecoder {
         if self.oversized {
             return self.skipped_line(end_offset);
         }
-        if self.too_big(end_offset) {
+        if self.too_big(content_end) {
             self.oversize(end_offset);
             return;
         }
@@ -374,6 +383,26 @@ mod tests {
             a.last().and_then(|e| e.0.as_deref()),
             Some(&b"response.completed"[..])
         );
+    }
+
+    #[test]
+    fn the_line_ending_does_not_decide_an_event_too_large() {
+        // found by tests/properties.rs: whole, the CRLF made this 9-byte event too large
+        // for a limit of 8; fed byte by byte, the LF came too late to count
+        let input = b"data:\0\0\r\n\n";
+        let whole = {
+            let mut d = SseDecoder::with_max_event(8);
+            let mut got = Vec::new();
+            d.feed(input, |e| got.push(e.data.to_vec()));
+            (got, d.oversized_events())
+        };
+        let mut d = SseDecoder::with_max_event(8);
+        let mut got = Vec::new();
+        for b in input.chunks(1) {
+            d.feed(b, |e| got.push(e.data.to_vec()));
+        }
+        assert_eq!((got, d.oversized_events()), whole);
+        assert_eq!(whole.0, vec![b"\0\0".to_vec()]);
     }
 
     #[test]
