@@ -266,6 +266,12 @@ impl Observer {
         }
     }
 
+    /// Whether an event stream reached its proper end (`[DONE]`, or a terminal
+    /// Responses event): a client may leave right after it, before the body's end.
+    pub fn stream_done(&self) -> bool {
+        matches!(&self.mode, Mode::Sse { acc, .. } if acc.is_done())
+    }
+
     /// Fills `call` with what was observed. `complete`: the body reached its end.
     pub fn finish_into(self, call: &mut Call, complete: bool) {
         for f in self.failures {

@@ -4,7 +4,8 @@
 //! shows a reference to the [`Observer`], and finishes the call exactly once:
 //! at the end of the body, on an upstream error or idle timeout, or — when
 //! the client goes away and hyper drops the body — from `Drop`, as
-//! `cancelled`. The finish state lives in an `Option` that is taken, so no
+//! `cancelled` (or as completed when the stream had already sent its
+//! terminal event: SDKs close right after `[DONE]`). The finish state lives in an `Option` that is taken, so no
 //! path can record a call twice. hyper may stop polling once
 //! `is_end_stream()` is true, so the end is also detected right after the
 //! last frame rather than only on a final `None`.
@@ -192,11 +193,18 @@ where
 
 impl<B> Drop for Tap<B> {
     fn drop(&mut self) {
-        if self.pending.is_some() {
+        if let Some(p) = &self.pending {
             // hyper drops a body it has read to the end without a final poll
             // only when the body said it was at its end; anything else means
-            // the client left early.
-            self.finish(Outcome::Cancelled);
+            // the client left early — unless the stream had already said its
+            // last word: SDKs stop reading at `[DONE]` and close, and the
+            // body's end may only have been on its way.
+            let outcome = if p.observer.stream_done() {
+                Outcome::Completed
+            } else {
+                Outcome::Cancelled
+            };
+            self.finish(outcome);
         }
     }
 }

@@ -388,3 +388,81 @@ async fn big_bodies_pass_and_oversized_response_heads_are_a_502() {
     assert_eq!(error_code(&r), "upstream_header_too_large");
     proxy.shutdown().await;
 }
+
+/// An upstream that streams a whole chat completion, `[DONE]` included, and then
+/// keeps the body open (its end would come in a later read).
+async fn done_then_hang_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                let events = concat!(
+                    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n",
+                    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+                    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n",
+                    "data: [DONE]\n\n",
+                );
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let chunk = format!("{:x}\r\n{events}\r\n", events.len());
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(chunk.as_bytes()).await;
+                // the terminating chunk never comes
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// The official Python SDK stops reading at `data: [DONE]` and closes: a stream
+/// whose `[DONE]` went through is complete, not cancelled, whenever its body ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_leaving_after_done_completed_the_call() {
+    let cfg = Config::for_upstream(Upstream::parse(&done_then_hang_upstream().await).expect("url"));
+    let proxy = app::start(cfg).await.expect("starts");
+    let req = http::Request::post(format!("{}/v1/chat/completions", proxy.url()))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from_static(
+            br#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+        )))
+        .expect("request");
+    let resp = http_client().request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: [DONE]") {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a frame in time")
+            .expect("a frame")
+            .expect("ok frame");
+        if let Some(d) = frame.data_ref() {
+            seen.extend_from_slice(d);
+        }
+    }
+    drop(body); // as the SDK does after [DONE]
+    let url = proxy.url();
+    let recorded = eventually(async || {
+        let page = metrics(&url).await;
+        sum(&page, "llm_requests_total", &[]) == 1.0
+    })
+    .await;
+    let page = metrics(&proxy.url()).await;
+    assert!(recorded, "the call was recorded:\n{page}");
+    assert_eq!(
+        sum(&page, "llm_requests_total", &[("status", "success")]),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sum(&page, "llm_tokens_used_total", &[("type", "total")]),
+        4.0
+    );
+    proxy.shutdown().await;
+}
