@@ -5,10 +5,10 @@
 //! at the end of the body, on an upstream error or idle timeout, or — when
 //! the client goes away and hyper drops the body — from `Drop`, as
 //! `cancelled` (or as completed when the stream had already sent its
-//! terminal event: SDKs close right after `[DONE]`). The finish state lives in an `Option` that is taken, so no
-//! path can record a call twice. hyper may stop polling once
-//! `is_end_stream()` is true, so the end is also detected right after the
-//! last frame rather than only on a final `None`.
+//! terminal event: SDKs close right after `[DONE]`). The finish state lives
+//! in an `Option` that is taken, so no path can record a call twice. hyper
+//! may stop polling once `is_end_stream()` is true, so the end is also
+//! detected right after the last frame rather than only on a final `None`.
 
 use std::pin::Pin;
 use std::sync::Arc;
