@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::tls::{CaCerts, ClientIdentity};
+
 /// A value that must never be printed (API keys).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -148,6 +150,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `--upstream-ca FILE`: read and checked at start.
+fn parse_ca(s: &str) -> Result<CaCerts, String> {
+    CaCerts::load(std::path::Path::new(s))
 }
 
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
@@ -319,6 +326,29 @@ pub struct Cli {
     #[arg(long)]
     pub healthcheck: bool,
 
+    // --- upstream TLS and egress (SPEC §15) ---
+    /// Extra CA certificates (PEM) trusted for https upstreams, besides Mozilla's roots and the system store
+    #[arg(long, env = "TOKENTAP_UPSTREAM_CA", value_name = "FILE", value_parser = parse_ca)]
+    pub upstream_ca: Option<CaCerts>,
+
+    /// Client certificate chain (PEM) presented to upstreams that ask for one (mTLS); needs --upstream-client-key
+    #[arg(
+        long,
+        env = "TOKENTAP_UPSTREAM_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "upstream_client_key"
+    )]
+    pub upstream_client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --upstream-client-cert
+    #[arg(
+        long,
+        env = "TOKENTAP_UPSTREAM_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "upstream_client_cert"
+    )]
+    pub upstream_client_key: Option<PathBuf>,
+    // --- end upstream TLS and egress ---
     /// Service name reported in /health and telemetry
     #[arg(
         long,
@@ -363,6 +393,13 @@ pub struct Config {
     pub agent_system_prompt: String,
     pub agent_max_conversations: usize,
     pub agent_max_history: usize,
+    // --- upstream TLS and egress (SPEC §15) ---
+    /// `--upstream-ca`.
+    pub upstream_ca: Option<CaCerts>,
+    /// `--upstream-client-cert` with `--upstream-client-key`.
+    pub upstream_identity: Option<ClientIdentity>,
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` (read once, at start).
+    pub egress_proxy: Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>>,
 }
 
 impl Config {
@@ -393,13 +430,26 @@ impl Config {
             agent_system_prompt: DEFAULT_SYSTEM_PROMPT.to_owned(),
             agent_max_conversations: 10_000,
             agent_max_history: 100,
+            upstream_ca: None,
+            upstream_identity: None,
+            egress_proxy: None,
         }
     }
 }
 
-impl From<Cli> for Config {
-    fn from(c: Cli) -> Config {
-        Config {
+impl TryFrom<Cli> for Config {
+    type Error = String;
+
+    /// Fails only on a client certificate and key that can't be used together.
+    fn try_from(c: Cli) -> Result<Config, String> {
+        let upstream_identity = match (&c.upstream_client_cert, &c.upstream_client_key) {
+            (Some(cert), Some(key)) => Some(
+                ClientIdentity::load(cert, key)
+                    .map_err(|e| format!("--upstream-client-cert/--upstream-client-key: {e}"))?,
+            ),
+            _ => None,
+        };
+        Ok(Config {
             listen: c.listen,
             upstream: c.upstream,
             demo: c.demo,
@@ -427,7 +477,10 @@ impl From<Cli> for Config {
             agent_system_prompt: c.agent_system_prompt,
             agent_max_conversations: c.agent_max_conversations.max(1),
             agent_max_history: c.agent_max_history.max(2),
-        }
+            upstream_ca: c.upstream_ca,
+            upstream_identity,
+            egress_proxy: crate::upstream::proxies_from_env(),
+        })
     }
 }
 

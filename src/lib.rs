@@ -44,4 +44,5 @@ pub(crate) mod route;
 pub mod server;
 pub mod tap;
 pub mod telemetry;
+pub mod tls;
 pub(crate) mod upstream;

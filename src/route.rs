@@ -17,12 +17,12 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    fn new(cfg: &Config, upstream: Upstream) -> Route {
-        Route {
+    fn new(opts: &upstream::Options, upstream: Upstream) -> Result<Route, String> {
+        Ok(Route {
             provider: Provider::for_host(upstream.host()),
-            client: upstream::client(cfg.connect_timeout),
+            client: upstream::client(opts, &[])?,
             upstream,
-        }
+        })
     }
 
     /// The upstream URL for the client's `path_and_query`, under the upstream's prefix.
@@ -39,10 +39,11 @@ pub(crate) struct Routes {
 
 impl Routes {
     /// The routes of `cfg`, forwarding to `upstream` by default.
-    pub(crate) fn new(cfg: &Config, upstream: Upstream) -> Routes {
-        Routes {
-            default: Route::new(cfg, upstream),
-        }
+    pub(crate) fn new(cfg: &Config, upstream: Upstream) -> Result<Routes, String> {
+        let opts = upstream::Options::new(cfg);
+        Ok(Routes {
+            default: Route::new(&opts, upstream)?,
+        })
     }
 
     /// The route for a request to `path`.
