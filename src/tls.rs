@@ -154,15 +154,23 @@ pub fn client_config(
 pub fn describe_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        // io::Error hides its inner error from `source()`: look inside it too
-        let inner = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|i| i.downcast_ref::<rustls::Error>());
-        if let Some(r) = e.downcast_ref::<rustls::Error>().or(inner) {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
             return Some(explain(r));
         }
-        cur = e.source();
+        // an io::Error shows its inner error's message but skips it in `source()`
+        // (and hyper-rustls wraps tokio-rustls' io::Error in another); an h2 connection
+        // error has no source at all but keeps its io::Error: look inside both
+        let io = e
+            .downcast_ref::<std::io::Error>()
+            .or_else(|| e.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        cur = match io {
+            Some(io) if e.is::<h2::Error>() => Some(io as &(dyn std::error::Error + 'static)),
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => e.source(),
+            },
+            None => e.source(),
+        };
     }
     None
 }
@@ -212,7 +220,8 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
-        let m = describe_failure(&io).expect("found");
+        let wrapped = std::io::Error::other(io);
+        let m = describe_failure(&wrapped).expect("found");
         assert!(
             m.contains("UnknownIssuer") && m.contains("--upstream-ca"),
             "{m}"
