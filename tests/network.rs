@@ -301,6 +301,9 @@ async fn otlp_http_over_mtls_gzip_compressed() {
     );
 }
 
+/// Arguments, environment, and the setting the error must name.
+type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
 #[test]
 fn bad_certificate_settings_are_one_line_errors_naming_the_setting() {
     let pki = Pki::new();
@@ -308,7 +311,7 @@ fn bad_certificate_settings_are_one_line_errors_naming_the_setting() {
     std::fs::write(&junk, "not a certificate\n").expect("write");
     let junk = junk.display().to_string();
     let cert = pki.file("client.pem");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec!["--demo"],
             vec![
