@@ -152,6 +152,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// The egress proxies the environment names (`None` when it names none):
+/// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, upper or lower case, as curl reads them.
+fn egress_proxy_from_env() -> Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>> {
+    const VARS: [&str; 6] = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ];
+    VARS.iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+        .then(|| std::sync::Arc::new(hyper_util::client::proxy::matcher::Matcher::from_env()))
+}
+
 /// `--upstream-ca FILE`: read and checked at start.
 fn parse_ca(s: &str) -> Result<CaCerts, String> {
     CaCerts::load(std::path::Path::new(s))
@@ -479,7 +495,7 @@ impl TryFrom<Cli> for Config {
             agent_max_history: c.agent_max_history.max(2),
             upstream_ca: c.upstream_ca,
             upstream_identity,
-            egress_proxy: crate::upstream::proxies_from_env(),
+            egress_proxy: egress_proxy_from_env(),
         })
     }
 }

@@ -82,22 +82,6 @@ impl Options {
     }
 }
 
-/// The egress proxies the environment names (`None` when it names none):
-/// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, upper or lower case, as curl reads them.
-pub fn proxies_from_env() -> Option<Arc<Matcher>> {
-    const VARS: [&str; 6] = [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ];
-    VARS.iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
-        .then(|| Arc::new(Matcher::from_env()))
-}
-
 /// Largest upstream response head (SPEC §8); hyper's read buffer is capped at
 /// this, since a head must fit in it whole.
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
