@@ -183,6 +183,41 @@ async fn a_proxy_that_refuses_or_is_down_is_named_in_a_502() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_goes_through_http_proxy_in_absolute_form_with_credentials() {
+    let demo = tokentap::demo::DemoUpstream::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        tokentap::demo::DemoOptions {
+            chunk_delay: Duration::ZERO,
+            first_byte_delay: Duration::ZERO,
+        },
+    )
+    .await
+    .expect("demo upstream");
+    let proxy = ConnectProxy::start(Some(PROXY_BASIC.to_owned())).await;
+    let mut cfg = config_for(&demo.base_url());
+    cfg.egress_proxy = Some(Arc::new(
+        Matcher::builder()
+            .http(format!(
+                "http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{}",
+                proxy.addr.port()
+            ))
+            .build(),
+    ));
+    let r = chat_via(cfg).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].target,
+        format!(
+            "{}/v1/chat/completions",
+            demo.base_url().trim_end_matches('/')
+        )
+    );
+    assert_eq!(seen[0].authorization.as_deref(), Some(PROXY_BASIC));
+}
+
 /// The environment of a `--demo` tokentap exporting all three signals to `endpoint`.
 fn otlp_env<'a>(endpoint: &'a str, protocol: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![

@@ -196,15 +196,17 @@ impl HttpsUpstream {
     }
 }
 
-/// What a [`ConnectProxy`] was asked: the `CONNECT` target and the `Proxy-Authorization` sent.
+/// What a [`ConnectProxy`] was asked: the `CONNECT` target (or the absolute URL of a
+/// plain-HTTP request) and the `Proxy-Authorization` sent.
 #[derive(Debug, Clone)]
 pub struct Tunnelled {
     pub target: String,
     pub authorization: Option<String>,
 }
 
-/// A small HTTP `CONNECT` proxy on 127.0.0.1: it answers `407` unless the expected
-/// `Proxy-Authorization` came, else opens the tunnel and copies bytes both ways.
+/// A small HTTP proxy on 127.0.0.1: it answers `407` unless the expected
+/// `Proxy-Authorization` came, else opens a `CONNECT` tunnel, or forwards an
+/// absolute-form request, and copies bytes both ways.
 pub struct ConnectProxy {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Tunnelled>>>,
@@ -268,16 +270,47 @@ async fn tunnel(mut client: TcpStream, log: Arc<Mutex<Vec<Tunnelled>>>, expected
             authorization: authorization.clone(),
         });
     }
-    if method != "CONNECT" {
-        let _ = client
-            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
-            .await;
-        return;
-    }
     if expected.is_some() && authorization != expected {
         let _ = client
             .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
             .await;
+        return;
+    }
+    if method != "CONNECT" {
+        // absolute-form (plain HTTP through the proxy): forward in origin-form, without
+        // the proxy's own header, then copy both ways
+        let Some(rest) = target.strip_prefix("http://") else {
+            let _ = client
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            return;
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let Ok(mut upstream) = TcpStream::connect(authority).await else {
+            let _ = client
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            return;
+        };
+        let version = request_line.split_whitespace().nth(2).unwrap_or("HTTP/1.1");
+        let path = if path.is_empty() { "/" } else { path };
+        let mut forwarded = format!("{method} {path} {version}\r\n");
+        for line in text.split("\r\n").skip(1) {
+            if line.is_empty()
+                || line
+                    .to_ascii_lowercase()
+                    .starts_with("proxy-authorization:")
+            {
+                continue;
+            }
+            forwarded.push_str(line);
+            forwarded.push_str("\r\n");
+        }
+        forwarded.push_str("\r\n");
+        if upstream.write_all(forwarded.as_bytes()).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         return;
     }
     let Ok(mut upstream) = TcpStream::connect(target).await else {
