@@ -558,6 +558,17 @@ mod tests {
     }
 
     #[test]
+    fn a_client_certificate_needs_its_key_and_a_ca_file_must_be_readable() {
+        let only_cert = Cli::try_parse_from(["tokentap", "--upstream-client-cert", "c.pem"]);
+        assert!(only_cert.is_err());
+        let only_key = Cli::try_parse_from(["tokentap", "--upstream-client-key", "k.pem"]);
+        assert!(only_key.is_err());
+        let e = Cli::try_parse_from(["tokentap", "--upstream-ca", "/nonexistent/ca.pem"])
+            .expect_err("unreadable CA file");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let s = Secret::new("sk-very-secret");
         assert!(!format!("{s:?}").contains("very"));
