@@ -22,7 +22,7 @@ pub struct CaCerts {
 impl CaCerts {
     /// Reads every `CERTIFICATE` block of `path`; at least one, each a usable trust anchor.
     pub fn load(path: &Path) -> Result<CaCerts, String> {
-        let certs = read_certs(path)?;
+        let certs = parse_certs(path, &read(path)?)?;
         let mut store = rustls::RootCertStore::empty();
         for c in &certs {
             store
@@ -66,17 +66,15 @@ impl PartialEq for ClientIdentity {
 impl ClientIdentity {
     /// Reads a PEM certificate chain and a PEM private key, and checks that they belong together.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, String> {
-        let certs = read_certs(cert_path)?;
-        let key_pem = std::fs::read(key_path)
-            .map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+        let cert_pem = read(cert_path)?;
+        let certs = parse_certs(cert_path, &cert_pem)?;
+        let key_pem = read(key_path)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
             format!(
                 "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) found: {e}",
                 key_path.display()
             )
         })?;
-        let cert_pem = std::fs::read(cert_path)
-            .map_err(|e| format!("cannot read {}: {e}", cert_path.display()))?;
         let id = ClientIdentity {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
@@ -97,9 +95,12 @@ impl ClientIdentity {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
     if certs.is_empty() {
@@ -118,7 +119,7 @@ fn system_roots() -> &'static [CertificateDer<'static>] {
 }
 
 /// Mozilla's roots, the system store, and `extra`.
-pub fn roots(extra: &[CertificateDer<'static>]) -> rustls::RootCertStore {
+pub(crate) fn roots(extra: &[CertificateDer<'static>]) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     // certificates of the system store that rustls can't use are skipped, as curl does
@@ -128,7 +129,7 @@ pub fn roots(extra: &[CertificateDer<'static>]) -> rustls::RootCertStore {
 }
 
 /// A rustls client configuration (ring) trusting [`roots`]`(extra)`, presenting `identity`.
-pub fn client_config(
+pub(crate) fn client_config(
     extra: &[CertificateDer<'static>],
     identity: Option<&ClientIdentity>,
     alpn: Vec<Vec<u8>>,
@@ -151,7 +152,7 @@ pub fn client_config(
 
 /// Why a TLS connection failed, in words an operator can act on, when `err`
 /// (or one of its sources) is a rustls error.
-pub fn describe_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub(crate) fn describe_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
