@@ -108,6 +108,7 @@ pub(crate) fn client(
     let egress = egress::Egress {
         http,
         proxies: opts.proxies.clone(),
+        connect_timeout: opts.connect_timeout,
     };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)

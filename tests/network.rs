@@ -170,6 +170,22 @@ async fn a_proxy_that_refuses_or_is_down_is_named_in_a_502() {
         "{message}"
     );
 
+    // a proxy that accepts and never answers CONNECT: bounded by --connect-timeout
+    let silent = support::otlp::BlackHole::start().await;
+    cfg.connect_timeout = Duration::from_millis(300);
+    cfg.egress_proxy = Some(Arc::new(
+        Matcher::builder().https(silent.endpoint()).build(),
+    ));
+    let r = chat_via(cfg.clone()).await;
+    assert_eq!(r.status, 502);
+    let (code, message) = error_of(&r);
+    assert_eq!(code, "proxy_error");
+    assert!(
+        message.contains(silent.endpoint().trim_start_matches("http://"))
+            && message.contains("CONNECT"),
+        "{message}"
+    );
+
     // nothing listening where the proxy should be
     let dead = closed_port_endpoint();
     cfg.egress_proxy = Some(Arc::new(Matcher::builder().https(dead.clone()).build()));

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
@@ -25,6 +26,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct Egress {
     pub(super) http: HttpConnector,
     pub(super) proxies: Option<Arc<Matcher>>,
+    /// Bounds the proxy's answer to `CONNECT` too (a proxy that accepts and never answers).
+    pub(super) connect_timeout: Duration,
 }
 
 /// A failure to reach, or to tunnel through, the egress proxy.
@@ -136,10 +139,15 @@ impl Service<Uri> for Egress {
             if let Some(auth) = proxy.basic_auth() {
                 tunnel = tunnel.with_auth(auth.clone());
             }
+            let limit = self.connect_timeout;
             Box::pin(async move {
-                match tunnel.call(dst).await {
-                    Ok(io) => Ok(Conn { io, proxied: false }),
-                    Err(e) => Err(failed(Box::new(e))),
+                match tokio::time::timeout(limit, tunnel.call(dst)).await {
+                    Ok(Ok(io)) => Ok(Conn { io, proxied: false }),
+                    Ok(Err(e)) => Err(failed(Box::new(e))),
+                    Err(_) => Err(failed(Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer to CONNECT within {limit:?} (--connect-timeout)"),
+                    )))),
                 }
             })
         } else {
