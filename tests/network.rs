@@ -292,11 +292,12 @@ async fn otlp_grpc_over_mtls_with_a_private_ca() {
     assert!(receiver.spans().is_empty() && receiver.logs().is_empty());
     drop(t);
 
-    // with it (per-signal forms for traces, general ones for the rest)
+    // with it (per-signal forms for traces, general ones for the rest); traces gzip-compressed
     env.push(("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert));
     env.push(("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key));
     env.push(("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", &cert));
     env.push(("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", &key));
+    env.push(("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"));
     let t = Tokentap::start_with(&["--demo", "--demo-chunk-delay", "0ms"], &env);
     assert_eq!(
         post_json(&t.url(), "/v1/chat/completions", CHAT)
@@ -311,6 +312,10 @@ async fn otlp_grpc_over_mtls_with_a_private_ca() {
         receiver.metric_names(),
         receiver.logs().len(),
         t.stderr()
+    );
+    assert!(
+        receiver.gzip_requests() > 0,
+        "trace exports came gzip-compressed"
     );
 }
 

@@ -300,8 +300,10 @@ impl Receiver {
     }
 
     /// OTLP/gRPC over TLS on 127.0.0.1:0 with the PEM server identity; with `client_ca`,
-    /// a client certificate signed by it is required (mTLS).
+    /// a client certificate signed by it is required (mTLS). Accepts gzip-compressed
+    /// messages (trace exports that came `grpc-encoding: gzip` are counted).
     pub async fn grpc_tls(cert_pem: &str, key_pem: &str, client_ca: Option<&str>) -> Receiver {
+        use tonic::codec::CompressionEncoding::Gzip;
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -318,9 +320,9 @@ impl Receiver {
         let router = tonic::transport::Server::builder()
             .tls_config(tls)
             .expect("server TLS")
-            .add_service(TraceServiceServer::new(svc.clone()))
-            .add_service(MetricsServiceServer::new(svc.clone()))
-            .add_service(LogsServiceServer::new(svc));
+            .add_service(TraceServiceServer::new(svc.clone()).accept_compressed(Gzip))
+            .add_service(MetricsServiceServer::new(svc.clone()).accept_compressed(Gzip))
+            .add_service(LogsServiceServer::new(svc).accept_compressed(Gzip));
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let task = tokio::spawn(async move {
             if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -366,7 +368,7 @@ impl Receiver {
         format!("https://localhost:{}", self.addr.port())
     }
 
-    /// How many OTLP/HTTP requests arrived gzip-compressed.
+    /// How many OTLP/HTTP requests (or gRPC trace exports) arrived gzip-compressed.
     pub fn gzip_requests(&self) -> usize {
         lock(&self.store).gzip_requests
     }
@@ -480,9 +482,15 @@ impl TraceService for GrpcSvc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let gzip = request
+            .metadata()
+            .get("grpc-encoding")
+            .is_some_and(|v| v.as_bytes() == b"gzip");
         let req = request.into_inner();
         let raw = req.encode_to_vec();
-        lock(&self.store).add_traces(req, &raw);
+        let mut store = lock(&self.store);
+        store.gzip_requests += usize::from(gzip);
+        store.add_traces(req, &raw);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
