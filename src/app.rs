@@ -138,7 +138,7 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
         providers,
     } = telemetry;
     let pricing = Arc::new(load_pricing(&cfg)?);
-    let routes = Routes::new(&cfg, upstream.clone());
+    let routes = Routes::new(&cfg, upstream.clone()).map_err(StartError::Config)?;
     let server = Arc::new(Server {
         proxy: Proxy::new(&cfg, routes, recorder.clone()),
         agent: Agent::new(&cfg, pricing),

@@ -14,6 +14,8 @@ use clap::Parser;
 mod routes;
 pub use routes::{RouteList, RouteSpec, check_routes, parse_provider};
 
+use crate::tls::{CaCerts, ClientIdentity};
+
 /// A value that must never be printed (API keys).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -162,6 +164,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// The egress proxies the environment names (`None` when it names none):
+/// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, upper or lower case, as curl reads them.
+fn egress_proxy_from_env() -> Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>> {
+    const VARS: [&str; 6] = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ];
+    VARS.iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+        .then(|| std::sync::Arc::new(hyper_util::client::proxy::matcher::Matcher::from_env()))
+}
+
+/// `--upstream-ca FILE`: read and checked at start.
+fn parse_ca(s: &str) -> Result<CaCerts, String> {
+    CaCerts::load(std::path::Path::new(s))
+}
+
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
     Upstream::parse(s)
 }
@@ -207,7 +230,7 @@ pub struct Cli {
     #[arg(long, env = "TOKENTAP_PROVIDER", value_parser = parse_provider, value_name = "NAME")]
     pub provider: Option<String>,
 
-    /// PREFIX=URL[,provider=NAME]: requests under PREFIX go to URL, PREFIX removed (repeatable; the longest prefix wins; env: routes separated by spaces)
+    /// PREFIX=URL[,provider=NAME][,ca=FILE]: requests under PREFIX go to URL, PREFIX removed (repeatable; the longest prefix wins; env: routes separated by spaces)
     #[arg(long = "route", env = "TOKENTAP_ROUTES", value_parser = RouteList::parse, value_name = "ROUTE")]
     pub routes: Vec<RouteList>,
 
@@ -339,6 +362,29 @@ pub struct Cli {
     #[arg(long)]
     pub healthcheck: bool,
 
+    // --- upstream TLS and egress (SPEC §15) ---
+    /// Extra CA certificates (PEM) trusted for https upstreams, besides Mozilla's roots and the system store
+    #[arg(long, env = "TOKENTAP_UPSTREAM_CA", value_name = "FILE", value_parser = parse_ca)]
+    pub upstream_ca: Option<CaCerts>,
+
+    /// Client certificate chain (PEM) presented to upstreams that ask for one (mTLS); needs --upstream-client-key
+    #[arg(
+        long,
+        env = "TOKENTAP_UPSTREAM_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "upstream_client_key"
+    )]
+    pub upstream_client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --upstream-client-cert
+    #[arg(
+        long,
+        env = "TOKENTAP_UPSTREAM_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "upstream_client_cert"
+    )]
+    pub upstream_client_key: Option<PathBuf>,
+    // --- end upstream TLS and egress ---
     /// Service name reported in /health and telemetry
     #[arg(
         long,
@@ -387,6 +433,13 @@ pub struct Config {
     pub agent_system_prompt: String,
     pub agent_max_conversations: usize,
     pub agent_max_history: usize,
+    // --- upstream TLS and egress (SPEC §15) ---
+    /// `--upstream-ca`.
+    pub upstream_ca: Option<CaCerts>,
+    /// `--upstream-client-cert` with `--upstream-client-key`.
+    pub upstream_identity: Option<ClientIdentity>,
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` (read once, at start).
+    pub egress_proxy: Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>>,
 }
 
 impl Config {
@@ -419,13 +472,26 @@ impl Config {
             agent_system_prompt: DEFAULT_SYSTEM_PROMPT.to_owned(),
             agent_max_conversations: 10_000,
             agent_max_history: 100,
+            upstream_ca: None,
+            upstream_identity: None,
+            egress_proxy: None,
         }
     }
 }
 
-impl From<Cli> for Config {
-    fn from(c: Cli) -> Config {
-        Config {
+impl TryFrom<Cli> for Config {
+    type Error = String;
+
+    /// Fails only on a client certificate and key that can't be used together.
+    fn try_from(c: Cli) -> Result<Config, String> {
+        let upstream_identity = match (&c.upstream_client_cert, &c.upstream_client_key) {
+            (Some(cert), Some(key)) => Some(
+                ClientIdentity::load(cert, key)
+                    .map_err(|e| format!("--upstream-client-cert/--upstream-client-key: {e}"))?,
+            ),
+            _ => None,
+        };
+        Ok(Config {
             listen: c.listen,
             upstream: c.upstream,
             provider: c.provider,
@@ -455,7 +521,10 @@ impl From<Cli> for Config {
             agent_system_prompt: c.agent_system_prompt,
             agent_max_conversations: c.agent_max_conversations.max(1),
             agent_max_history: c.agent_max_history.max(2),
-        }
+            upstream_ca: c.upstream_ca,
+            upstream_identity,
+            egress_proxy: egress_proxy_from_env(),
+        })
     }
 }
 
@@ -530,11 +599,22 @@ mod tests {
             "vllm",
         ])
         .expect("parses");
-        let cfg = Config::from(c);
+        let cfg = Config::try_from(c).expect("valid");
         let prefixes: Vec<_> = cfg.routes.iter().map(|r| r.prefix.as_str()).collect();
         assert_eq!(prefixes, ["/a", "/b", "/c"]);
         assert_eq!(cfg.provider.as_deref(), Some("vllm"));
         assert!(Cli::try_parse_from(["tokentap", "--provider", "no way"]).is_err());
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_a_ca_file_must_be_readable() {
+        let only_cert = Cli::try_parse_from(["tokentap", "--upstream-client-cert", "c.pem"]);
+        assert!(only_cert.is_err());
+        let only_key = Cli::try_parse_from(["tokentap", "--upstream-client-key", "k.pem"]);
+        assert!(only_key.is_err());
+        let e = Cli::try_parse_from(["tokentap", "--upstream-ca", "/nonexistent/ca.pem"])
+            .expect_err("unreadable CA file");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum ProxyError {
     InvalidPath,
     /// The upstream's response head is over the size tokentap accepts.
     UpstreamHeaderTooLarge { limit: usize },
+    /// The TLS handshake with the upstream failed (certificate, client certificate, protocol).
+    UpstreamTls(String),
+    /// The egress proxy could not be reached or refused the tunnel.
+    EgressProxy(String),
 }
 
 impl ProxyError {
@@ -38,7 +42,9 @@ impl ProxyError {
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::InvalidPath => StatusCode::BAD_REQUEST,
-            ProxyError::UpstreamHeaderTooLarge { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamHeaderTooLarge { .. }
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::EgressProxy(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -53,6 +59,8 @@ impl ProxyError {
             ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::InvalidPath => "invalid_path",
             ProxyError::UpstreamHeaderTooLarge { .. } => "upstream_header_too_large",
+            ProxyError::UpstreamTls(_) => "upstream_tls_error",
+            ProxyError::EgressProxy(_) => "proxy_error",
         }
     }
 
@@ -86,6 +94,8 @@ impl ProxyError {
             ProxyError::UpstreamHeaderTooLarge { limit } => {
                 format!("tokentap: the upstream's response head is over {limit} bytes")
             }
+            ProxyError::UpstreamTls(e) => format!("tokentap: upstream {e}"),
+            ProxyError::EgressProxy(e) => format!("tokentap: {e}"),
         }
     }
 

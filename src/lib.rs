@@ -71,5 +71,6 @@ pub(crate) mod route;
 pub(crate) mod server;
 pub mod tap;
 pub mod telemetry;
+pub mod tls;
 pub(crate) mod upstream;
 pub mod websocket;

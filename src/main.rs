@@ -124,7 +124,7 @@ async fn main() -> ExitCode {
 /// Starts tokentap and serves until SIGINT or SIGTERM.
 async fn run(cli: Cli) -> Result<(), StartError> {
     let (log_format, log_filter, demo) = (cli.log_format, cli.log.clone(), cli.demo);
-    let cfg = Config::from(cli);
+    let cfg = Config::try_from(cli).map_err(StartError::Config)?;
     let settings = OtelSettings::from_env(&cfg.service_name).map_err(StartError::Config)?;
     let telemetry = app::telemetry(&cfg, &settings)?;
     init_logging(

@@ -11,7 +11,9 @@
 //! upstream as `/v1/…`. The route list is small and fixed at start: a linear
 //! scan, longest prefix first, beats any index.
 
-use crate::config::{Config, RouteSpec, Upstream};
+use rustls::pki_types::CertificateDer;
+
+use crate::config::{Config, Upstream};
 use crate::genai::provider::Provider;
 use crate::upstream::{self, Client};
 
@@ -23,12 +25,17 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    fn new(cfg: &Config, upstream: Upstream, provider: Option<&str>) -> Route {
-        Route {
+    fn new(
+        opts: &upstream::Options,
+        upstream: Upstream,
+        provider: Option<&str>,
+        extra_ca: &[CertificateDer<'static>],
+    ) -> Result<Route, String> {
+        Ok(Route {
             provider: provider.map_or_else(|| Provider::for_host(upstream.host()), Provider::new),
-            client: upstream::client(cfg.connect_timeout),
+            client: upstream::client(opts, extra_ca)?,
             upstream,
-        }
+        })
     }
 
     /// The upstream URL for `path_and_query` (relative to the route), under the upstream's prefix.
@@ -64,20 +71,18 @@ pub(crate) struct Routes {
 
 impl Routes {
     /// The routes of `cfg` (`--route`s), forwarding everything else to `upstream`.
-    pub(crate) fn new(cfg: &Config, upstream: Upstream) -> Routes {
-        let mut prefixed: Vec<(String, Route)> = cfg
-            .routes
-            .iter()
-            .map(|r: &RouteSpec| {
-                let route = Route::new(cfg, r.upstream.clone(), r.provider.as_deref());
-                (r.prefix.clone(), route)
-            })
-            .collect();
-        prefixed.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        Routes {
-            prefixed,
-            default: Route::new(cfg, upstream, cfg.provider.as_deref()),
+    pub(crate) fn new(cfg: &Config, upstream: Upstream) -> Result<Routes, String> {
+        let opts = upstream::Options::new(cfg);
+        let mut prefixed = Vec::with_capacity(cfg.routes.len());
+        for r in &cfg.routes {
+            let route = Route::new(&opts, r.upstream.clone(), r.provider.as_deref(), &r.ca)?;
+            prefixed.push((r.prefix.clone(), route));
         }
+        prefixed.sort_by_key(|(p, _): &(String, Route)| std::cmp::Reverse(p.len()));
+        Ok(Routes {
+            prefixed,
+            default: Route::new(&opts, upstream, cfg.provider.as_deref(), &[])?,
+        })
     }
 
     /// The route for a request to `path_and_query`, and what to forward on it.
@@ -111,6 +116,7 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RouteSpec;
 
     fn routes(specs: &[&str]) -> Routes {
         let mut cfg = Config::for_upstream(Upstream::parse("https://api.openai.com").expect("url"));
@@ -119,7 +125,7 @@ mod tests {
             .map(|s| RouteSpec::parse(s).expect("route"))
             .collect();
         let up = cfg.upstream.clone();
-        Routes::new(&cfg, up)
+        Routes::new(&cfg, up).expect("routes")
     }
 
     fn pick(r: &Routes, pq: &str) -> (String, String, String) {
@@ -181,14 +187,14 @@ mod tests {
         let mut cfg = Config::for_upstream(Upstream::parse("http://127.0.0.1:1").expect("url"));
         cfg.provider = Some("ollama".into());
         let up = cfg.upstream.clone();
-        let r = Routes::new(&cfg, up);
+        let r = Routes::new(&cfg, up).expect("routes");
         assert_eq!(
             r.choose("/v1/chat/completions").route.provider.as_str(),
             "ollama"
         );
         let cfg = Config::for_upstream(Upstream::parse("https://api.deepseek.com").expect("url"));
         let up = cfg.upstream.clone();
-        let r = Routes::new(&cfg, up);
+        let r = Routes::new(&cfg, up).expect("routes");
         assert_eq!(
             r.choose("/v1/chat/completions").route.provider.as_str(),
             "deepseek"

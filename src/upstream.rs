@@ -4,20 +4,83 @@
 //! reach an upstream — TLS roots, client certificates, egress proxies, pool
 //! and buffer sizes — is configuration of the connection, not of a call, and
 //! grows on its own (SPEC §15). A route owns its client, so each upstream has
-//! its own pool.
+//! its own pool (and may trust its own CA).
+
+mod egress;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Request, header};
 use http_body_util::Full;
+use hyper_util::client::legacy::ResponseFuture;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+use crate::config::Config;
+use crate::tls::{self, ClientIdentity};
+
+pub(crate) use egress::proxy_failure;
+
+type Connector = hyper_rustls::HttpsConnector<egress::Egress>;
 
 /// The pooled client of one route (rustls with ring; HTTP/2 by ALPN for https).
-pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
+#[derive(Clone)]
+pub(crate) struct Client {
+    inner: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
+    proxies: Option<Arc<Matcher>>,
+}
+
+impl Client {
+    /// Sends `req`; a plain-HTTP request through a proxy carries the proxy's credentials.
+    pub(crate) fn request(&self, mut req: Request<Full<Bytes>>) -> ResponseFuture {
+        if req.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            let auth = self
+                .proxies
+                .as_ref()
+                .and_then(|m| m.intercept(req.uri()))
+                .and_then(|p| p.basic_auth().cloned());
+            if let Some(a) = auth {
+                req.headers_mut().insert(header::PROXY_AUTHORIZATION, a);
+            }
+        }
+        self.inner.request(req)
+    }
+}
+
+/// How every route reaches its upstream, built once from [`Config`].
+#[derive(Clone)]
+pub(crate) struct Options {
+    pub(crate) connect_timeout: Duration,
+    /// `--upstream-ca`: trusted by every route, besides Mozilla's roots and the system store.
+    pub(crate) ca: Vec<CertificateDer<'static>>,
+    /// `--upstream-client-cert` / `--upstream-client-key`.
+    pub(crate) identity: Option<ClientIdentity>,
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`; never for the built-in demo upstream.
+    pub(crate) proxies: Option<Arc<Matcher>>,
+}
+
+impl Options {
+    pub(crate) fn new(cfg: &Config) -> Options {
+        Options {
+            connect_timeout: cfg.connect_timeout,
+            ca: cfg
+                .upstream_ca
+                .as_ref()
+                .map(|c| c.certs.clone())
+                .unwrap_or_default(),
+            identity: cfg.upstream_identity.clone(),
+            proxies: if cfg.demo {
+                None
+            } else {
+                cfg.egress_proxy.clone()
+            },
+        }
+    }
+}
 
 /// Largest upstream response head (SPEC §8); hyper's read buffer is capped at
 /// this, since a head must fit in it whole.
@@ -32,33 +95,31 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most idle connections kept per host.
 const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 
-/// Builds a pooled client whose connects give up after `connect_timeout`.
-pub(crate) fn client(connect_timeout: Duration) -> Client {
+/// Builds a pooled client for `opts`, trusting `extra_ca` (a route's own CA) too.
+pub(crate) fn client(
+    opts: &Options,
+    extra_ca: &[CertificateDer<'static>],
+) -> Result<Client, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-    let tls = match tls {
-        Ok(t) => t,
-        // ring supports the default versions; this cannot fail in practice
-        Err(_) => rustls::ClientConfig::builder()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
+    http.set_connect_timeout(Some(opts.connect_timeout));
+    let mut ca = opts.ca.clone();
+    ca.extend(extra_ca.iter().cloned());
+    // ALPN (h2, http/1.1) is set by the connector builder below
+    let tls = tls::client_config(&ca, opts.identity.as_ref(), Vec::new())?;
+    let egress = egress::Egress {
+        http,
+        proxies: opts.proxies.clone(),
+        connect_timeout: opts.connect_timeout,
     };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .wrap_connector(egress);
+    let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         // hyper grows a connection's read buffer (up to ~400 KiB) whenever a read fills
@@ -71,5 +132,9 @@ pub(crate) fn client(connect_timeout: Duration) -> Client {
         // HTTP/2 counts 32 bytes more per header (RFC 9113 §6.5.2) and defaults to 16 KiB;
         // the exact 64 KiB check on the parsed head is the proxy's (`send.rs`)
         .http2_max_header_list_size(H2_MAX_HEADER_LIST)
-        .build(https)
+        .build(https);
+    Ok(Client {
+        inner,
+        proxies: opts.proxies.clone(),
+    })
 }

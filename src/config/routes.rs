@@ -6,8 +6,9 @@
 //! and an unknown key is an error, so a typo is never ignored.
 
 use super::Upstream;
+use crate::tls::CaCerts;
 
-/// One `--route PREFIX=URL[,provider=NAME]` (SPEC §9).
+/// One `--route PREFIX=URL[,provider=NAME][,ca=FILE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
     /// Whole path segments, starting with `/`, without a trailing slash.
@@ -15,28 +16,35 @@ pub struct RouteSpec {
     pub upstream: Upstream,
     /// `provider=`: overrides the provider inferred from the upstream host.
     pub provider: Option<String>,
+    /// `ca=FILE`: CA certificates trusted for this route only (PEM, read at start).
+    pub ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl RouteSpec {
     pub fn parse(s: &str) -> Result<RouteSpec, String> {
         let (prefix, rest) = s
             .split_once('=')
-            .ok_or_else(|| format!("{s:?} is not PREFIX=URL[,provider=NAME]"))?;
+            .ok_or_else(|| format!("{s:?} is not PREFIX=URL[,provider=NAME][,ca=FILE]"))?;
         let prefix = parse_prefix(prefix)?;
         let mut fields = rest.split(',');
         let url = fields.next().unwrap_or_default();
         let upstream = Upstream::parse(url)?;
         let mut provider = None;
+        let mut ca = Vec::new();
         for option in fields {
             let (key, value) = option
                 .split_once('=')
                 .ok_or_else(|| format!("route {prefix}: option {option:?} is not KEY=VALUE"))?;
             match key {
                 "provider" => provider = Some(parse_provider(value)?),
-                // `ca=FILE` (SPEC §15) is added here with the upstream TLS options.
+                "ca" => {
+                    ca = CaCerts::load(std::path::Path::new(value))
+                        .map_err(|e| format!("route {prefix}: ca={value}: {e}"))?
+                        .certs;
+                }
                 other => {
                     return Err(format!(
-                        "route {prefix}: unknown option {other:?} (known: provider)"
+                        "route {prefix}: unknown option {other:?} (known: provider, ca)"
                     ));
                 }
             }
@@ -45,6 +53,7 @@ impl RouteSpec {
             prefix,
             upstream,
             provider,
+            ca,
         })
     }
 }

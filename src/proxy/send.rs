@@ -48,7 +48,12 @@ fn head_len<B>(r: &Response<B>) -> usize {
 
 fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     let msg = chain(e);
-    if head_too_large(e) {
+    if let Some(p) = crate::upstream::proxy_failure(e) {
+        // the proxy's own failure, named; a TLS failure behind a working tunnel is the upstream's
+        ProxyError::EgressProxy(chain(p))
+    } else if let Some(tls) = crate::tls::describe_failure(e) {
+        ProxyError::UpstreamTls(tls)
+    } else if head_too_large(e) {
         ProxyError::UpstreamHeaderTooLarge {
             limit: MAX_RESPONSE_HEAD,
         }

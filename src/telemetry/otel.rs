@@ -12,7 +12,7 @@ use std::time::Duration;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{LogExporter, SdkLoggerProvider};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -26,6 +26,9 @@ use super::export::{
     QueueLogProcessor, QueueSpanProcessor, SpanSink, log_with_resource, with_resource,
 };
 use super::names::{signal, span};
+
+mod transport;
+use transport::Transport;
 
 /// Where one signal goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,8 @@ pub struct OtelSettings {
     pub(crate) span_queue_size: usize,
     pub(crate) log_queue_size: usize,
     pub(crate) resource: Resource,
+    /// TLS and mTLS per signal: traces, metrics, logs.
+    pub(crate) transports: [Transport; 3],
 }
 
 fn env(name: &str) -> Option<String> {
@@ -157,6 +162,15 @@ impl OtelSettings {
         if let Some(e) = env("ENVIRONMENT") {
             extra.push(KeyValue::new("deployment.environment.name", e));
         }
+        let transport = |e: Exporter, signal: &str| match e {
+            Exporter::Otlp(_) if !disabled => Transport::from_env(signal),
+            _ => Ok(Transport::default()),
+        };
+        let transports = [
+            transport(traces, "TRACES")?,
+            transport(metrics, "METRICS")?,
+            transport(logs, "LOGS")?,
+        ];
         // the builder's detectors read OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
         let resource = Resource::builder().with_attributes(extra).build();
         Ok(OtelSettings {
@@ -169,6 +183,7 @@ impl OtelSettings {
             span_queue_size,
             log_queue_size,
             resource,
+            transports,
         })
     }
 
@@ -186,6 +201,7 @@ impl OtelSettings {
             resource: Resource::builder_empty()
                 .with_service_name("tokentap")
                 .build(),
+            transports: Default::default(),
         }
     }
 }
@@ -252,9 +268,19 @@ pub(crate) fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Pro
         )),
         Exporter::Otlp(p) => {
             let b = opentelemetry_otlp::SpanExporter::builder();
+            let tr = &settings.transports[0];
             let e = match p {
-                Protocol::Grpc => b.with_tonic().with_timeout(t).build(),
-                _ => b.with_http().with_protocol(p).with_timeout(t).build(),
+                Protocol::Grpc => b
+                    .with_tonic()
+                    .with_timeout(t)
+                    .with_tls_config(tr.grpc())
+                    .build(),
+                _ => b
+                    .with_http()
+                    .with_protocol(p)
+                    .with_timeout(t)
+                    .with_http_client(tr.http(t)?)
+                    .build(),
             }
             .map_err(|e| format!("OTLP trace exporter: {e}"))?;
             Some(span_queue(e, r, drops, t, sq))
@@ -275,9 +301,19 @@ pub(crate) fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Pro
         )),
         Exporter::Otlp(p) => {
             let b = opentelemetry_otlp::MetricExporter::builder();
+            let tr = &settings.transports[1];
             let e = match p {
-                Protocol::Grpc => b.with_tonic().with_timeout(t).build(),
-                _ => b.with_http().with_protocol(p).with_timeout(t).build(),
+                Protocol::Grpc => b
+                    .with_tonic()
+                    .with_timeout(t)
+                    .with_tls_config(tr.grpc())
+                    .build(),
+                _ => b
+                    .with_http()
+                    .with_protocol(p)
+                    .with_timeout(t)
+                    .with_http_client(tr.http(t)?)
+                    .build(),
             }
             .map_err(|e| format!("OTLP metric exporter: {e}"))?;
             Some(meter_provider(e, settings, drops))
@@ -295,9 +331,19 @@ pub(crate) fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Pro
         )),
         Exporter::Otlp(p) => {
             let b = opentelemetry_otlp::LogExporter::builder();
+            let tr = &settings.transports[2];
             let e = match p {
-                Protocol::Grpc => b.with_tonic().with_timeout(t).build(),
-                _ => b.with_http().with_protocol(p).with_timeout(t).build(),
+                Protocol::Grpc => b
+                    .with_tonic()
+                    .with_timeout(t)
+                    .with_tls_config(tr.grpc())
+                    .build(),
+                _ => b
+                    .with_http()
+                    .with_protocol(p)
+                    .with_timeout(t)
+                    .with_http_client(tr.http(t)?)
+                    .build(),
             }
             .map_err(|e| format!("OTLP log exporter: {e}"))?;
             Some(log_queue(e, r, drops, t, lq))

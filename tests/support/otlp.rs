@@ -57,6 +57,8 @@ struct Store {
     logs: Vec<ExportLogsServiceRequest>,
     first_resource: Option<Resource>,
     raw: Vec<u8>,
+    /// OTLP/HTTP requests that came `content-encoding: gzip` (and decoded).
+    gzip_requests: usize,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -297,6 +299,80 @@ impl Receiver {
         Receiver { addr, store, task }
     }
 
+    /// OTLP/gRPC over TLS on 127.0.0.1:0 with the PEM server identity; with `client_ca`,
+    /// a client certificate signed by it is required (mTLS). Accepts gzip-compressed
+    /// messages (trace exports that came `grpc-encoding: gzip` are counted).
+    pub async fn grpc_tls(cert_pem: &str, key_pem: &str, client_ca: Option<&str>) -> Receiver {
+        use tonic::codec::CompressionEncoding::Gzip;
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind OTLP/gRPC TLS receiver");
+        let addr = listener.local_addr().expect("receiver local addr");
+        let store = Shared::default();
+        let svc = GrpcSvc {
+            store: store.clone(),
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        let router = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("server TLS")
+            .add_service(TraceServiceServer::new(svc.clone()).accept_compressed(Gzip))
+            .add_service(MetricsServiceServer::new(svc.clone()).accept_compressed(Gzip))
+            .add_service(LogsServiceServer::new(svc).accept_compressed(Gzip));
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let task = tokio::spawn(async move {
+            if let Err(e) = router.serve_with_incoming(incoming).await {
+                eprintln!("otlp grpc tls receiver stopped: {e}");
+            }
+        })
+        .abort_handle();
+        Receiver { addr, store, task }
+    }
+
+    /// OTLP/HTTP protobuf like [`Receiver::http`], over TLS with `config`.
+    pub async fn http_tls(config: Arc<rustls::ServerConfig>) -> Receiver {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind OTLP/HTTP TLS receiver");
+        let addr = listener.local_addr().expect("receiver local addr");
+        let store = Shared::default();
+        let accept_store = store.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                while conns.try_join_next().is_some() {}
+                let store = accept_store.clone();
+                let acceptor = acceptor.clone();
+                conns.spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| handle_http(store.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        })
+        .abort_handle();
+        Receiver { addr, store, task }
+    }
+
+    /// `"https://localhost:PORT"` — the endpoint of a TLS receiver (the name its certificate carries).
+    pub fn tls_endpoint(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// How many OTLP/HTTP requests (or gRPC trace exports) arrived gzip-compressed.
+    pub fn gzip_requests(&self) -> usize {
+        lock(&self.store).gzip_requests
+    }
+
     /// `"http://127.0.0.1:PORT"` — what `OTEL_EXPORTER_OTLP_ENDPOINT` should be set to.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
@@ -406,9 +482,15 @@ impl TraceService for GrpcSvc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let gzip = request
+            .metadata()
+            .get("grpc-encoding")
+            .is_some_and(|v| v.as_bytes() == b"gzip");
         let req = request.into_inner();
         let raw = req.encode_to_vec();
-        lock(&self.store).add_traces(req, &raw);
+        let mut store = lock(&self.store);
+        store.gzip_requests += usize::from(gzip);
+        store.add_traces(req, &raw);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -508,6 +590,7 @@ async fn handle_http(
             if let Err(e) = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out) {
                 return Ok(plain(StatusCode::BAD_REQUEST, &format!("gzip: {e}")));
             }
+            lock(&store).gzip_requests += 1;
             Bytes::from(out)
         }
         other => {
