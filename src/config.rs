@@ -362,7 +362,7 @@ pub struct Cli {
     #[arg(long)]
     pub healthcheck: bool,
 
-    // --- upstream TLS and egress (SPEC §15) ---
+    // --- upstream TLS and egress (docs/configuration.md) ---
     /// Extra CA certificates (PEM) trusted for https upstreams, besides Mozilla's roots and the system store
     #[arg(long, env = "TOKENTAP_UPSTREAM_CA", value_name = "FILE", value_parser = parse_ca)]
     pub upstream_ca: Option<CaCerts>,
@@ -433,7 +433,7 @@ pub struct Config {
     pub agent_system_prompt: String,
     pub agent_max_conversations: usize,
     pub agent_max_history: usize,
-    // --- upstream TLS and egress (SPEC §15) ---
+    // --- upstream TLS and egress (docs/configuration.md) ---
     /// `--upstream-ca`.
     pub upstream_ca: Option<CaCerts>,
     /// `--upstream-client-cert` with `--upstream-client-key`.

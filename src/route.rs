@@ -3,7 +3,7 @@
 //! Like pingora's `upstream_peer` phase, the choice of upstream is one step
 //! that returns a [`Chosen`] route and the path to forward; every later stage
 //! reads those instead of looking at configuration, so the stages never
-//! learn how many upstreams there are (SPEC §9).
+//! learn how many upstreams there are (docs/configuration.md, Providers).
 //!
 //! Prefixes match whole path segments (`/groq` takes `/groq/v1/…` and `/groq`,
 //! never `/groqx`), the longest one wins, and it is removed before forwarding,

@@ -1,6 +1,6 @@
 //! Trust roots and client certificates, shared by the upstream leg and OTLP export.
 //!
-//! Both connections follow one convention (SPEC §15): Mozilla's roots plus the
+//! Both connections follow one convention (docs/configuration.md): Mozilla's roots plus the
 //! system store, plus whatever CA file the operator names, with ring as the
 //! only crypto provider. Files are read and checked once, at start, so a bad
 //! certificate is a one-line configuration error naming its setting instead

@@ -3,7 +3,7 @@
 //! Kept apart from the forwarding stages because everything about *how* we
 //! reach an upstream — TLS roots, client certificates, egress proxies, pool
 //! and buffer sizes — is configuration of the connection, not of a call, and
-//! grows on its own (SPEC §15). A route owns its client, so each upstream has
+//! grows on its own (docs/configuration.md). A route owns its client, so each upstream has
 //! its own pool (and may trust its own CA).
 
 mod egress;
@@ -82,7 +82,7 @@ impl Options {
     }
 }
 
-/// Largest upstream response head (SPEC §8); hyper's read buffer is capped at
+/// Largest upstream response head (docs/configuration.md, Limits); hyper's read buffer is capped at
 /// this, since a head must fit in it whole.
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 

@@ -490,7 +490,7 @@ fn dashboard_is_provisionable_and_covers_the_metrics() {
             .any(|e| e.exemplar && e.original.contains("llm_request_duration_seconds_bucket")),
         "no latency query with exemplars"
     );
-    // the provider variable (SPEC §9) filters every llm_* and gen_ai_client_* query
+    // the provider variable (docs/configuration.md, Providers) filters every llm_* and gen_ai_client_* query
     let vars = d["templating"]["list"].as_array().expect("templating");
     let provider = vars
         .iter()

@@ -1,4 +1,4 @@
-//! SPEC §15, offline, with certificates made per test: OTLP over TLS and mTLS (gRPC and
+//! Network conventions (docs/configuration.md), offline, with certificates made per test: OTLP over TLS and mTLS (gRPC and
 //! HTTP/protobuf, gzip), an `https` upstream behind a private CA (and one requiring a
 //! client certificate), and an HTTP `CONNECT` egress proxy whose credentials never reach
 //! a log line.

@@ -1,4 +1,4 @@
-//! Audio, image and moderation calls through the real binary (SPEC §9 "More
+//! Audio, image and moderation calls through the real binary ("More
 //! operations accounted"): a multipart upload reaches the upstream byte for
 //! byte, the model comes from the form, and tokens and cost on `/metrics`
 //! are the hand-computed values for the usage the upstream reported.

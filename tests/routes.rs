@@ -1,4 +1,4 @@
-//! Several upstreams at once (SPEC §9), through the real binary: requests go by
+//! Several upstreams at once (docs/configuration.md, Providers), through the real binary: requests go by
 //! path prefix (whole segments, the longest wins, the prefix removed upstream),
 //! each call names its provider on spans (received over OTLP) and on `/metrics`;
 //! Azure OpenAI's paths are accounted with the deployment as the request model

@@ -1,4 +1,4 @@
-//! `--route` and `--provider` values (SPEC §9), checked at start.
+//! `--route` and `--provider` values (docs/configuration.md, Providers), checked at start.
 //!
 //! A route that would match nothing, or everything, or climb out of its
 //! upstream's prefix is refused here with one line, rather than silently

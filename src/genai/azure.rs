@@ -6,7 +6,7 @@
 //! both shapes need nothing special there; what Azure adds is that a request body
 //! may carry no `model` at all, the deployment naming it instead. A deployment
 //! name is the user's (`prod-chat`), not a model, which is why cost is looked up
-//! by the response model first (SPEC §7, §9).
+//! by the response model first (docs/configuration.md, Pricing).
 
 /// The deployment named by an Azure path (`…/openai/deployments/{deployment}/…`),
 /// wherever the shape starts (behind a route's or the upstream's prefix too).

@@ -105,7 +105,7 @@ const BUILTIN: &[(&str, Price)] = &[
             ..p(5.0, 1.25, 40.0)
         },
     ),
-    // realtime (SPEC §10): text and audio rates
+    // realtime (OpenAI's published rates): text and audio rates
     (
         "gpt-4o-realtime-preview-2024-12-17",
         audio(p(5.0, 2.50, 20.0), 40.0, Some(2.50), Some(80.0)),
@@ -272,7 +272,7 @@ impl PriceTable {
         self.prices.get(model)
     }
 
-    /// Lookup order of SPEC §7: response model, undated; request model, undated.
+    /// Lookup order (docs/configuration.md, Pricing): response model, undated; request model, undated.
     pub fn lookup(
         &self,
         response_model: Option<&str>,
@@ -305,7 +305,7 @@ pub fn undated(model: &str) -> Option<&str> {
     shape.then(|| &model[..model.len() - 11])
 }
 
-/// USD for `usage` at `price` (SPEC §7, §9).
+/// USD for `usage` at `price` (docs/configuration.md, Pricing).
 ///
 /// Input splits into cached and uncached tokens; each splits by modality
 /// (audio and image from the usage's details, text the rest). Output splits

@@ -24,7 +24,7 @@ impl Provider {
         Provider(Arc::from(name))
     }
 
-    /// The provider of an upstream host (SPEC §9): OpenAI unless the host is known to be
+    /// The provider of an upstream host (docs/configuration.md, Providers): OpenAI unless the host is known to be
     /// another. Hosts compare case-insensitively, a trailing dot ignored; Azure's are
     /// matched by their domain, whatever the resource name.
     pub fn for_host(host: &str) -> Provider {

@@ -1,7 +1,7 @@
 //! Every telemetry name tokentap emits, in one place.
 //!
 //! Dashboards, alerts and the lab's queries depend on these exact strings
-//! (SPEC §4–5), so they are written once and referenced everywhere else.
+//! (docs/metrics.md), so they are written once and referenced everywhere else.
 //! Prometheus names are registered without the suffixes the encoder adds
 //! (`_total` on counters, the unit on histograms).
 

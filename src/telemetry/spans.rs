@@ -90,7 +90,7 @@ pub fn traceresponse(cx: &Context) -> Option<HeaderValue> {
     .ok()
 }
 
-/// Span name per SPEC §4: `{operation} {model}` for model calls, the method otherwise.
+/// Span name (the README, Traces): `{operation} {model}` for model calls, the method otherwise.
 pub fn span_name(call: &Call) -> String {
     match (call.operation, call.request.model.as_deref()) {
         (Some(op), Some(model)) => format!("{} {}", op.name(), bounded::cut(model)),

@@ -1,4 +1,4 @@
-//! Offline PKI and network fixtures for SPEC §15: a private CA with server and client
+//! Offline PKI and network fixtures for the network conventions: a private CA with server and client
 //! certificates generated per test (rcgen, ring), an `https` upstream that can require a
 //! client certificate, and a small HTTP `CONNECT` proxy that records what it was asked.
 #![allow(dead_code)]
