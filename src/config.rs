@@ -230,7 +230,7 @@ pub struct Cli {
     #[arg(long, env = "TOKENTAP_PROVIDER", value_parser = parse_provider, value_name = "NAME")]
     pub provider: Option<String>,
 
-    /// PREFIX=URL[,provider=NAME][,ca=FILE]: requests under PREFIX go to URL, PREFIX removed (repeatable; the longest prefix wins; env: routes separated by spaces)
+    /// PREFIX=URL[,provider=NAME] [,ca=FILE]: requests under PREFIX go to URL, PREFIX removed (repeatable; the longest prefix wins; env: routes separated by spaces)
     #[arg(long = "route", env = "TOKENTAP_ROUTES", value_parser = RouteList::parse, value_name = "ROUTE")]
     pub routes: Vec<RouteList>,
 
