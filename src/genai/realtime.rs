@@ -25,7 +25,7 @@ pub enum Event {
     /// A delta of the turn's output (text, transcript, audio, function arguments).
     OutputDelta,
     /// `response.done`: the turn ended.
-    ResponseDone(ResponseDone),
+    ResponseDone(Box<ResponseDone>),
     /// `error`: the server rejected a client event (the session goes on).
     Error { error_type: Option<String> },
     /// Any other event, or one without a `type`.
@@ -66,12 +66,14 @@ impl Event {
             },
             "response.created" => Event::ResponseCreated,
             "response.done" => {
-                Event::ResponseDone(raw.response.ok().map(RawResponse::facts).unwrap_or(
-                    ResponseDone {
+                let done = raw.response.ok().map_or_else(
+                    || ResponseDone {
                         invalid: true,
                         ..ResponseDone::default()
                     },
-                ))
+                    RawResponse::facts,
+                );
+                Event::ResponseDone(Box::new(done))
             }
             "error" => Event::Error {
                 error_type: raw.error.ok().and_then(RawError::kind),
