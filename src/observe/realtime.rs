@@ -36,8 +36,9 @@ use crate::websocket::{Deflate, Message, Reader};
 pub const MAX_MESSAGE: usize = 4 << 20;
 /// Most gaps between output deltas kept for one turn.
 const MAX_GAPS: usize = 4096;
-/// The operation a turn is recorded as (`gen_ai.operation.name` `chat`).
-const TURN: Operation = Operation::Responses;
+/// The operation a turn is recorded as (`gen_ai.operation.name` `chat`,
+/// `openai.api.type` `realtime`).
+const TURN: Operation = Operation::Realtime;
 
 /// Whether `path` is a Realtime endpoint (`/v1/realtime`, Azure's `/openai/realtime`).
 pub fn is_realtime(path: &str) -> bool {

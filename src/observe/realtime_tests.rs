@@ -248,6 +248,7 @@ fn each_turn_is_a_call_and_the_session_sums_them() {
             assert_eq!(int(&one, "openai.usage.input_audio_tokens"), 220);
             assert_eq!(int(&one, "openai.usage.output_audio_tokens"), 100);
             assert_eq!(string(&one, "gen_ai.operation.name"), "chat");
+            assert_eq!(string(&one, "openai.api.type"), "realtime");
             assert!((float(&one, "llm.cost.usd") - COST_1).abs() < 1e-12);
             assert!(one.contains_key("gen_ai.response.time_to_first_chunk"));
             match one.get("gen_ai.response.finish_reasons") {
