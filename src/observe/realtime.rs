@@ -207,14 +207,11 @@ impl RealtimeObserver {
         let Some(mut reader) = self.server.take() else {
             return;
         };
-        let mut messages = Vec::new();
-        reader.push(bytes, &mut |m| messages.push(m));
+        // each message is read as it completes: at most one is held at a time
+        reader.push(bytes, &mut |m| self.server_message(m));
         // observation stops for good once the framing broke
         if !reader.is_broken() {
             self.server = Some(reader);
-        }
-        for m in messages {
-            self.server_message(m);
         }
         self.overhead += began.elapsed();
     }

@@ -361,6 +361,12 @@ fn junk_is_counted_and_observation_degrades_without_panicking() {
 }
 
 #[test]
+fn an_observer_can_move_to_the_tunnels_task() {
+    fn send<T: Send + 'static>() {}
+    send::<RealtimeObserver>();
+}
+
+#[test]
 fn random_bytes_never_panic() {
     let rig = Rig::new();
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
