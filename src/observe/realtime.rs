@@ -121,6 +121,8 @@ pub struct RealtimeObserver {
     /// When the last turn ended (a turn without a start starts here).
     idle_since: (Instant, SystemTime),
     usage: Option<Usage>,
+    /// The turns' summed cost, when any was priced.
+    cost: Option<f64>,
     /// Failures not yet counted (each reason once per recorded call).
     failures: Vec<ParseFailure>,
     /// Time spent observing since the last recorded call.
@@ -176,6 +178,7 @@ impl RealtimeObserver {
             turn: Turn::default(),
             idle_since: (Instant::now(), start),
             usage: None,
+            cost: None,
             failures: Vec::new(),
             overhead: Duration::ZERO,
             ended: false,
@@ -244,7 +247,7 @@ impl RealtimeObserver {
         self.overhead += began.elapsed();
     }
 
-    /// The session ended: ends its span with the summed usage. Later calls do nothing.
+    /// The session ended: ends its span with the summed usage and cost. Later calls do nothing.
     pub fn closed(&mut self, end: SessionEnd) {
         if std::mem::replace(&mut self.ended, true) {
             return;
@@ -339,6 +342,9 @@ impl RealtimeObserver {
         };
         call.parse_failures = std::mem::take(&mut self.failures);
         call.overhead = std::mem::take(&mut self.overhead);
+        if let Some(c) = self.recorder.price(&call) {
+            *self.cost.get_or_insert(0.0) += c;
+        }
         call.trace = Some(spans::start(
             self.recorder.tracer(),
             &self.cx,
@@ -418,6 +424,9 @@ impl RealtimeObserver {
                 more.into_iter()
                     .filter_map(|(k, v)| Some(KeyValue::new(k, v? as i64))),
             );
+        }
+        if let Some(c) = self.cost {
+            a.push(KeyValue::new(attr::LLM_COST_USD, c));
         }
         if let Some(e) = end_error(end) {
             a.push(KeyValue::new(attr::ERROR_TYPE, e));

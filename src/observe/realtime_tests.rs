@@ -228,6 +228,7 @@ fn each_turn_is_a_call_and_the_session_sums_them() {
                 "gpt-4o-realtime-preview-2024-12-17"
             );
             assert!(!s.contains_key("error.type"));
+            assert!((float(&s, "llm.cost.usd") - (COST_1 + COST_2)).abs() < 1e-12);
 
             for c in &chats {
                 assert_eq!(c.parent_span_id, session_id);
