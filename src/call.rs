@@ -38,6 +38,8 @@ pub enum ParseFailure {
     TooLarge,
     /// A usage count or response fact of an unusable type or value (dropped on its own).
     InvalidUsage,
+    /// A WebSocket stream whose framing broke (a Realtime session).
+    InvalidWebSocket,
 }
 
 impl ParseFailure {
@@ -48,6 +50,7 @@ impl ParseFailure {
             ParseFailure::Decompression => "decompression",
             ParseFailure::TooLarge => "too_large",
             ParseFailure::InvalidUsage => "invalid_usage",
+            ParseFailure::InvalidWebSocket => "invalid_websocket",
         }
     }
 }

@@ -10,6 +10,8 @@
 //! open: the client never sees injected usage). A hostile upstream cannot make the observer hold
 //! more than the caps below, however far its bytes inflate.
 
+pub mod realtime;
+
 use std::ops::ControlFlow;
 use std::time::Instant;
 

@@ -57,16 +57,21 @@ impl Recorder {
         &self.tracer
     }
 
+    /// What `call` costs at the prices in force (its usage, its models).
+    pub(crate) fn price(&self, call: &Call) -> Option<f64> {
+        let u = call.usage()?;
+        self.pricing
+            .lookup(
+                call.response.model.as_deref(),
+                call.request.model.as_deref(),
+            )
+            .map(|p| cost(p, u))
+    }
+
     /// Prices `call` and hands it to every output. Called exactly once per call.
     pub(crate) fn record(&self, mut call: Call) {
-        if let Some(u) = call.usage() {
-            call.cost = self
-                .pricing
-                .lookup(
-                    call.response.model.as_deref(),
-                    call.request.model.as_deref(),
-                )
-                .map(|p| cost(p, u));
+        if call.usage().is_some() {
+            call.cost = self.price(&call);
         }
         let error_type = call.error_type();
         let recorded = Recorded {

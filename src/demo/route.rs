@@ -72,6 +72,7 @@ fn operation_path(operation: Operation) -> &'static str {
         Operation::ImageGenerations => "/images/generations",
         Operation::ImageEdits => "/images/edits",
         Operation::Moderations => "/moderations",
+        Operation::Realtime => "/realtime",
     }
 }
 
@@ -135,6 +136,8 @@ fn model_call(operation: Operation, path: &str, raw: &[u8], azure: azure::Shape<
         Operation::AudioTranscriptions | Operation::AudioTranslations | Operation::ImageEdits => {
             Err(uploads::not_a_form())
         }
+        // never from a path: a Realtime session is a WebSocket
+        Operation::Realtime => Err(uploads::not_a_form()),
     };
     let (request_hash, payload) = match generated {
         Ok(generated) => generated,

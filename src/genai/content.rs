@@ -170,7 +170,8 @@ pub fn from_request(op: Operation, body: &[u8]) -> Option<Content> {
         Operation::Embeddings
         | Operation::AudioTranscriptions
         | Operation::AudioTranslations
-        | Operation::ImageEdits => return None,
+        | Operation::ImageEdits
+        | Operation::Realtime => return None,
     }
     finish(system, messages)
 }
@@ -324,7 +325,8 @@ pub fn output_from_value(op: Operation, v: &Value) -> Vec<OutputChoice> {
         Operation::Embeddings
         | Operation::ImageGenerations
         | Operation::ImageEdits
-        | Operation::Moderations => Vec::new(),
+        | Operation::Moderations
+        | Operation::Realtime => Vec::new(),
     }
 }
 

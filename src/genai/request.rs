@@ -27,6 +27,9 @@ pub enum Operation {
     /// `/images/edits` (multipart request).
     ImageEdits,
     Moderations,
+    /// One model turn (`response.done`) of a Realtime session, a WebSocket
+    /// (`observe::realtime`); never recognised from a path.
+    Realtime,
 }
 
 /// Path suffix of each operation, checked in this order (`/chat/completions`
@@ -73,6 +76,7 @@ impl Operation {
             | Operation::ImageGenerations
             | Operation::ImageEdits => "generate_content",
             Operation::Moderations => "moderations",
+            Operation::Realtime => "chat",
         }
     }
 
@@ -89,6 +93,7 @@ impl Operation {
             Operation::AudioTranslations => "audio_translations",
             Operation::ImageGenerations | Operation::ImageEdits => "images",
             Operation::Moderations => "moderations",
+            Operation::Realtime => "realtime",
         }
     }
 

@@ -399,7 +399,8 @@ impl ResponseFacts {
             | Operation::AudioTranslations
             | Operation::ImageGenerations
             | Operation::ImageEdits
-            | Operation::Moderations => {}
+            | Operation::Moderations
+            | Operation::Realtime => {}
         }
         Ok(f)
     }
@@ -430,7 +431,8 @@ impl ResponseFacts {
             | Operation::AudioTranslations
             | Operation::ImageGenerations
             | Operation::ImageEdits
-            | Operation::Moderations => {}
+            | Operation::Moderations
+            | Operation::Realtime => {}
         }
         f
     }

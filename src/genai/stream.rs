@@ -247,7 +247,8 @@ impl StreamAccumulator {
             Operation::ChatCompletions
             | Operation::Completions
             | Operation::Embeddings
-            | Operation::Moderations => self.chunk(data),
+            | Operation::Moderations
+            | Operation::Realtime => self.chunk(data),
         };
         ok.unwrap_or_else(|| {
             self.invalid_events += 1;

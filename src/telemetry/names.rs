@@ -243,6 +243,8 @@ pub mod value {
     pub const OTHER: &str = "other";
     /// A model the request did not name.
     pub const UNKNOWN: &str = "unknown";
+    /// `openai.api.type` of a Realtime session, and its span's name.
+    pub const API_TYPE_REALTIME: &str = "realtime";
 }
 
 /// Histogram bucket boundaries advised by the GenAI semantic conventions.
