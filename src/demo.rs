@@ -28,6 +28,7 @@ mod form;
 mod images;
 mod models;
 mod moderations;
+mod realtime;
 mod responses;
 mod route;
 #[cfg(test)]
