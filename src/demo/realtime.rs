@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use http::header::{CONNECTION, HeaderValue, UPGRADE};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
@@ -33,6 +33,31 @@ const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// Client events waiting for the session loop (the reader pauses beyond).
 const INBOX: usize = 16;
+
+/// The session settings a `session.update` may change.
+const SETTINGS: &[&str] = &[
+    "type",
+    "modalities",
+    "output_modalities",
+    "instructions",
+    "voice",
+    "audio",
+    "input_audio_format",
+    "output_audio_format",
+    "input_audio_transcription",
+    "input_audio_noise_reduction",
+    "turn_detection",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "max_response_output_tokens",
+    "max_output_tokens",
+    "include",
+    "prompt",
+    "speed",
+    "tracing",
+    "truncation",
+];
 
 /// True for the paths this endpoint answers.
 pub(super) fn is_realtime(method: &Method, path: &str) -> bool {
@@ -78,12 +103,8 @@ pub(super) fn answer(mut req: Request<Incoming>, state: Arc<State>) -> Response<
             .insert("sec-websocket-version", HeaderValue::from_static("13"));
         return response;
     }
-    let param = if req.uri().path() == "/openai/realtime" {
-        "deployment"
-    } else {
-        "model"
-    };
-    let Some(model) = query_param(&query, param).filter(|m| !m.is_empty()) else {
+    let param = model_param(req.uri());
+    let Some(model) = model(req.uri()) else {
         return bad(
             StatusCode::BAD_REQUEST,
             &format!("Missing required parameter: '{param}'."),
@@ -119,6 +140,20 @@ pub(super) fn answer(mut req: Request<Incoming>, state: Arc<State>) -> Response<
         }
     });
     response
+}
+
+/// The query parameter naming the model: Azure names a deployment.
+fn model_param(uri: &Uri) -> &'static str {
+    if uri.path() == "/openai/realtime" {
+        "deployment"
+    } else {
+        "model"
+    }
+}
+
+/// The model (or Azure deployment) the session is for, when the URL names one.
+pub(super) fn model(uri: &Uri) -> Option<String> {
+    query_param(uri.query()?, model_param(uri)).filter(|m| !m.is_empty())
 }
 
 /// The (percent-decoded) value of `name` in a query string.
@@ -227,6 +262,8 @@ async fn send<W: AsyncWrite + Unpin>(
 struct Active {
     response: Value,
     item_id: String,
+    /// The output item as `response.output_item.done` shows it.
+    item: Value,
     events: VecDeque<Value>,
     /// Output pieces already sent as deltas, for a cancelled reply's usage.
     sent: u64,
@@ -359,12 +396,17 @@ impl Session {
         let id = event.get("event_id");
         match event.get("type").and_then(Value::as_str).unwrap_or("") {
             "session.update" => {
-                if let Some(Value::Object(update)) = event.get("session") {
-                    for (k, v) in update {
-                        if !matches!(k.as_str(), "id" | "object" | "model") {
-                            self.config.insert(k.clone(), v.clone());
-                        }
-                    }
+                let update = event.get("session").and_then(Value::as_object);
+                // only known settings are kept, so the session's state stays bounded
+                let unknown =
+                    update.and_then(|u| u.keys().find(|k| !SETTINGS.contains(&k.as_str())));
+                if let Some(key) = unknown {
+                    let msg = format!("Unknown parameter: 'session.{key}'.");
+                    out.push_back(self.error("invalid_request_error", &msg, id));
+                    return;
+                }
+                for (k, v) in update.into_iter().flatten() {
+                    self.config.insert(k.clone(), v.clone());
                 }
                 let session = Value::Object(self.config.clone());
                 out.push_back(self.event("session.updated", json!({ "session": session })));
@@ -554,12 +596,13 @@ impl Session {
         item["content"] = json!([part]);
         events.push_back(self.event(
             "response.output_item.done",
-            json!({ "response_id": response_id, "output_index": 0, "item": item }),
+            json!({ "response_id": response_id, "output_index": 0, "item": item.clone() }),
         ));
         self.prompt.message("assistant", text);
         self.active = Some(Active {
             response,
             item_id,
+            item,
             events,
             sent: 0,
             audio,
@@ -593,6 +636,7 @@ impl Session {
         let Active {
             mut response,
             item_id,
+            item,
             events,
             sent,
             audio,
@@ -609,11 +653,14 @@ impl Session {
             response["status_details"] =
                 json!({ "type": "cancelled", "reason": "client_cancelled" });
         }
-        let item_status = if complete { "completed" } else { "incomplete" };
-        response["output"] = json!([{
-            "id": item_id, "object": "realtime.item", "type": "message",
-            "status": item_status, "role": "assistant",
-        }]);
+        response["output"] = if complete {
+            json!([item])
+        } else {
+            json!([{
+                "id": item_id, "object": "realtime.item", "type": "message",
+                "status": "incomplete", "role": "assistant", "content": [],
+            }])
+        };
         response["usage"] = json!({
             "total_tokens": input_tokens + output,
             "input_tokens": input_tokens,

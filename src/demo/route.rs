@@ -31,7 +31,11 @@ pub(super) async fn handle(req: Request<Incoming>, state: Arc<State>) -> Respons
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if realtime::is_realtime(&method, &path) {
-        return realtime::answer(req, state);
+        // a fault model refuses the upgrade with its canned HTTP error
+        return match realtime::model(req.uri()).and_then(|m| faults::canned_failure(&m)) {
+            Some(failure) => render(failure, &state, gzip),
+            None => realtime::answer(req, state),
+        };
     }
     let Some(operation) = model_operation(&method, &path) else {
         return other_route(&method, &path, req.uri().query(), gzip);

@@ -232,6 +232,27 @@ async fn compressed_beta_session_with_text_audio_and_cancel() {
         10 + first_output
     );
     assert!(c.compressed_seen);
+    let output = &events.last().unwrap()["response"]["output"][0];
+    assert_eq!(output["status"], "completed");
+    let transcript_text: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.audio_transcript.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(output["content"][0]["transcript"], transcript_text);
+
+    // mistakes get `error` events and the session goes on
+    c.send(json!({"type": "session.update", "session": {"colour": "red"}, "event_id": "e1"}))
+        .await;
+    let error = c.event().await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["event_id"], "e1");
+    assert_eq!(
+        error["error"]["message"],
+        "Unknown parameter: 'session.colour'."
+    );
+    c.send(json!({"type": "response.wibble"})).await;
+    assert_eq!(c.event().await["error"]["type"], "invalid_request_error");
 
     // ping → pong with the same payload
     let ping = client_frame(9, b"are you there", None);
@@ -329,4 +350,11 @@ fn query_params_are_decoded() {
         Some("gpt-4o x")
     );
     assert_eq!(query_param("models=1", "model"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_models_refuse_the_upgrade() {
+    let (_c, head, _up) = Client::connect("/v1/realtime?model=demo-error-429", "").await;
+    assert!(head.starts_with("http/1.1 429 "), "{head}");
+    assert!(head.contains("retry-after: 7"), "{head}");
 }
