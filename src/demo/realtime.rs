@@ -32,7 +32,7 @@ use ws::{Deflate, FrameReader, FrameWriter, Inbound};
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// Client events waiting for the session loop (the reader pauses beyond).
-const INBOX: usize = 16;
+const INBOX: usize = 4;
 
 /// The session settings a `session.update` may change.
 const SETTINGS: &[&str] = &[
@@ -234,19 +234,20 @@ where
                         break None;
                     }
                 }
-                Some(Ok(Inbound::Close(code))) => break Some(code.unwrap_or(1000)),
-                Some(Err(failure)) => break failure.code(),
+                Some(Ok(Inbound::Close(code))) => break Some(code),
+                Some(Err(failure)) => break failure.code().map(Some),
                 None => break None,
             },
             () = tokio::time::sleep(delay), if pacing => session.step(&mut outbox),
-            () = super::shutdown_requested(&mut shutdown) => break Some(1001),
+            () = super::shutdown_requested(&mut shutdown) => break Some(Some(1001)),
         }
     };
     for event in outbox.drain(..) {
         let _ = send(&mut writer, &event).await;
     }
+    // the close echoes the client's (code and all), or says why the server ends
     if let Some(code) = end {
-        let _ = writer.close(Some(code)).await;
+        let _ = writer.close(code).await;
     }
     reader.abort();
 }

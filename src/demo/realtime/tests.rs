@@ -358,3 +358,16 @@ async fn fault_models_refuse_the_upgrade() {
     assert!(head.starts_with("http/1.1 429 "), "{head}");
     assert!(head.contains("retry-after: 7"), "{head}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn close_without_a_code_is_echoed_without_one_and_shutdown_sends_1001() {
+    let (mut c, _head, _up) = Client::connect("/v1/realtime?model=m", "").await;
+    c.event().await;
+    c.tcp.write_all(&client_frame(8, b"", None)).await.unwrap();
+    assert_eq!(c.frame().await, (8, Vec::new()));
+
+    let (mut c, _head, up) = Client::connect("/v1/realtime?model=m", "").await;
+    c.event().await;
+    up.shutdown();
+    assert_eq!(c.frame().await, (8, 1001u16.to_be_bytes().to_vec()));
+}
