@@ -26,9 +26,9 @@ async fn demo() -> DemoUpstream {
 async fn run_python(script: &str, args: Vec<String>, env: Vec<(&'static str, String)>) -> String {
     let name = script.to_owned();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
-    let python = python();
+    // creating the venv the first time blocks for a while: not on the runtime's threads
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
+        Command::new(python())
             .arg(&script)
             .args(args)
             .envs(env)
