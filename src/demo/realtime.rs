@@ -432,6 +432,15 @@ impl Session {
                     "input_audio_buffer.committed",
                     json!({ "previous_item_id": previous, "item_id": item_id }),
                 ));
+                let item = json!({
+                    "id": item_id, "object": "realtime.item", "type": "message",
+                    "status": "completed", "role": "user",
+                    "content": [{ "type": "input_audio", "transcript": null }],
+                });
+                out.push_back(self.event(
+                    "conversation.item.created",
+                    json!({ "previous_item_id": previous, "item": item }),
+                ));
             }
             "response.create" => self.response_create(&event, out),
             "response.cancel" => match self.active.take() {

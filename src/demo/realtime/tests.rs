@@ -371,3 +371,25 @@ async fn close_without_a_code_is_echoed_without_one_and_shutdown_sends_1001() {
     up.shutdown();
     assert_eq!(c.frame().await, (8, 1001u16.to_be_bytes().to_vec()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn committed_input_audio_is_counted_in_usage() {
+    let (mut c, _head, _up) = Client::connect("/v1/realtime?model=m", "").await;
+    c.event().await;
+    // 9 600 bytes of pcm16 (0.2 s at 24 kHz): two audio tokens
+    let audio = base64(&[0u8; 9600]);
+    c.send(json!({"type": "input_audio_buffer.append", "audio": audio}))
+        .await;
+    c.send(json!({"type": "input_audio_buffer.commit"})).await;
+    let committed = c.event().await;
+    assert_eq!(committed["type"], "input_audio_buffer.committed");
+    let created = c.event().await;
+    assert_eq!(created["type"], "conversation.item.created");
+    assert_eq!(created["item"]["id"], committed["item_id"]);
+    c.send(json!({"type": "response.create"})).await;
+    let events = c.until_done().await;
+    let usage = &events.last().unwrap()["response"]["usage"];
+    assert_eq!(usage["input_token_details"]["audio_tokens"], 2);
+    assert_eq!(usage["input_token_details"]["text_tokens"], 3);
+    assert_eq!(usage["input_tokens"], 5);
+}
