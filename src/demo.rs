@@ -14,7 +14,7 @@
 //!
 //! Layout: `route` picks the endpoint (one file each: `chat`, `completions`,
 //! `responses`, `embeddings`, `models`, `transcriptions`, `images`,
-//! `moderations`; `uploads` reads the multipart forms), which generates its reply with `text`
+//! `moderations`, `realtime` (a WebSocket session); `uploads` reads the multipart forms), which generates its reply with `text`
 //! and renders it with `wire`; `faults` holds the fault models and timing
 //! controls. Sockets, the accept loop and graceful shutdown are
 //! `crate::listener`'s, shared with the proxy.
@@ -28,6 +28,7 @@ mod form;
 mod images;
 mod models;
 mod moderations;
+mod realtime;
 mod responses;
 mod route;
 #[cfg(test)]
@@ -78,7 +79,8 @@ impl Default for DemoOptions {
 /// usage with an audio/text split and can stream, `whisper-*` a duration),
 /// `POST /v1/images/generations` and `/v1/images/edits` (multipart; `gpt-image-*`
 /// report token usage), `POST /v1/moderations`, `GET /v1/models` and
-/// `GET /v1/models/{id}`; the same model calls under Azure OpenAI's
+/// `GET /v1/models/{id}`, the Realtime API's WebSocket at `GET /v1/realtime?model=…`
+/// (and Azure's `/openai/realtime?deployment=…`); the same model calls under Azure OpenAI's
 /// `/openai/deployments/{deployment}/` (the deployment is the model when the
 /// body names none) and `/openai/v1/`, answered with a dated model version as
 /// Azure does; anything else is a 404 in OpenAI's format.

@@ -103,7 +103,7 @@ fn embedding_vector(seed: u64, dimensions: usize) -> Vec<f32> {
     raw.iter().map(|v| (v / norm) as f32).collect()
 }
 
-fn base64(data: &[u8]) -> String {
+pub(super) fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {

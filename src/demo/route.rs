@@ -20,7 +20,7 @@ use super::wire::{
     ApiError, DemoBody, Outcome, Payload, accepts_gzip, insert_request_id, json_response,
 };
 use super::{
-    azure, chat, completions, embeddings, images, models, moderations, responses, uploads,
+    azure, chat, completions, embeddings, images, models, moderations, realtime, responses, uploads,
 };
 use crate::genai::request::Operation;
 use crate::listener::ChannelBody;
@@ -30,6 +30,13 @@ pub(super) async fn handle(req: Request<Incoming>, state: Arc<State>) -> Respons
     let gzip = accepts_gzip(req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if realtime::is_realtime(&method, &path) {
+        // a fault model refuses the upgrade with its canned HTTP error
+        return match realtime::model(req.uri()).and_then(|m| faults::canned_failure(&m)) {
+            Some(failure) => render(failure, &state, gzip),
+            None => realtime::answer(req, state),
+        };
+    }
     let Some(operation) = model_operation(&method, &path) else {
         return other_route(&method, &path, req.uri().query(), gzip);
     };

@@ -4,6 +4,7 @@
 
 pub mod otlp;
 pub mod prometheus;
+pub mod python;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
