@@ -142,9 +142,7 @@ impl Proxy {
             self.read_body(&parts, body).await
         };
         match read {
-            Ok(b) if upgrade::is_websocket(&parts) => {
-                self.upgrade(parts, b, timing, &parent).await
-            }
+            Ok(b) if upgrade::is_websocket(&parts) => self.upgrade(parts, b, timing, &parent).await,
             Ok(b) => self.forward_bytes(parts, b, timing, &parent).await,
             Err(e) => {
                 let chosen = self.routes.choose(path_and_query(&parts));

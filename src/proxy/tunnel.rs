@@ -25,6 +25,11 @@ const COPY_BUF: usize = 16 * 1024;
 /// close frame; past it that side is closed without one.
 const FINISH_FRAME_DEADLINE: Duration = Duration::from_secs(1);
 
+/// After one side has closed, how long the other may keep its direction open:
+/// a WebSocket is over once either end hangs up, and a client that never closes
+/// its half must not keep the tunnel's connection slot.
+const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
+
 /// A close frame with code 1001 (going away), from the server to the client (unmasked).
 pub(crate) const GOING_AWAY_TO_CLIENT: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 
@@ -81,6 +86,7 @@ where
     let (mut server_rd, mut server_wr) = tokio::io::split(server);
     let observer = Mutex::new(observer);
     let first = OnceLock::new();
+    let (ended_tx, ended_rx) = watch::channel(false);
     let see = |way: Way, bytes: &[u8]| {
         if let Ok(mut o) = observer.lock() {
             match way {
@@ -95,7 +101,7 @@ where
         Way::ToServer,
         &see,
         stop.clone(),
-        &first,
+        (&first, &ended_tx, ended_rx.clone()),
     );
     let down = pump(
         &mut server_rd,
@@ -103,7 +109,7 @@ where
         Way::ToClient,
         &see,
         stop.clone(),
-        &first,
+        (&first, &ended_tx, ended_rx.clone()),
     );
     tokio::join!(up, down);
     first.get().copied().unwrap_or(Closed::Failed)
@@ -122,7 +128,11 @@ async fn pump<R, W>(
     way: Way,
     see: &impl Fn(Way, &[u8]),
     mut stop: watch::Receiver<bool>,
-    first: &OnceLock<Closed>,
+    (first, done, mut other_ended): (
+        &OnceLock<Closed>,
+        &watch::Sender<bool>,
+        watch::Receiver<bool>,
+    ),
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -135,15 +145,21 @@ async fn pump<R, W>(
                 biased;
                 () = stopped(&mut stop) => return Ok(End::Stopped),
                 n = from.read(&mut buf) => n?,
+                () = linger(&mut other_ended) => return Ok(End::Eof),
             };
             if n == 0 {
                 return Ok(End::Eof);
             }
+            let write = to.write_all(&buf[..n]);
+            tokio::pin!(write);
             tokio::select! {
                 biased;
-                // a peer that stopped reading: no close frame can follow a partial write
-                () = stopped(&mut stop) => return Err(io::Error::other("stopped while writing")),
-                w = to.write_all(&buf[..n]) => w?,
+                w = &mut write => w?,
+                // bytes read are always written; a peer that stopped reading gets a
+                // moment, then no close frame (none can follow a partial write)
+                () = stopped(&mut stop) => tokio::time::timeout(FINISH_FRAME_DEADLINE, write)
+                    .await
+                    .map_err(|_| io::Error::other("peer not reading at shutdown"))??,
             }
             frames.feed(&buf[..n]);
             see(way, &buf[..n]);
@@ -165,7 +181,7 @@ async fn pump<R, W>(
             )
             .await
             .is_ok_and(|r| r.is_ok());
-            if finished {
+            if finished && !frames.close_seen {
                 let close = match way {
                     Way::ToClient => GOING_AWAY_TO_CLIENT.to_vec(),
                     Way::ToServer => going_away_to_server(mask_key()).to_vec(),
@@ -183,6 +199,15 @@ async fn pump<R, W>(
         }
     }
     let _ = tokio::time::timeout(FINISH_FRAME_DEADLINE, to.shutdown()).await;
+    done.send_replace(true);
+}
+
+/// Resolves `HALF_CLOSE_LINGER` after the other direction ended.
+async fn linger(other_ended: &mut watch::Receiver<bool>) {
+    if other_ended.wait_for(|e| *e).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(HALF_CLOSE_LINGER).await;
 }
 
 /// Copies the rest of a frame already started, so a close frame can follow it.
@@ -244,6 +269,8 @@ pub(crate) struct Frames {
     have: usize,
     /// Payload bytes of the current frame still to come.
     payload_left: u64,
+    /// A close frame passed: nothing may follow it, not even ours.
+    close_seen: bool,
 }
 
 impl Frames {
@@ -262,6 +289,7 @@ impl Frames {
             self.have += 1;
             bytes = &bytes[1..];
             if self.have >= 2 && self.have == self.header_len() {
+                self.close_seen |= self.head[0] & 0x0f == 0x8;
                 self.payload_left = self.payload_len();
                 self.have = 0;
             }
@@ -335,7 +363,13 @@ mod tests {
     #[test]
     fn boundaries_are_found_however_the_bytes_are_split() {
         let mut all = Vec::new();
-        for (masked, len) in [(false, 0), (true, 5), (false, 300), (true, 70_000), (false, 125)] {
+        for (masked, len) in [
+            (false, 0),
+            (true, 5),
+            (false, 300),
+            (true, 70_000),
+            (false, 125),
+        ] {
             all.extend(frame(masked, len));
         }
         for step in [1, 2, 3, 7, 1000, all.len()] {
@@ -353,6 +387,9 @@ mod tests {
             }
         }
         let mut f = Frames::default();
+        f.feed(&[0x88, 0x02, 0x03]);
+        assert!(f.close_seen && !f.at_boundary());
+        let mut f = Frames::default();
         f.feed(&[0x81]);
         assert!(!f.at_boundary());
         assert_eq!(f.needed(), 1);
@@ -368,6 +405,9 @@ mod tests {
         let f = going_away_to_server(key);
         assert_eq!(&f[..2], &[0x88, 0x82]);
         assert_eq!([f[6] ^ key[0], f[7] ^ key[1]], [0x03, 0xE9]);
-        assert_eq!(u16::from_be_bytes([GOING_AWAY_TO_CLIENT[2], GOING_AWAY_TO_CLIENT[3]]), 1001);
+        assert_eq!(
+            u16::from_be_bytes([GOING_AWAY_TO_CLIENT[2], GOING_AWAY_TO_CLIENT[3]]),
+            1001
+        );
     }
 }
