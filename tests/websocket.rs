@@ -11,6 +11,8 @@
 #[path = "support/blackbox/mod.rs"]
 mod blackbox;
 mod support;
+#[path = "support/tls.rs"]
+mod tls;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokentap::config::{Config, Upstream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Generous bound on any single wait (a hang fails the test instead of blocking it).
@@ -31,6 +33,8 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 /// What the echo server saw on one connection.
 #[derive(Default, Clone, Debug)]
 struct Seen {
+    /// The protocol agreed by ALPN (TLS only).
+    alpn: Option<Vec<u8>>,
     head: String,
     /// Every byte after the request head.
     received: Vec<u8>,
@@ -63,6 +67,29 @@ impl Echo {
         Echo { addr, conns }
     }
 
+    /// The same server behind TLS with `config` (its ALPN offer included).
+    async fn start_tls(config: Arc<rustls::ServerConfig>) -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let conns: Arc<Mutex<Vec<Arc<Mutex<Seen>>>>> = Arc::default();
+        let all = conns.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    continue;
+                };
+                let seen = Arc::new(Mutex::new(Seen {
+                    alpn: tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
+                    ..Seen::default()
+                }));
+                all.lock().unwrap().push(seen.clone());
+                tokio::spawn(echo(tls, seen));
+            }
+        });
+        Echo { addr, conns }
+    }
+
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -72,7 +99,7 @@ impl Echo {
     }
 }
 
-async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
+async fn read_head(s: &mut (impl AsyncRead + Unpin)) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -93,7 +120,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-async fn echo(mut s: TcpStream, seen: Arc<Mutex<Seen>>) {
+async fn echo(mut s: impl AsyncRead + AsyncWrite + Unpin, seen: Arc<Mutex<Seen>>) {
     let (head, mut buf) = read_head(&mut s).await;
     seen.lock().unwrap().head = head.clone();
     let path = head.split(' ').nth(1).unwrap_or("").to_owned();
@@ -405,6 +432,32 @@ async fn frames_pass_byte_for_byte_and_the_101_keeps_its_headers() {
         .find(|kv| kv.key.as_str() == "http.response.status_code")
         .map(|kv| kv.value.to_string());
     assert_eq!(status.as_deref(), Some("101"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_upstream_offering_h2_gets_the_upgrade_over_http1() {
+    let pki = tls::Pki::new();
+    let echo = Echo::start_tls(pki.server_config(false, &[b"h2".as_slice(), b"http/1.1"])).await;
+    let url = format!("https://localhost:{}", echo.addr.port());
+    let mut cfg = Config::for_upstream(Upstream::parse(&url).expect("url"));
+    cfg.upstream_ca =
+        Some(tokentap::tls::CaCerts::load(std::path::Path::new(&pki.file("ca.pem"))).expect("ca"));
+    let proxy = tokentap::app::start(cfg).await.expect("starts");
+
+    let mut c = Client::open(proxy.addr, "/v1/realtime").await;
+    assert_eq!(c.status(), 101, "{}", c.head);
+    assert_eq!(header(&c.head, "sec-websocket-accept"), Some(ACCEPT));
+    // no h2 by ALPN (the HTTP/1-only client offers no ALPN: HTTP/1.1 by default)
+    let alpn = echo.conn(0).alpn;
+    assert!(
+        alpn.is_none() || alpn.as_deref() == Some(b"http/1.1"),
+        "{alpn:?}"
+    );
+    let hello = frame(0x81, b"over tls", Some([4, 3, 2, 1]));
+    c.s.write_all(&hello).await.expect("send");
+    assert_eq!(c.read_exact(10).await, frame(0x81, b"over tls", None));
+    assert_eq!(echo.conn(0).received, hello);
     proxy.shutdown().await;
 }
 
