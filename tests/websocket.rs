@@ -543,8 +543,12 @@ async fn an_open_tunnel_holds_its_connection_slot() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_closes_tunnels_with_1001_and_exits_promptly() {
     let echo = Echo::start().await;
+    let receiver = support::otlp::Receiver::grpc().await;
     let mut child = blackbox::child::command()
         .args(["--listen", "127.0.0.1:0", "--upstream", &echo.url()])
+        .env("OTEL_TRACES_EXPORTER", "otlp")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
         // were tunnels held for the grace period, the exit below would not come
         .args(["--shutdown-grace", "3600s"])
         .stdin(Stdio::null())
@@ -615,4 +619,17 @@ async fn sigterm_closes_tunnels_with_1001_and_exits_promptly() {
         panic!("tokentap did not exit after SIGTERM with a tunnel open");
     };
     assert_eq!(status.code(), Some(0));
+
+    // the tunnel's span was ended and flushed before the exit
+    let trace_id = header(&c.head, "traceresponse")
+        .and_then(|t| t.split('-').nth(1))
+        .expect("traceresponse")
+        .to_owned();
+    let spans = receiver.spans();
+    let span = spans
+        .iter()
+        .find(|s| s.trace_id == trace_id)
+        .unwrap_or_else(|| panic!("the tunnel's span among {spans:?}"));
+    assert_eq!(span.name, "GET");
+    assert_eq!(span.int("http.response.status_code"), Some(101));
 }
