@@ -338,6 +338,7 @@ impl Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     fn frame(masked: bool, len: usize) -> Vec<u8> {
         let mut f = vec![0x82];
@@ -409,5 +410,22 @@ mod tests {
             u16::from_be_bytes([GOING_AWAY_TO_CLIENT[2], GOING_AWAY_TO_CLIENT[3]]),
             1001
         );
+    }
+
+    #[tokio::test]
+    async fn a_side_that_hangs_up_ends_the_tunnel() {
+        let (client, client_peer) = tokio::io::duplex(64);
+        let (server, mut server_peer) = tokio::io::duplex(64);
+        let (_stop_tx, stop) = watch::channel(false);
+        let relay = tokio::spawn(async move {
+            let mut seen = NoObserver;
+            relay(client, server, &mut seen, &stop).await
+        });
+        drop(client_peer);
+        let mut rest = Vec::new();
+        server_peer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        drop(server_peer);
+        assert_eq!(relay.await.unwrap(), Closed::Client);
     }
 }
