@@ -70,8 +70,8 @@ impl Running {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish within the grace period, waits,
-    /// then flushes pending spans, metrics and logs within `TELEMETRY_FLUSH_DEADLINE`.
+    /// Stops accepting, closes open WebSocket tunnels (`1001` to both sides), lets
+    /// in-flight requests finish within the grace period, waits, then flushes pending spans, metrics and logs within `TELEMETRY_FLUSH_DEADLINE`.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.task).await;
@@ -139,15 +139,16 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
     } = telemetry;
     let pricing = Arc::new(load_pricing(&cfg)?);
     let routes = Routes::new(&cfg, upstream.clone()).map_err(StartError::Config)?;
+    // one stop signal: the listener stops accepting, open tunnels close
+    let (tx, rx) = watch::channel(false);
     let server = Arc::new(Server {
-        proxy: Proxy::new(&cfg, routes, recorder.clone()),
+        proxy: Proxy::new(&cfg, routes, recorder.clone(), rx.clone()),
         agent: Agent::new(&cfg, pricing),
         recorder: recorder.clone(),
         health: Bytes::from(
             serde_json::json!({"status": "healthy", "service": cfg.service_name}).to_string(),
         ),
     });
-    let (tx, rx) = watch::channel(false);
     let options = ServeOptions {
         grace: Some(cfg.shutdown_grace),
         limits: Some(ConnectionLimits {

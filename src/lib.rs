@@ -32,7 +32,8 @@
 //! - `listener`: the socket, the shared accept loop, per-connection limits, channel bodies
 //! - `server`: routes each request to a local route, the agent or the proxy
 //! - `inbound`: reading a client's body within size and time limits
-//! - `proxy`: the forwarding stages (`proxy/{prepare,request,send,retry,respond}.rs`)
+//! - `proxy`: the forwarding stages (`proxy/{prepare,request,send,retry,respond}.rs`),
+//!   and WebSocket upgrades tunnelled byte for byte (`proxy/{upgrade,tunnel}.rs`)
 //! - `route`: where a request goes (upstream, provider, connection pool)
 //! - `upstream`: the pooled client of a route (TLS, buffers)
 //! - [`tap`]: the body wrapper that ends each call exactly once

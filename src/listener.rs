@@ -9,8 +9,10 @@
 //! one place means the connection limits (head-read timeout, idle
 //! keep-alive timeout, connection cap) are added once, in [`serve`], for both.
 
+mod hold;
 mod limits;
 
+pub use hold::ConnectionHold;
 pub use limits::ConnectionLimits;
 
 use std::convert::Infallible;
@@ -161,8 +163,10 @@ pub async fn serve<S, B>(
         let conn = Connection {
             builder: Arc::clone(&builder),
             watcher: graceful.watcher(),
+            // a second watcher, kept by a tunnel the connection may become
+            tunnel_watcher: graceful.watcher(),
             limits: options.limits,
-            _slot: slot,
+            slot,
         };
         conn.spawn(stream, service.clone());
     }
@@ -179,9 +183,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
+    tunnel_watcher: Watcher,
     limits: Option<ConnectionLimits>,
-    /// Its place under `--max-connections`, given back when the task ends.
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its place under `--max-connections`, given back when the task ends
+    /// (or, once upgraded, when the tunnel closes: see `hold`).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Connection {
@@ -201,17 +207,15 @@ impl Connection {
             let Connection {
                 builder,
                 watcher,
+                tunnel_watcher,
                 limits,
-                _slot,
+                slot,
             } = self;
-            let result = match limits {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
-                }
-                Some(limits) => {
-                    let activity = limits::Activity::new();
+            let activity = limits.map(|_| limits::Activity::new());
+            let hold = ConnectionHold::new(slot, tunnel_watcher, activity.clone());
+            let service = hold::Holding::new(service, hold.clone());
+            let result = match (limits, activity) {
+                (Some(limits), Some(activity)) => {
                     let io = TokioIo::new(limits::Watched::new(stream, activity.clone()));
                     let service = limits::Tracked::new(service, activity.clone());
                     let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
@@ -225,7 +229,13 @@ impl Connection {
                         }
                     }
                 }
+                _ => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
             };
+            hold.release();
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }

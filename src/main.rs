@@ -135,8 +135,11 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     .map_err(StartError::Config)?;
     let routes = cfg.routes.clone();
     let running = app::start_with(cfg, telemetry).await?;
+    // the handlers are in place before the banner says we are up: a SIGTERM right
+    // after it must drain, not kill
+    let signal = shutdown_signal();
     banner(&running, demo, &routes);
-    shutdown_signal().await;
+    signal.await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
     Ok(())
@@ -191,23 +194,31 @@ async fn healthcheck(listen: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves at SIGINT or SIGTERM; the handlers are installed when this is called.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    #[cfg(unix)]
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(term) => {},
+                () = wait(int) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

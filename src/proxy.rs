@@ -19,6 +19,8 @@
 //!   untouched and is never looked at.
 //! - **send** waits for the upstream's answer and maps failures to typed errors.
 //! - **tap** wraps the answer's body so every frame is observed as it passes.
+//! - **upgrade** (instead of prepare…tap, for a WebSocket handshake) forwards the
+//!   handshake and relays the tunnel after a `101` (`upgrade.rs`, `tunnel.rs`).
 //!
 //! The body is read once, before routing, because its facts decide how the
 //! response is observed; a failure at any stage still records the call.
@@ -29,6 +31,8 @@ mod request;
 mod respond;
 mod retry;
 mod send;
+mod tunnel;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -100,10 +104,17 @@ pub struct Proxy {
     read_timeout: std::time::Duration,
     usage_injection: bool,
     capture_content: bool,
+    /// Turns true at shutdown: open tunnels close (`upgrade.rs`).
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Proxy {
-    pub(crate) fn new(cfg: &Config, routes: Routes, recorder: Arc<Recorder>) -> Proxy {
+    pub(crate) fn new(
+        cfg: &Config,
+        routes: Routes,
+        recorder: Arc<Recorder>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Proxy {
         Proxy {
             routes,
             recorder,
@@ -112,6 +123,7 @@ impl Proxy {
             read_timeout: cfg.read_timeout,
             usage_injection: cfg.usage_injection,
             capture_content: cfg.capture_content,
+            stop,
         }
     }
 
@@ -130,6 +142,7 @@ impl Proxy {
             self.read_body(&parts, body).await
         };
         match read {
+            Ok(b) if upgrade::is_websocket(&parts) => self.upgrade(parts, b, timing, &parent).await,
             Ok(b) => self.forward_bytes(parts, b, timing, &parent).await,
             Err(e) => {
                 let chosen = self.routes.choose(path_and_query(&parts));

@@ -22,6 +22,8 @@ pub(crate) struct Route {
     pub(crate) upstream: Upstream,
     pub(crate) provider: Provider,
     pub(crate) client: Client,
+    /// HTTP/1.1 only, for WebSocket upgrades (same TLS and egress as `client`).
+    pub(crate) upgrade_client: Client,
 }
 
 impl Route {
@@ -34,6 +36,7 @@ impl Route {
         Ok(Route {
             provider: provider.map_or_else(|| Provider::for_host(upstream.host()), Provider::new),
             client: upstream::client(opts, extra_ca)?,
+            upgrade_client: upstream::http1_client(opts, extra_ca)?,
             upstream,
         })
     }

@@ -100,6 +100,23 @@ pub(crate) fn client(
     opts: &Options,
     extra_ca: &[CertificateDer<'static>],
 ) -> Result<Client, String> {
+    build(opts, extra_ca, true)
+}
+
+/// Like [`client`], offering only HTTP/1.1 by ALPN: a WebSocket upgrade needs
+/// HTTP/1.1's `Upgrade`, which an h2 connection cannot carry.
+pub(crate) fn http1_client(
+    opts: &Options,
+    extra_ca: &[CertificateDer<'static>],
+) -> Result<Client, String> {
+    build(opts, extra_ca, false)
+}
+
+fn build(
+    opts: &Options,
+    extra_ca: &[CertificateDer<'static>],
+    http2: bool,
+) -> Result<Client, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -115,10 +132,12 @@ pub(crate) fn client(
     };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(egress);
+        .https_or_http();
+    let https = if http2 {
+        https.enable_http1().enable_http2().wrap_connector(egress)
+    } else {
+        https.enable_http1().wrap_connector(egress)
+    };
     let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)

@@ -62,6 +62,8 @@ pub(super) struct Activity {
     write_blocked: AtomicU64,
     /// The connection speaks HTTP/2 (its bytes between requests are not heads).
     h2: AtomicBool,
+    /// The socket was handed to an upgrade (a tunnel): no deadline applies any more.
+    pub(super) upgraded: AtomicBool,
 }
 
 impl Activity {
@@ -73,6 +75,7 @@ impl Activity {
             idle_since: AtomicU64::new(NONE),
             write_blocked: AtomicU64::new(NONE),
             h2: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
         })
     }
 
@@ -109,9 +112,12 @@ impl Activity {
     }
 
     /// When the connection must be closed if nothing changes, in ms since accept;
-    /// `None` while a request is in flight.
+    /// `None` while a request is in flight, and once the connection is upgraded.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<u64> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE - 1);
+        if self.upgraded.load(Ordering::Relaxed) {
+            return None;
+        }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             let blocked = self.write_blocked.load(Ordering::Relaxed);
             return (blocked != NONE).then(|| blocked.saturating_add(ms(limits.idle_timeout)));
@@ -324,6 +330,17 @@ mod tests {
         a.read_some();
         let head = a.head_started.load(Ordering::Relaxed);
         assert_eq!(a.deadline(&LIMITS), Some(head + 30_000));
+    }
+
+    #[test]
+    fn an_upgraded_connection_has_no_deadline() {
+        let a = Activity::new();
+        drop(a.begin());
+        a.read_some();
+        assert!(a.deadline(&LIMITS).is_some());
+        a.upgraded.store(true, Ordering::Relaxed);
+        a.wrote(true);
+        assert_eq!(a.deadline(&LIMITS), None);
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub(super) fn unread(chosen: &Chosen<'_>, parts: &http::request::Parts) -> Call 
     )
 }
 
+/// The call of a WebSocket tunnel: not a model call, whatever its path.
+pub(super) fn tunnel(chosen: &Chosen<'_>, parts: &http::request::Parts) -> Call {
+    new_call(chosen, parts, None, RequestFacts::default())
+}
+
 /// Reads `body`'s facts into a new call and decides on usage injection.
 pub(super) fn call(
     chosen: &Chosen<'_>,

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use crate::error::{ProxyError, chain};
 use crate::route::Route;
-use crate::upstream::MAX_RESPONSE_HEAD;
+use crate::upstream::{Client, MAX_RESPONSE_HEAD};
 
 /// Sends `up` on `route`'s pool; the answer's head must come within `read_timeout`.
 pub(super) async fn send(
@@ -21,7 +21,16 @@ pub(super) async fn send(
     up: Request<Full<Bytes>>,
     read_timeout: Duration,
 ) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(read_timeout, route.client.request(up)).await {
+    send_on(&route.client, up, read_timeout).await
+}
+
+/// Sends `up` on `client` (a route's pool), as [`send`] does.
+pub(super) async fn send_on(
+    client: &Client,
+    up: Request<Full<Bytes>>,
+    read_timeout: Duration,
+) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(read_timeout, client.request(up)).await {
         Err(_) => Err(ProxyError::Timeout(format!(
             "no response within {read_timeout:?} (--read-timeout)"
         ))),

@@ -1,0 +1,186 @@
+//! Upgrade: a WebSocket handshake goes through, and the tunnel after it.
+//!
+//! Any HTTP/1.1 request asking to upgrade to `websocket` (whatever its path)
+//! takes this stage instead of the tap: it is forwarded with its upgrade
+//! headers (`Connection: upgrade`, `Upgrade`, `Sec-WebSocket-*`; other
+//! hop-by-hop headers still go) on the route's HTTP/1-only client, because an
+//! h2 connection chosen by ALPN cannot carry an upgrade. A `101` comes back
+//! with its headers and `traceresponse`, and both sockets are then handed to
+//! [`tunnel::relay`]; any other answer goes through the normal tap unchanged.
+//!
+//! The tunnel keeps the client connection's `--max-connections` slot and
+//! shutdown watcher ([`ConnectionHold`]) until it closes, and ends at once,
+//! with `1001` to both sides, when tokentap shuts down (a session has no
+//! natural end to wait for). The call is recorded once, when the tunnel ends:
+//! status 101, its duration the session's.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::headers::strip_hop_by_hop;
+use super::tunnel::{self, Closed, NoObserver, TunnelObserver};
+use super::{Proxy, ResponseBody, TRACERESPONSE, Timing, path_and_query, prepare, request};
+use super::{respond, retry, send};
+use crate::call::{Call, Outcome};
+use crate::listener::ConnectionHold;
+use crate::telemetry::spans;
+
+/// True for an HTTP/1.1 request asking to switch to WebSocket.
+pub(super) fn is_websocket(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && has_token(&parts.headers, &header::CONNECTION, "upgrade")
+        && has_token(&parts.headers, &header::UPGRADE, "websocket")
+}
+
+/// True when a comma-separated header `name` lists `token` (ASCII case ignored).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The headers an upgrade needs on both legs: `Upgrade` and `Sec-WebSocket-*`.
+fn upgrade_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(n, _)| *n == header::UPGRADE || n.as_str().starts_with("sec-websocket-"))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+/// Puts `kept` back after hop-by-hop stripping, with `Connection: upgrade`.
+fn restore(headers: &mut HeaderMap, kept: Vec<(HeaderName, HeaderValue)>) {
+    for (n, _) in &kept {
+        headers.remove(n);
+    }
+    for (n, v) in kept {
+        headers.append(n, v);
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// What watches a tunnel's bytes (none yet: Realtime sessions plug in here).
+fn observer_for(_call: &Call, _answer: &http::response::Parts) -> Box<dyn TunnelObserver> {
+    Box::new(NoObserver)
+}
+
+impl Proxy {
+    /// Forwards a WebSocket handshake; on `101`, relays the tunnel in its own task.
+    pub(super) async fn upgrade(
+        &self,
+        mut parts: http::request::Parts,
+        body: Bytes,
+        timing: Timing,
+        parent: &opentelemetry::Context,
+    ) -> Response<ResponseBody> {
+        let work = std::time::Instant::now();
+        let chosen = self.routes.choose(path_and_query(&parts));
+        let client_side = parts.extensions.remove::<OnUpgrade>();
+        let hold = parts.extensions.remove::<ConnectionHold>();
+        let kept = upgrade_headers(&parts.headers);
+        let mut call = prepare::tunnel(&chosen, &parts);
+        let cx = spans::start(self.recorder.tracer(), parent, &call, timing.wall);
+        let traceresponse = spans::traceresponse(&cx);
+        call.trace = Some(cx);
+        let mut up = match request::build(&chosen, parts, body, &call) {
+            Ok(up) => up,
+            Err(e) => return self.reject(call, e, timing.started),
+        };
+        restore(up.headers_mut(), kept);
+        call.overhead += work.elapsed();
+        let mut resp =
+            match send::send_on(&chosen.route.upgrade_client, up, self.read_timeout).await {
+                Ok(r) => r,
+                Err(e) => return self.reject(call, e, timing.started),
+            };
+        let client_side = match client_side {
+            Some(c) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => c,
+            _ => {
+                return respond::tap(
+                    resp.map(retry::Prefixed::new),
+                    call,
+                    traceresponse,
+                    respond::TapOptions {
+                        recorder: &self.recorder,
+                        started: timing.started,
+                        read_timeout: self.read_timeout,
+                    },
+                );
+            }
+        };
+        let server_side = hyper::upgrade::on(&mut resp);
+        let (mut head, _) = resp.into_parts();
+        let kept = upgrade_headers(&head.headers);
+        strip_hop_by_hop(&mut head.headers);
+        restore(&mut head.headers, kept);
+        if let Some(v) = traceresponse {
+            head.headers.insert(TRACERESPONSE, v);
+        }
+        call.status = Some(head.status.as_u16());
+        call.request_id = head
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // taken now, before hyper's connection future ends with the handover
+        let held = hold.and_then(|h| h.take());
+        let observer = observer_for(&call, &head);
+        let session = Session {
+            call,
+            observer,
+            recorder: self.recorder.clone(),
+            stop: self.stop.clone(),
+            started: timing.started,
+        };
+        tokio::spawn(async move {
+            session.run(client_side, server_side).await;
+            drop(held);
+        });
+        Response::from_parts(
+            head,
+            Empty::new().map_err(|never| match never {}).boxed_unsync(),
+        )
+    }
+}
+
+/// One open tunnel and what is recorded when it ends.
+struct Session {
+    call: Call,
+    observer: Box<dyn TunnelObserver>,
+    recorder: std::sync::Arc<crate::telemetry::Recorder>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    started: std::time::Instant,
+}
+
+impl Session {
+    async fn run(mut self, client_side: OnUpgrade, server_side: OnUpgrade) {
+        let how = match tokio::join!(client_side, server_side) {
+            (Ok(c), Ok(s)) => {
+                tunnel::relay(
+                    TokioIo::new(c),
+                    TokioIo::new(s),
+                    self.observer.as_mut(),
+                    &self.stop,
+                )
+                .await
+            }
+            (c, s) => {
+                if let Some(e) = c.err().or(s.err()) {
+                    tracing::debug!(error = %e, "an upgrade did not complete");
+                }
+                self.call.outcome = Outcome::ConnectionError;
+                Closed::Failed
+            }
+        };
+        self.observer.closed(how, &mut self.call);
+        self.call.duration = self.started.elapsed();
+        self.recorder.record(self.call);
+    }
+}
