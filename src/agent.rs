@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::{Config, Secret};
+use crate::genai;
 use crate::genai::pricing::PriceTable;
 use crate::inbound::{self, ReadError};
 use crate::proxy::{Proxy, ResponseBody, full_response};
@@ -249,11 +250,7 @@ impl Agent {
     }
 
     async fn summary(&self, query: Option<&str>) -> Response<ResponseBody> {
-        let id = query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .find_map(|kv| kv.strip_prefix("conversation_id="))
-            .map(percent_decode);
+        let id = query.and_then(|q| genai::query::param(q, "conversation_id"));
         let id = match conversation_id(id, "query") {
             Ok(id) => id,
             Err(resp) => return resp,
@@ -319,41 +316,9 @@ fn conversation_id(
     ))
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_values_decode() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("caf%C3%A9"), "café");
-        assert_eq!(percent_decode("100%"), "100%");
-    }
 
     #[test]
     fn conversation_ids_are_short_and_plain() {

@@ -13,6 +13,7 @@ pub mod lenient;
 pub mod multipart;
 pub mod pricing;
 pub mod provider;
+pub mod query;
 pub mod realtime;
 pub mod request;
 pub mod response;

@@ -401,34 +401,46 @@ fn header_len(h: &[u8]) -> usize {
     2 + ext + mask
 }
 
+/// Encodes one frame, as a peer would (for the tests of this reader and its users).
+#[cfg(test)]
+pub(crate) fn test_frame(
+    fin: bool,
+    rsv1: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n <= 0xffff => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mut p = payload.to_vec();
+    if let Some(k) = mask {
+        f.extend_from_slice(&k);
+        for (i, b) in p.iter_mut().enumerate() {
+            *b ^= k[i % 4];
+        }
+    }
+    f.extend_from_slice(&p);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use flate2::{Compress, Compression, FlushCompress};
 
     fn frame(fin: bool, rsv1: bool, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
-        let m = if mask.is_some() { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => f.push(m | n as u8),
-            n if n <= 0xffff => {
-                f.push(m | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(m | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mut p = payload.to_vec();
-        if let Some(k) = mask {
-            f.extend_from_slice(&k);
-            for (i, b) in p.iter_mut().enumerate() {
-                *b ^= k[i % 4];
-            }
-        }
-        f.extend_from_slice(&p);
-        f
+        test_frame(fin, rsv1, opcode, mask, payload)
     }
 
     fn read_all(r: &mut Reader, bytes: &[u8], split: usize) -> Vec<Message> {

@@ -26,6 +26,7 @@ use super::State;
 use super::embeddings::base64;
 use super::text::{Fnv, Generation, Prompt, content_text, mix};
 use super::wire::{ApiError, DemoBody, json_response};
+use crate::genai::query;
 use ws::{Deflate, FrameReader, FrameWriter, Inbound};
 
 /// Largest client message kept (after inflation): audio appends are the big ones.
@@ -153,42 +154,7 @@ fn model_param(uri: &Uri) -> &'static str {
 
 /// The model (or Azure deployment) the session is for, when the URL names one.
 pub(super) fn model(uri: &Uri) -> Option<String> {
-    query_param(uri.query()?, model_param(uri)).filter(|m| !m.is_empty())
-}
-
-/// The (percent-decoded) value of `name` in a query string.
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, hex) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    query::param(uri.query()?, model_param(uri)).filter(|m| !m.is_empty())
 }
 
 /// Runs one session on an upgraded connection until either side closes.

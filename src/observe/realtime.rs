@@ -23,6 +23,7 @@ use opentelemetry::{Context, KeyValue};
 
 use crate::call::{Call, ParseFailure};
 use crate::genai::provider::Provider;
+use crate::genai::query;
 use crate::genai::realtime::{Event, ResponseDone, add_usage};
 use crate::genai::request::{Operation, RequestFacts};
 use crate::genai::response::{ResponseFacts, Usage};
@@ -47,37 +48,9 @@ pub fn is_realtime(path: &str) -> bool {
 
 /// The model a Realtime URL names: `model=`, else Azure's `deployment=`.
 pub fn model_from_query(query: Option<&str>) -> Option<String> {
-    let params = || query.into_iter().flat_map(|q| q.split('&'));
-    let find = |key: &str| {
-        params().find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k == key && !v.is_empty()).then(|| percent_decode(v))
-        })
-    };
+    let query = query?;
+    let find = |key| query::param(query, key).filter(|v| !v.is_empty());
     find("model").or_else(|| find("deployment"))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How a session ended.

@@ -90,30 +90,9 @@ fn remote_parent() -> Context {
     ))
 }
 
-/// One frame; `rsv1` marks a compressed message; client frames are masked.
+/// One whole frame; `rsv1` marks a compressed message; client frames are masked.
 fn frame(opcode: u8, rsv1: bool, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x80 | (u8::from(rsv1) << 6) | opcode];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => f.push(m | n as u8),
-        n if n <= 0xffff => {
-            f.push(m | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(m | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mut p = payload.to_vec();
-    if let Some(k) = mask {
-        f.extend_from_slice(&k);
-        for (i, b) in p.iter_mut().enumerate() {
-            *b ^= k[i % 4];
-        }
-    }
-    f.extend_from_slice(&p);
-    f
+    crate::websocket::test_frame(true, rsv1, opcode, mask, payload)
 }
 
 /// Text messages as one direction's bytes, compressed with context takeover when `deflate`.

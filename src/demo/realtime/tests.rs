@@ -346,10 +346,10 @@ async fn plain_get_and_missing_model_are_400s() {
 #[test]
 fn query_params_are_decoded() {
     assert_eq!(
-        query_param("a=1&model=gpt%2D4o+x", "model").as_deref(),
+        query::param("a=1&model=gpt%2D4o+x", "model").as_deref(),
         Some("gpt-4o x")
     );
-    assert_eq!(query_param("models=1", "model"), None);
+    assert_eq!(query::param("models=1", "model"), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
