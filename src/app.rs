@@ -145,6 +145,7 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
         proxy: Proxy::new(&cfg, routes, recorder.clone(), rx.clone()),
         agent: Agent::new(&cfg, pricing),
         recorder: recorder.clone(),
+        access: crate::access::Access::new(cfg.access_token.clone()),
         health: Bytes::from(
             serde_json::json!({"status": "healthy", "service": cfg.service_name}).to_string(),
         ),

@@ -385,6 +385,10 @@ pub struct Cli {
     )]
     pub upstream_client_key: Option<PathBuf>,
     // --- end upstream TLS and egress ---
+    /// When set, the agent's routes and the live view need `Authorization: Bearer <token>` (→ 401); /health, /metrics and proxied traffic are unaffected
+    #[arg(long, env = "TOKENTAP_ACCESS_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = parse_access_token)]
+    pub access_token: Option<Secret>,
+
     /// Service name reported in /health and telemetry
     #[arg(
         long,
@@ -394,6 +398,14 @@ pub struct Cli {
         hide = true
     )]
     pub service_name: String,
+}
+
+/// `--access-token`: a non-empty token without spaces (it travels in a header).
+fn parse_access_token(s: &str) -> Result<Secret, String> {
+    if s.is_empty() || s.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        return Err("an access token must be non-empty printable ASCII without spaces".into());
+    }
+    Ok(Secret::new(s))
 }
 
 /// `--no-usage-injection` (flag) and `TOKENTAP_USAGE_INJECTION=false` (env) both mean off.
@@ -440,6 +452,8 @@ pub struct Config {
     pub upstream_identity: Option<ClientIdentity>,
     /// `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` (read once, at start).
     pub egress_proxy: Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>>,
+    /// `--access-token`: guards the agent's routes and the live view.
+    pub access_token: Option<Secret>,
 }
 
 impl Config {
@@ -475,6 +489,7 @@ impl Config {
             upstream_ca: None,
             upstream_identity: None,
             egress_proxy: None,
+            access_token: None,
         }
     }
 }
@@ -524,6 +539,7 @@ impl TryFrom<Cli> for Config {
             upstream_ca: c.upstream_ca,
             upstream_identity,
             egress_proxy: egress_proxy_from_env(),
+            access_token: c.access_token,
         })
     }
 }

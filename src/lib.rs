@@ -46,6 +46,7 @@
 //! - [`telemetry`]: the recorder and its sinks (metrics, instruments, log, span), one
 //!   descriptor per metric, the series cache, OTel providers and export queues
 //! - `error`: OpenAI-shaped local errors
+//! - `access`: `--access-token` for the agent and the live view
 //!
 //! Beside the path:
 //! - [`demo`]: the simulated OpenAI upstream of `--demo` and the tests (`demo/`: one file
@@ -57,6 +58,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+pub(crate) mod access;
 pub(crate) mod agent;
 pub mod app;
 pub mod call;

@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::{self, Access};
 use crate::agent::{Agent, AgentRoute};
 use crate::listener::{self, ServeOptions};
 use crate::proxy::{Proxy, ResponseBody, full_response};
@@ -28,6 +29,8 @@ pub(crate) struct Server {
     pub(crate) proxy: Proxy,
     pub(crate) agent: Agent,
     pub(crate) recorder: Arc<Recorder>,
+    /// `--access-token`, for the agent's routes.
+    pub(crate) access: Access,
     /// The `/health` body (it names the service).
     pub(crate) health: Bytes,
 }
@@ -78,6 +81,7 @@ impl Server {
                 full_response(StatusCode::OK, "application/json", self.health.clone())
             }
             Target::Metrics => self.metrics_page(&req),
+            Target::Agent(_) if !self.access.permits(req.headers()) => access::unauthorized(),
             Target::Agent(route) => {
                 self.agent
                     .handle(route, &self.proxy, &self.recorder, req)
