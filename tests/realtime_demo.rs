@@ -5,11 +5,9 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use support::python::python;
+use support::python::run_python;
 use tokentap::demo::{DemoOptions, DemoUpstream};
 
 async fn demo() -> DemoUpstream {
@@ -20,32 +18,6 @@ async fn demo() -> DemoUpstream {
     DemoUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)), opts)
         .await
         .expect("demo upstream starts")
-}
-
-/// Runs a Python script to its end (off the runtime's threads) and returns its stdout.
-async fn run_python(script: &str, args: Vec<String>, env: Vec<(&'static str, String)>) -> String {
-    let name = script.to_owned();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
-    // creating the venv the first time blocks for a while: not on the runtime's threads
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(&script)
-            .args(args)
-            .envs(env)
-            .env_remove("OPENAI_API_KEY")
-            .output()
-            .expect("run python")
-    })
-    .await
-    .expect("python task");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{name} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-    );
-    stdout
 }
 
 #[tokio::test(flavor = "multi_thread")]

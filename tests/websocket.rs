@@ -361,9 +361,12 @@ async fn frames_pass_byte_for_byte_and_the_101_keeps_its_headers() {
         Some("permessage-deflate; client_max_window_bits")
     );
     assert_eq!(header(&up, "x-hop"), None, "{up}");
+    // the Realtime session's span: upstream as the parent, back as traceresponse
     let traceparent = header(&up, "traceparent").expect("traceparent upstream");
     let trace_id = traceparent.split('-').nth(1).expect("trace id").to_owned();
+    let span_id = traceparent.split('-').nth(2).expect("span id").to_owned();
     assert_eq!(traceresponse.split('-').nth(1), Some(trace_id.as_str()));
+    assert_eq!(traceresponse.split('-').nth(2), Some(span_id.as_str()));
 
     // text, binary (64-bit length), a "compressed" frame (RSV1), fragments, ping, close with a code
     let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
@@ -416,16 +419,17 @@ async fn frames_pass_byte_for_byte_and_the_101_keeps_its_headers() {
     let (first, payload, _) = parse_frame(&got[got.len() - 7..]).expect("close frame");
     assert_eq!((first, &payload[..2]), (0x88, &4000u16.to_be_bytes()[..]));
 
-    // one span for the tunnel, recorded when it closed: GET, status 101, the same trace
+    // one span for the session, ended when it closed: status 101, the span sent upstream
     assert!(
         support::eventually(async || !spans.get_finished_spans().unwrap().is_empty()).await,
-        "the tunnel's span"
+        "the session's span"
     );
     let done = spans.get_finished_spans().unwrap();
     assert_eq!(done.len(), 1);
     let span = &done[0];
-    assert_eq!(span.name, "GET");
+    assert_eq!(span.name, "realtime gpt-realtime");
     assert_eq!(span.span_context.trace_id().to_string(), trace_id);
+    assert_eq!(span.span_context.span_id().to_string(), span_id);
     let status = span
         .attributes
         .iter()
@@ -620,7 +624,7 @@ async fn sigterm_closes_tunnels_with_1001_and_exits_promptly() {
     };
     assert_eq!(status.code(), Some(0));
 
-    // the tunnel's span was ended and flushed before the exit
+    // the session's span was ended and flushed before the exit
     let trace_id = header(&c.head, "traceresponse")
         .and_then(|t| t.split('-').nth(1))
         .expect("traceresponse")
@@ -629,7 +633,92 @@ async fn sigterm_closes_tunnels_with_1001_and_exits_promptly() {
     let span = spans
         .iter()
         .find(|s| s.trace_id == trace_id)
-        .unwrap_or_else(|| panic!("the tunnel's span among {spans:?}"));
-    assert_eq!(span.name, "GET");
+        .unwrap_or_else(|| panic!("the session's span among {spans:?}"));
+    assert_eq!(span.name, "realtime gpt-realtime");
     assert_eq!(span.int("http.response.status_code"), Some(101));
+}
+
+/// A `response.done` with usage, as a Realtime server sends it.
+fn response_done(id: &str, input: u64, output: u64) -> Vec<u8> {
+    format!(
+        r#"{{"type":"response.done","response":{{"id":"{id}","status":"completed","usage":{{"total_tokens":{},"input_tokens":{input},"output_tokens":{output}}}}}}}"#,
+        input + output
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_in_a_realtime_session_flows_unchanged_and_only_degrades_observation() {
+    // the echo server sends back what the client sends: the client writes the server's events
+    let echo = Echo::start().await;
+    let cfg = Config::for_upstream(Upstream::parse(&echo.url()).expect("url"));
+    let (proxy, spans) = support::start_traced_proxy(cfg).await;
+    let mut c = Client::open(proxy.addr, "/v1/realtime?model=gpt-realtime").await;
+    assert_eq!(c.status(), 101, "{}", c.head);
+
+    let mask = Some([0x11, 0x22, 0x33, 0x44]);
+    let oversized = vec![b'x'; 5 << 20]; // past the 4 MiB message cap
+    let frames = [
+        frame(0x81, &response_done("resp_1", 7, 3), mask),
+        frame(0x81, b"{not json", mask),
+        frame(0x81, br#"{"type":"some.future.event","x":1}"#, mask),
+        frame(0x81, &oversized, mask),
+        frame(0x81, &response_done("resp_2", 5, 2), mask),
+        // a reserved opcode: the framing is broken, observation stops, bytes still flow
+        frame(0x83, b"reserved", mask),
+        frame(0x81, &response_done("resp_3", 100, 100), mask),
+    ];
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    for f in &frames {
+        c.s.write_all(f).await.expect("send frame");
+        sent.extend_from_slice(f);
+        let (first, payload, _) = parse_frame(f).expect("own frame");
+        let want = frame(first, &payload, None);
+        let answer = c.read_exact(want.len()).await;
+        assert!(answer == want, "frame {first:#x} came back changed");
+        got.extend_from_slice(&answer);
+    }
+    let close = frame(0x88, &1000u16.to_be_bytes(), mask);
+    c.s.write_all(&close).await.expect("close");
+    sent.extend_from_slice(&close);
+    got.extend(c.read_to_end().await);
+    drop(c);
+    let seen = echo.conn(0);
+    assert!(seen.received == sent, "the upstream got the client's bytes");
+    assert!(got == seen.sent, "the client got the upstream's bytes");
+
+    // the two turns before the break are metered exactly; the one after is not seen
+    let base = format!("http://{}", proxy.addr);
+    assert!(
+        support::eventually(async || {
+            let page = support::metrics(&base).await;
+            support::sum(&page, "tokentap_parse_errors_total", &[]) >= 3.0
+        })
+        .await
+    );
+    let page = support::metrics(&base).await;
+    let model = [("model", "gpt-realtime")];
+    assert_eq!(support::sum(&page, "llm_requests_total", &model), 2.0);
+    let tokens = |t| support::sum(&page, "llm_tokens_used_total", &[model[0], ("type", t)]);
+    assert_eq!((tokens("prompt"), tokens("completion")), (12.0, 5.0));
+    for reason in ["invalid_json", "too_large", "invalid_websocket"] {
+        assert_eq!(
+            support::sum(&page, "tokentap_parse_errors_total", &[("reason", reason)]),
+            1.0,
+            "{reason}\n{page}"
+        );
+    }
+    let names: Vec<String> = spans
+        .get_finished_spans()
+        .unwrap()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| *n == "chat gpt-realtime").count(),
+        2,
+        "{names:?}"
+    );
+    proxy.shutdown().await;
 }

@@ -11,7 +11,7 @@ use super::response::Usage;
 
 /// Where and when the built-in prices were read (standard tier, USD per 1M tokens).
 pub const BUILTIN_SOURCE: &str = "OpenAI API pricing page, standard tier: text models as of 2025-08-07; \
-     audio, image and realtime models as of 2025-09-01";
+     audio and image models as of 2025-09-01, realtime models as of 2025-10-06";
 
 /// USD per 1M tokens. The modality rates are optional: a token detail whose
 /// rate is missing is priced at the text rate (input, cached input or output).
@@ -111,8 +111,20 @@ const BUILTIN: &[(&str, Price)] = &[
         audio(p(5.0, 2.50, 20.0), 40.0, Some(2.50), Some(80.0)),
     ),
     (
+        "gpt-4o-realtime-preview",
+        audio(p(5.0, 2.50, 20.0), 40.0, Some(2.50), Some(80.0)),
+    ),
+    (
+        "gpt-4o-mini-realtime-preview",
+        audio(p(0.60, 0.30, 2.40), 10.0, Some(0.30), Some(20.0)),
+    ),
+    (
         "gpt-realtime",
         audio(p(4.0, 0.40, 16.0), 32.0, Some(0.40), Some(64.0)),
+    ),
+    (
+        "gpt-realtime-mini",
+        audio(p(0.60, 0.06, 2.40), 10.0, Some(0.30), Some(20.0)),
     ),
 ];
 

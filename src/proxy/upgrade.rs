@@ -12,7 +12,9 @@
 //! shutdown watcher ([`ConnectionHold`]) until it closes, and ends at once,
 //! with `1001` to both sides, when tokentap shuts down (a session has no
 //! natural end to wait for). The call is recorded once, when the tunnel ends:
-//! status 101, its duration the session's.
+//! status 101, its duration the session's. A Realtime session is watched by
+//! [`RealtimeObserver`], whose session span replaces the tunnel's own: it has
+//! to exist before the handshake goes upstream, so `traceparent` can carry it.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -27,6 +29,7 @@ use super::{Proxy, ResponseBody, TRACERESPONSE, Timing, path_and_query, prepare,
 use super::{respond, retry, send};
 use crate::call::{Call, Outcome};
 use crate::listener::ConnectionHold;
+use crate::observe::realtime::{RealtimeObserver, SessionEnd, is_realtime};
 use crate::telemetry::spans;
 
 /// True for an HTTP/1.1 request asking to switch to WebSocket.
@@ -66,9 +69,44 @@ fn restore(headers: &mut HeaderMap, kept: Vec<(HeaderName, HeaderValue)>) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
-/// What watches a tunnel's bytes (none yet: Realtime sessions plug in here).
-fn observer_for(_call: &Call, _answer: &http::response::Parts) -> Box<dyn TunnelObserver> {
-    Box::new(NoObserver)
+/// A Realtime session's observer, as the tunnel's watcher.
+struct Watched(RealtimeObserver);
+
+impl TunnelObserver for Watched {
+    fn server_bytes(&mut self, bytes: &[u8]) {
+        self.0.server_bytes(bytes);
+    }
+    fn client_bytes(&mut self, bytes: &[u8]) {
+        self.0.client_bytes(bytes);
+    }
+    /// Ends the session span with the session's own attributes; the tunnel's
+    /// call is still recorded (metrics, log) but no longer ends that span.
+    fn closed(&mut self, how: Closed, call: &mut Call) {
+        self.0.closed(match how {
+            Closed::Client | Closed::Server => SessionEnd::Closed,
+            Closed::Shutdown => SessionEnd::Shutdown,
+            Closed::Failed => SessionEnd::Failed("connection_error"),
+        });
+        call.trace = None;
+    }
+}
+
+/// What watches a tunnel's bytes: a Realtime session's observer, else nobody.
+fn observer_for(
+    realtime: Option<RealtimeObserver>,
+    answer: &http::response::Parts,
+) -> Box<dyn TunnelObserver> {
+    match realtime {
+        Some(mut o) => {
+            let ext = answer
+                .headers
+                .get("sec-websocket-extensions")
+                .and_then(|v| v.to_str().ok());
+            o.upgraded(ext);
+            Box::new(Watched(o))
+        }
+        None => Box::new(NoObserver),
+    }
 }
 
 impl Proxy {
@@ -86,7 +124,22 @@ impl Proxy {
         let hold = parts.extensions.remove::<ConnectionHold>();
         let kept = upgrade_headers(&parts.headers);
         let mut call = prepare::tunnel(&chosen, &parts);
-        let cx = spans::start(self.recorder.tracer(), parent, &call, timing.wall);
+        // a Realtime session's span is the tunnel's: it goes upstream in `traceparent`
+        let mut realtime = is_realtime(parts.uri.path()).then(|| {
+            RealtimeObserver::new(
+                self.recorder.clone(),
+                parent,
+                call.provider.clone(),
+                call.server_address.clone(),
+                call.server_port,
+                parts.uri.path(),
+                parts.uri.query(),
+            )
+        });
+        let cx = match &realtime {
+            Some(o) => o.context().clone(),
+            None => spans::start(self.recorder.tracer(), parent, &call, timing.wall),
+        };
         let traceresponse = spans::traceresponse(&cx);
         call.trace = Some(cx);
         let mut up = match request::build(&chosen, parts, body, &call) {
@@ -103,6 +156,11 @@ impl Proxy {
         let client_side = match client_side {
             Some(c) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => c,
             _ => {
+                if let Some(mut o) = realtime.take() {
+                    // refused (or not upgradable): the session span ends with the status
+                    o.closed(SessionEnd::Refused(resp.status().as_u16()));
+                    call.trace = None;
+                }
                 return respond::tap(
                     resp.map(retry::Prefixed::new),
                     call,
@@ -131,7 +189,7 @@ impl Proxy {
             .map(str::to_owned);
         // taken now, before hyper's connection future ends with the handover
         let held = hold.and_then(|h| h.take());
-        let observer = observer_for(&call, &head);
+        let observer = observer_for(realtime, &head);
         let session = Session {
             call,
             observer,

@@ -108,3 +108,33 @@ impl Drop for Lock {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// Runs a Python script to its end (off the runtime's threads) and returns its stdout.
+pub async fn run_python(
+    script: &str,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+) -> String {
+    let name = script.to_owned();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    // creating the venv the first time blocks for a while: not on the runtime's threads
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(&script)
+            .args(args)
+            .envs(env)
+            .env_remove("OPENAI_API_KEY")
+            .output()
+            .expect("run python")
+    })
+    .await
+    .expect("python task");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{name} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+    );
+    stdout
+}
