@@ -101,6 +101,7 @@ pub fn recorder_options(cfg: &Config) -> Result<RecorderOptions, StartError> {
         pricing: load_pricing(cfg)?,
         max_label_values: cfg.max_label_values,
         max_label_length: cfg.max_label_length,
+        metric_dimensions: cfg.metric_dimensions.clone(),
     })
 }
 

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::genai::attribution::Attribution;
 pub use crate::genai::content::Content;
 use crate::genai::provider::Provider;
 use crate::genai::request::{Operation, RequestFacts};
@@ -55,6 +56,11 @@ impl ParseFailure {
     }
 }
 
+/// A request extension the agent puts on its model calls: the conversation
+/// they belong to (`gen_ai.conversation.id`).
+#[derive(Debug, Clone)]
+pub struct ConversationTag(pub String);
+
 #[derive(Debug, Clone)]
 pub struct Call {
     /// `None` for endpoints that are not model calls (they are forwarded but not metered).
@@ -91,6 +97,10 @@ pub struct Call {
     pub trace: Option<opentelemetry::Context>,
     /// Prompts and completions, only with content capture on.
     pub content: Option<Content>,
+    /// Who made the call (project, key id, user, baggage).
+    pub who: Attribution,
+    /// The agent's conversation (`gen_ai.conversation.id`), on the agent's calls.
+    pub conversation_id: Option<String>,
 }
 
 impl Call {
@@ -126,6 +136,8 @@ impl Call {
             overhead: Duration::ZERO,
             trace: None,
             content: None,
+            who: Attribution::default(),
+            conversation_id: None,
         }
     }
 

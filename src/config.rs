@@ -14,6 +14,7 @@ use clap::Parser;
 mod routes;
 pub use routes::{RouteList, RouteSpec, check_routes, parse_provider};
 
+use crate::genai::attribution::Dimension;
 use crate::tls::{CaCerts, ClientIdentity};
 
 /// A value that must never be printed (API keys).
@@ -385,6 +386,25 @@ pub struct Cli {
     )]
     pub upstream_client_key: Option<PathBuf>,
     // --- end upstream TLS and egress ---
+    // --- attribution (SPEC §11) ---
+    /// W3C baggage keys whose entries are recorded on every call's span (comma-separated)
+    #[arg(
+        long,
+        env = "TOKENTAP_BAGGAGE_KEYS",
+        value_delimiter = ',',
+        value_name = "K1,K2"
+    )]
+    pub baggage_keys: Vec<String>,
+
+    /// Opt-in labels on llm_requests_total, llm_tokens_used_total and llm_cost_usd_total: any of project, organization, key_id, user, and --baggage-keys (comma-separated)
+    #[arg(
+        long,
+        env = "TOKENTAP_METRIC_DIMENSIONS",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub metric_dimensions: Vec<String>,
+    // --- end attribution ---
     /// When set, the agent's routes and the live view need `Authorization: Bearer <token>` (→ 401); /health, /metrics and proxied traffic are unaffected
     #[arg(long, env = "TOKENTAP_ACCESS_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = parse_access_token)]
     pub access_token: Option<Secret>,
@@ -406,6 +426,47 @@ fn parse_access_token(s: &str) -> Result<Secret, String> {
         return Err("an access token must be non-empty printable ASCII without spaces".into());
     }
     Ok(Secret::new(s))
+}
+
+/// `--baggage-keys`: W3C baggage keys (tokens), without duplicates.
+fn check_baggage_keys(keys: Vec<String>) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for k in keys.into_iter().map(|k| k.trim().to_owned()) {
+        let token = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b));
+        if !token {
+            return Err(format!("--baggage-keys: {k:?} is not a baggage key"));
+        }
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    Ok(out)
+}
+
+/// `--metric-dimensions`: known names or listed baggage keys, each label once,
+/// none clashing with the lab's own labels.
+fn check_dimensions(names: &[String], baggage_keys: &[String]) -> Result<Vec<Dimension>, String> {
+    const TAKEN: [&str; 4] = ["model", "provider", "status", "type"];
+    let mut out: Vec<Dimension> = Vec::new();
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let d = Dimension::parse(name, baggage_keys)
+            .map_err(|e| format!("--metric-dimensions: {e}"))?;
+        let label = d.label();
+        if TAKEN.contains(&label.as_str()) {
+            return Err(format!(
+                "--metric-dimensions: {name:?} would be the label {label:?}, which llm_* metrics already have"
+            ));
+        }
+        if out.iter().any(|o| o.label() == label) {
+            return Err(format!(
+                "--metric-dimensions: the label {label:?} is named twice"
+            ));
+        }
+        out.push(d);
+    }
+    Ok(out)
 }
 
 /// `--no-usage-injection` (flag) and `TOKENTAP_USAGE_INJECTION=false` (env) both mean off.
@@ -454,6 +515,12 @@ pub struct Config {
     pub egress_proxy: Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>>,
     /// `--access-token`: guards the agent's routes and the live view.
     pub access_token: Option<Secret>,
+    // --- attribution (SPEC §11) ---
+    /// `--baggage-keys`.
+    pub baggage_keys: Vec<String>,
+    /// `--metric-dimensions`, validated.
+    pub metric_dimensions: Vec<Dimension>,
+    // --- end attribution ---
 }
 
 impl Config {
@@ -490,6 +557,8 @@ impl Config {
             upstream_identity: None,
             egress_proxy: None,
             access_token: None,
+            baggage_keys: Vec::new(),
+            metric_dimensions: Vec::new(),
         }
     }
 }
@@ -506,6 +575,8 @@ impl TryFrom<Cli> for Config {
             ),
             _ => None,
         };
+        let baggage_keys = check_baggage_keys(c.baggage_keys)?;
+        let metric_dimensions = check_dimensions(&c.metric_dimensions, &baggage_keys)?;
         Ok(Config {
             listen: c.listen,
             upstream: c.upstream,
@@ -540,6 +611,8 @@ impl TryFrom<Cli> for Config {
             upstream_identity,
             egress_proxy: egress_proxy_from_env(),
             access_token: c.access_token,
+            baggage_keys,
+            metric_dimensions,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! the wire format is unit-tested on recorded bytes and reused by the proxy,
 //! the agent and the benchmarks alike.
 
+pub mod attribution;
 pub mod azure;
 pub mod content;
 pub mod decode;

@@ -93,6 +93,10 @@ fn banner(running: &app::Running, demo: bool, routes: &[RouteSpec]) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `tokentap key-id`: the one subcommand, before flags (it takes none)
+    if std::env::args_os().nth(1).is_some_and(|a| a == "key-id") {
+        return key_id();
+    }
     // `.env` fills the environment before flags are read; real env vars win.
     let _ = dotenvy::dotenv();
     let cli = match Cli::try_parse() {
@@ -119,6 +123,27 @@ async fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// `tokentap key-id`: reads an API key on stdin, prints its `tokentap.key_id`.
+/// On stdin, not as an argument, so the key stays out of shell history and `ps`.
+fn key_id() -> ExitCode {
+    if std::env::args_os().len() > 2 {
+        eprintln!("tokentap: key-id takes no arguments (it reads the key on stdin)");
+        return ExitCode::from(2);
+    }
+    let mut input = String::new();
+    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
+        eprintln!("tokentap: key-id: cannot read stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let key = input.trim();
+    if key.is_empty() {
+        eprintln!("tokentap: key-id: no key on stdin");
+        return ExitCode::from(2);
+    }
+    println!("{}", tokentap::genai::attribution::key_id(key));
+    ExitCode::SUCCESS
 }
 
 /// Starts tokentap and serves until SIGINT or SIGTERM.

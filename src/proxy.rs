@@ -104,6 +104,8 @@ pub struct Proxy {
     read_timeout: std::time::Duration,
     usage_injection: bool,
     capture_content: bool,
+    /// `--baggage-keys`.
+    baggage_keys: Vec<String>,
     /// Turns true at shutdown: open tunnels close (`upgrade.rs`).
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -123,6 +125,7 @@ impl Proxy {
             read_timeout: cfg.read_timeout,
             usage_injection: cfg.usage_injection,
             capture_content: cfg.capture_content,
+            baggage_keys: cfg.baggage_keys.clone(),
             stop,
         }
     }
@@ -146,7 +149,7 @@ impl Proxy {
             Ok(b) => self.forward_bytes(parts, b, timing, &parent).await,
             Err(e) => {
                 let chosen = self.routes.choose(path_and_query(&parts));
-                let mut call = prepare::unread(&chosen, &parts);
+                let mut call = prepare::unread(&chosen, &parts, self.prepare_options());
                 call.trace = Some(spans::start(
                     self.recorder.tracer(),
                     &parent,
@@ -233,8 +236,9 @@ impl Proxy {
         )
     }
 
-    fn prepare_options(&self) -> prepare::Options {
+    fn prepare_options(&self) -> prepare::Options<'_> {
         prepare::Options {
+            baggage_keys: &self.baggage_keys,
             usage_injection: self.usage_injection,
             capture_content: self.capture_content,
         }

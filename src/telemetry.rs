@@ -116,6 +116,8 @@ pub struct RecorderOptions {
     pub max_label_values: usize,
     /// Label values longer than this (bytes) are recorded as `other`.
     pub max_label_length: usize,
+    /// `--metric-dimensions`: opt-in attribution labels on the lab's counters.
+    pub metric_dimensions: Vec<crate::genai::attribution::Dimension>,
 }
 
 impl Telemetry {
@@ -129,7 +131,8 @@ impl Telemetry {
         opts: RecorderOptions,
         make: impl FnOnce(&DropCounters) -> Result<Providers, String>,
     ) -> Result<Telemetry, String> {
-        let mut series = SeriesCache::new(opts.max_label_values, opts.max_label_length);
+        let mut series = SeriesCache::new(opts.max_label_values, opts.max_label_length)
+            .with_dimensions(&opts.metric_dimensions);
         let metrics = Arc::new(metrics::Metrics::new(&mut series));
         let drops = DropCounters {
             traces: metrics.dropped_counter(signal::TRACES),

@@ -113,6 +113,8 @@ async fn a_compressed_session_gets_a_span_and_one_metered_call_per_response() {
     assert_eq!(session.name, "realtime gpt-realtime");
     assert_eq!(session.kind, 3);
     assert_eq!(session.str("openai.api.type"), Some("realtime"));
+    let key_id = tokentap::genai::attribution::key_id("sk-demo");
+    assert_eq!(session.str("tokentap.key_id"), Some(key_id.as_str()));
     assert_eq!(session.int("http.response.status_code"), Some(101));
     let sum = |path: &[&str]| turns.iter().map(|t| n(&t["usage"], path)).sum::<i64>();
     assert_eq!(
@@ -142,6 +144,8 @@ async fn a_compressed_session_gets_a_span_and_one_metered_call_per_response() {
         assert_eq!(span.trace_id, trace_id);
         assert_eq!(span.name, "chat gpt-realtime");
         assert_eq!(span.str("gen_ai.operation.name"), Some("chat"));
+        // attributed to the key that opened the session (SPEC §11)
+        assert_eq!(span.str("tokentap.key_id"), Some(key_id.as_str()));
         assert_eq!(
             span.int("gen_ai.usage.input_tokens"),
             Some(n(u, &["input_tokens"]))

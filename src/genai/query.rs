@@ -16,6 +16,15 @@ pub fn param(query: &str, name: &str) -> Option<String> {
 
 /// Form decoding: `%XX` escapes and `+` for a space; a malformed escape stays as it is.
 pub fn decode(s: &str) -> String {
+    unescape(s, true)
+}
+
+/// Percent decoding alone (`+` stays `+`), as W3C baggage values are encoded.
+pub fn percent_decode(s: &str) -> String {
+    unescape(s, false)
+}
+
+fn unescape(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -29,7 +38,7 @@ pub fn decode(s: &str) -> String {
                 out.push(v);
                 i += 3;
             }
-            (b'+', _) => {
+            (b'+', _) if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

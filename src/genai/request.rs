@@ -137,6 +137,8 @@ pub struct RequestFacts {
     /// `response_format` of an audio request (`json`, `text`, `srt`, …): a
     /// transcription asked for plain text answers with a body that is not JSON.
     pub response_format: Option<String>,
+    /// `user.id`: the body's `safety_identifier`, else its `user` (chat, Responses, embeddings).
+    pub user: Option<String>,
 }
 
 /// Lenient view of the request: each field is read on its own.
@@ -162,6 +164,8 @@ struct RawRequest<'a> {
     modalities: Lenient<Vec<Lenient<Str<'a>>>>,
     tools: Lenient<Len>,
     dimensions: Lenient<Int>,
+    safety_identifier: Lenient<Str<'a>>,
+    user: Lenient<Str<'a>>,
 }
 
 impl<'de> FromJson<'de> for RawRequest<'de> {
@@ -188,6 +192,8 @@ impl<'de> FromJson<'de> for RawRequest<'de> {
             "modalities" => r.modalities,
             "tools" => r.tools,
             "dimensions" => r.dimensions,
+            "safety_identifier" => r.safety_identifier,
+            "user" => r.user,
         });
         Ok(Some(r))
     }
@@ -332,6 +338,9 @@ impl RequestFacts {
             tool_count: raw.tools.ok().map_or(0, |l| l.0),
             dimensions: int(raw.dimensions),
             response_format: None,
+            user: own(raw.safety_identifier)
+                .filter(|u| !u.is_empty())
+                .or_else(|| own(raw.user).filter(|u| !u.is_empty())),
         })
     }
 }

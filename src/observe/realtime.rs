@@ -22,6 +22,7 @@ use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
 use crate::call::{Call, ParseFailure};
+use crate::genai::attribution::Attribution;
 use crate::genai::provider::Provider;
 use crate::genai::query;
 use crate::genai::realtime::{Event, ResponseDone, add_usage};
@@ -101,6 +102,8 @@ pub struct RealtimeObserver {
     /// Time spent observing since the last recorded call.
     overhead: Duration,
     ended: bool,
+    /// Who opened the session (from the upgrade request): on every turn.
+    who: Attribution,
 }
 
 impl std::fmt::Debug for RealtimeObserver {
@@ -155,7 +158,14 @@ impl RealtimeObserver {
             failures: Vec::new(),
             overhead: Duration::ZERO,
             ended: false,
+            who: Attribution::default(),
         }
+    }
+
+    /// Who opened the session: recorded on the session span and every turn.
+    pub fn with_attribution(mut self, who: Attribution) -> RealtimeObserver {
+        self.who = who;
+        self
     }
 
     /// The session span's context: for `traceparent` upstream and `traceresponse`.
@@ -346,6 +356,7 @@ impl RealtimeObserver {
             self.server_port,
         );
         call.status = Some(101);
+        call.who = self.who.clone();
         call
     }
 
@@ -404,6 +415,7 @@ impl RealtimeObserver {
         if let Some(e) = end_error(end) {
             a.push(KeyValue::new(attr::ERROR_TYPE, e));
         }
+        spans::attribution(&mut a, &self.call(None));
         a
     }
 }

@@ -7,7 +7,8 @@
 
 use bytes::Bytes;
 
-use crate::call::{Call, ParseFailure};
+use crate::call::{Call, ConversationTag, ParseFailure};
+use crate::genai::attribution::Attribution;
 use crate::genai::inject::request_with_usage;
 use crate::genai::request::{Operation, RequestFacts};
 use crate::genai::{azure, content};
@@ -15,7 +16,9 @@ use crate::route::Chosen;
 
 /// Switches that change how a call is prepared.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Options {
+pub(super) struct Options<'a> {
+    /// `--baggage-keys`: the caller's baggage entries recorded on the call.
+    pub(super) baggage_keys: &'a [String],
     /// Ask streams that would carry no usage for it (`--no-usage-injection` turns it off).
     pub(super) usage_injection: bool,
     /// Keep prompts for the span (opt-in).
@@ -36,12 +39,15 @@ fn new_call(
     parts: &http::request::Parts,
     op: Option<Operation>,
     mut facts: RequestFacts,
+    baggage_keys: &[String],
 ) -> Call {
     if op.is_some() && facts.model.is_none() {
         facts.model = azure::deployment(chosen.path()).map(str::to_owned);
     }
+    let who =
+        Attribution::from_headers(&parts.headers, baggage_keys).with_user(facts.user.as_deref());
     let route = chosen.route;
-    Call::new(
+    let mut call = Call::new(
         op,
         facts,
         parts.method.to_string(),
@@ -49,22 +55,35 @@ fn new_call(
         route.provider.clone(),
         route.upstream.host().to_owned(),
         route.upstream.port(),
-    )
+    );
+    call.who = who;
+    call.conversation_id = parts
+        .extensions
+        .get::<ConversationTag>()
+        .map(|t| t.0.clone());
+    call
 }
 
 /// A call whose body could not be read: only the path tells what it was.
-pub(super) fn unread(chosen: &Chosen<'_>, parts: &http::request::Parts) -> Call {
+pub(super) fn unread(chosen: &Chosen<'_>, parts: &http::request::Parts, opts: Options) -> Call {
     new_call(
         chosen,
         parts,
         Operation::from_path(parts.uri.path()),
         RequestFacts::default(),
+        opts.baggage_keys,
     )
 }
 
 /// The call of a WebSocket tunnel: not a model call, whatever its path.
-pub(super) fn tunnel(chosen: &Chosen<'_>, parts: &http::request::Parts) -> Call {
-    new_call(chosen, parts, None, RequestFacts::default())
+pub(super) fn tunnel(chosen: &Chosen<'_>, parts: &http::request::Parts, opts: Options) -> Call {
+    new_call(
+        chosen,
+        parts,
+        None,
+        RequestFacts::default(),
+        opts.baggage_keys,
+    )
 }
 
 /// Reads `body`'s facts into a new call and decides on usage injection.
@@ -95,7 +114,7 @@ pub(super) fn call(
         && op.is_some_and(Operation::usage_is_opt_in)
         && facts.stream
         && facts.include_usage != Some(true);
-    let mut call = new_call(chosen, parts, op, facts);
+    let mut call = new_call(chosen, parts, op, facts, opts.baggage_keys);
     if let Some(f) = parse_failure {
         call.note_parse_failure(f);
     }

@@ -123,7 +123,7 @@ impl Proxy {
         let client_side = parts.extensions.remove::<OnUpgrade>();
         let hold = parts.extensions.remove::<ConnectionHold>();
         let kept = upgrade_headers(&parts.headers);
-        let mut call = prepare::tunnel(&chosen, &parts);
+        let mut call = prepare::tunnel(&chosen, &parts, self.prepare_options());
         // a Realtime session's span is the tunnel's: it goes upstream in `traceparent`
         let mut realtime = is_realtime(parts.uri.path()).then(|| {
             RealtimeObserver::new(
@@ -135,6 +135,7 @@ impl Proxy {
                 parts.uri.path(),
                 parts.uri.query(),
             )
+            .with_attribution(call.who.clone())
         });
         let cx = match &realtime {
             Some(o) => o.context().clone(),

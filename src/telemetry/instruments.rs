@@ -21,6 +21,8 @@ use crate::genai::request::Operation;
 #[derive(Debug, Clone)]
 struct Attributes {
     lab: [KeyValue; 3],
+    /// `lab` and the opt-in attribution labels: the three counters'.
+    counted: Vec<KeyValue>,
     genai: Vec<KeyValue>,
     with_error: Vec<KeyValue>,
     tokens: [Vec<KeyValue>; 3],
@@ -34,6 +36,12 @@ impl Attributes {
             KeyValue::new(label::PROVIDER, b.provider.to_string()),
             KeyValue::new(label::STATUS, b.status()),
         ];
+        let mut counted = lab.to_vec();
+        counted.extend(
+            b.dimensions
+                .iter()
+                .map(|(k, v)| KeyValue::new(*k, v.clone())),
+        );
         let mut genai = vec![
             KeyValue::new(attr::GEN_AI_OPERATION_NAME, op.name()),
             KeyValue::new(attr::GEN_AI_PROVIDER_NAME, b.provider.to_string()),
@@ -53,7 +61,7 @@ impl Attributes {
             value::TOKENS_TOTAL,
         ]
         .map(|kind| {
-            let mut l = lab.to_vec();
+            let mut l = counted.clone();
             l.push(KeyValue::new(label::TYPE, kind));
             l
         });
@@ -64,6 +72,7 @@ impl Attributes {
         });
         Attributes {
             lab,
+            counted,
             genai,
             with_error,
             tokens,
@@ -175,7 +184,7 @@ impl CallSink for Instruments {
         let slot = r.series.slot(&self.slot);
         let a = slot.get_or_init(|| Attributes::new(op, &r.series.labels));
         let secs = call.duration.as_secs_f64();
-        self.requests.add(1, &a.lab);
+        self.requests.add(1, &a.counted);
         self.duration.record(secs, &a.lab);
         self.op_duration.record(secs, &a.with_error);
         if let Some(u) = call.usage() {
@@ -187,7 +196,7 @@ impl CallSink for Instruments {
                 self.token_usage.record(n, attrs);
             }
             match call.cost {
-                Some(c) => self.cost.add(c, &a.lab),
+                Some(c) => self.cost.add(c, &a.counted),
                 // `model` alone (the first of the lab's labels)
                 None => self.unpriced.add(1, &a.lab[..1]),
             }

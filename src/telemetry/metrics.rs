@@ -96,6 +96,13 @@ fn lab(b: &BoundedLabels) -> Labels {
     ]
 }
 
+/// The lab's labels and the opt-in attribution labels: the three counters'.
+fn counted(b: &BoundedLabels) -> Labels {
+    let mut l = lab(b);
+    l.extend(b.dimensions.iter().cloned());
+    l
+}
+
 /// The GenAI conventions' labels (without `error.type`).
 fn genai(b: &BoundedLabels, op: Operation) -> Labels {
     let mut genai: Labels = vec![
@@ -233,7 +240,7 @@ impl CallSink for Metrics {
             ]
         });
         c.requests
-            .get_or_init(|| self.llm_requests.get_or_create(&lab(b)).clone())
+            .get_or_init(|| self.llm_requests.get_or_create(&counted(b)).clone())
             .inc();
         let secs = call.duration.as_secs_f64();
         c.duration
@@ -257,7 +264,7 @@ impl CallSink for Metrics {
             ];
             for (slot, (kind, n)) in c.tokens.iter().zip(kinds) {
                 slot.get_or_init(|| {
-                    let mut l = lab(b);
+                    let mut l = counted(b);
                     l.push((label::TYPE, kind.to_owned()));
                     self.llm_tokens.get_or_create(&l).clone()
                 })
@@ -278,7 +285,7 @@ impl CallSink for Metrics {
             match call.cost {
                 Some(cost) => {
                     c.cost
-                        .get_or_init(|| self.llm_cost.get_or_create(&lab(b)).clone())
+                        .get_or_init(|| self.llm_cost.get_or_create(&counted(b)).clone())
                         .inc_by(cost);
                 }
                 None => {

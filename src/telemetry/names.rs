@@ -241,6 +241,8 @@ pub mod value {
     pub const TOKEN_OUTPUT: &str = "output";
     /// What an unbounded label value folds into past the cap.
     pub const OTHER: &str = "other";
+    /// An opt-in attribution label of a call that had no value for it.
+    pub const NONE: &str = "none";
     /// A model the request did not name.
     pub const UNKNOWN: &str = "unknown";
     /// `openai.api.type` of a Realtime session, and its span's name.
@@ -318,6 +320,12 @@ pub mod attr {
     /// No convention exists for cost.
     pub const LLM_COST_USD: &str = "llm.cost.usd";
     pub const TOKENTAP_USAGE_INJECTED: &str = "tokentap.usage_injected";
+    // attribution (SPEC §11); baggage entries are recorded under their own keys
+    pub const OPENAI_PROJECT: &str = "openai.project";
+    pub const OPENAI_ORGANIZATION: &str = "openai.organization";
+    pub const TOKENTAP_KEY_ID: &str = "tokentap.key_id";
+    pub const USER_ID: &str = "user.id";
+    pub const GEN_AI_CONVERSATION_ID: &str = "gen_ai.conversation.id";
 }
 
 /// Signals, as in `tokentap_telemetry_dropped_total{signal}`.

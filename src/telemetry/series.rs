@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use super::labels::LabelGuard;
 use super::names::{label, value};
 use crate::call::Call;
+use crate::genai::attribution::Dimension;
 use crate::genai::provider::Provider;
 use crate::genai::request::Operation;
 
@@ -40,6 +41,9 @@ pub struct BoundedLabels {
     pub response_model: Option<String>,
     pub server_address: String,
     pub error_type: Option<String>,
+    /// `--metric-dimensions` labels and their bounded values (`none` when absent),
+    /// for the lab's three counters; empty unless opted in.
+    pub dimensions: Vec<(&'static str, String)>,
 }
 
 impl BoundedLabels {
@@ -62,11 +66,13 @@ struct SeriesKey {
     response_model: Option<String>,
     server_address: String,
     error_type: Option<String>,
+    dimensions: Vec<Option<String>>,
 }
 
 impl SeriesKey {
-    fn of(call: &Call, error_type: Option<&str>) -> SeriesKey {
+    fn of(call: &Call, error_type: Option<&str>, dims: &[Option<&str>]) -> SeriesKey {
         SeriesKey {
+            dimensions: dims.iter().map(|d| d.map(str::to_owned)).collect(),
             operation: call.operation,
             provider: call.provider.clone(),
             request_model: call.request.model.clone(),
@@ -81,15 +87,26 @@ impl SeriesKey {
             + self.response_model.as_ref().map_or(0, String::len)
             + self.server_address.len()
             + self.error_type.as_ref().map_or(0, String::len)
+            + self
+                .dimensions
+                .iter()
+                .map(|d| d.as_ref().map_or(0, String::len))
+                .sum::<usize>()
     }
 
-    fn matches(&self, call: &Call, error_type: Option<&str>) -> bool {
+    fn matches(&self, call: &Call, error_type: Option<&str>, dims: &[Option<&str>]) -> bool {
         self.operation == call.operation
             && self.provider == call.provider
             && self.request_model.as_deref() == call.request.model.as_deref()
             && self.response_model.as_deref() == call.response.model.as_deref()
             && self.server_address == call.server_address
             && self.error_type.as_deref() == error_type
+            && self.dimensions.len() == dims.len()
+            && self
+                .dimensions
+                .iter()
+                .zip(dims)
+                .all(|(a, b)| a.as_deref() == *b)
     }
 }
 
@@ -128,6 +145,8 @@ impl Series {
 #[derive(Debug)]
 pub struct SeriesCache {
     guard: LabelGuard,
+    /// `--metric-dimensions`, each with its label name.
+    dimensions: Vec<(Dimension, &'static str)>,
     series: RwLock<HashMap<u64, Arc<Series>>>,
     hasher: RandomState,
     slots: usize,
@@ -139,10 +158,21 @@ impl SeriesCache {
     pub fn new(max_label_values: usize, max_label_length: usize) -> SeriesCache {
         SeriesCache {
             guard: LabelGuard::new(max_label_values, max_label_length),
+            dimensions: Vec::new(),
             series: RwLock::new(HashMap::new()),
             hasher: RandomState::new(),
             slots: 0,
         }
+    }
+
+    /// Adds the opt-in attribution labels (`--metric-dimensions`) to the lab's counters.
+    pub fn with_dimensions(mut self, dimensions: &[Dimension]) -> SeriesCache {
+        self.dimensions = dimensions
+            .iter()
+            // configured once at start, a handful at most: their names live as long as the process
+            .map(|d| (d.clone(), &*Box::leak(d.label().into_boxed_str())))
+            .collect();
+        self
     }
 
     /// A new slot in every series, for one output; taken while the outputs are
@@ -159,6 +189,11 @@ impl SeriesCache {
     /// values were seen before. `error_type`: `call.error_type()`, which the caller
     /// has at hand.
     pub fn series(&self, call: &Call, error_type: Option<&str>) -> Arc<Series> {
+        let dims: Vec<Option<&str>> = self
+            .dimensions
+            .iter()
+            .map(|(d, _)| d.value(&call.who))
+            .collect();
         let hash = self.hasher.hash_one((
             call.operation,
             call.provider.as_str(),
@@ -166,20 +201,21 @@ impl SeriesCache {
             call.response.model.as_deref(),
             call.server_address.as_str(),
             error_type,
+            &dims,
         ));
         // one read lock per call; a full cache is never write-locked again
         let mut room = false;
         if let Ok(cache) = self.series.read() {
             if let Some(s) = cache.get(&hash) {
-                if s.key.matches(call, error_type) {
+                if s.key.matches(call, error_type, &dims) {
                     return s.clone();
                 }
             }
             room = cache.len() < SERIES_CACHE_MAX;
         }
         let series = Arc::new(Series {
-            key: SeriesKey::of(call, error_type),
-            labels: self.bound(call, error_type),
+            key: SeriesKey::of(call, error_type, &dims),
+            labels: self.bound(call, error_type, &dims),
             slots: (0..self.slots).map(|_| OnceLock::new()).collect(),
         });
         if room && series.key.len() <= SERIES_KEY_MAX_BYTES {
@@ -192,9 +228,19 @@ impl SeriesCache {
         series
     }
 
-    fn bound(&self, call: &Call, error_type: Option<&str>) -> BoundedLabels {
+    fn bound(&self, call: &Call, error_type: Option<&str>, dims: &[Option<&str>]) -> BoundedLabels {
         let g = &self.guard;
         BoundedLabels {
+            dimensions: self
+                .dimensions
+                .iter()
+                .zip(dims)
+                // `none` (no value) is a fixed value, like `other`: it takes no slot
+                .map(|((_, label), v)| {
+                    let bounded = v.map_or_else(|| value::NONE.to_owned(), |v| g.bound(label, v));
+                    (*label, bounded)
+                })
+                .collect(),
             model: g.bound(
                 label::MODEL,
                 call.request.model.as_deref().unwrap_or(value::UNKNOWN),

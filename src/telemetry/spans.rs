@@ -109,6 +109,29 @@ pub fn start(tracer: &SdkTracer, parent: &Context, call: &Call, start: SystemTim
     parent.with_span(span)
 }
 
+/// Who made the call (SPEC §11): project, organization, key id, user, the
+/// allow-listed baggage entries, and the agent's conversation.
+pub fn attribution(a: &mut Vec<KeyValue>, call: &Call) {
+    let who = &call.who;
+    let fields = [
+        (attr::OPENAI_PROJECT, &who.project),
+        (attr::OPENAI_ORGANIZATION, &who.organization),
+        (attr::TOKENTAP_KEY_ID, &who.key_id),
+        (attr::USER_ID, &who.user),
+        (attr::GEN_AI_CONVERSATION_ID, &call.conversation_id),
+    ];
+    a.extend(
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| Some(KeyValue::new(k, v.clone()?))),
+    );
+    a.extend(
+        who.baggage
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+    );
+}
+
 fn strings(v: &[String]) -> Value {
     Value::Array(Array::String(
         v.iter().map(|s| StringValue::from(s.clone())).collect(),
@@ -252,6 +275,7 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
             a.push(KeyValue::new(attr::TOKENTAP_USAGE_INJECTED, true));
         }
     }
+    attribution(&mut a, call);
     a.push(KeyValue::new(
         attr::SERVER_ADDRESS,
         call.server_address.clone(),
