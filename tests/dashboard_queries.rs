@@ -45,6 +45,7 @@ use support::prometheus::{
 };
 use support::*;
 use tokentap::config::Secret;
+use tokentap::genai::attribution::Dimension;
 
 const DASHBOARD: &str = "compose/grafana/dashboards/tokentap.json";
 const ALERTS: &str = "compose/prometheus/alerts.yml";
@@ -727,7 +728,19 @@ async fn load(
     let mut first = Some(first);
     while !stop.load(Ordering::Relaxed) && started.elapsed() < LOAD_MAX {
         for (path, body, want) in CALLS {
-            let r = post_json(&base, path, body).await;
+            // a project and a key on every call: the spend-by-project and by-key panels
+            let r = send(
+                &base,
+                "POST",
+                path,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", "Bearer sk-test"),
+                    ("openai-project", "proj_dashboard"),
+                ],
+                bytes::Bytes::from_static(body.as_bytes()),
+            )
+            .await;
             report.calls += 1;
             if r.status.as_u16() != *want && report.unexpected.len() < 20 {
                 report.unexpected.push(format!(
@@ -773,7 +786,12 @@ async fn every_dashboard_and_alert_query_returns_data_on_real_prometheus() {
             .collect();
 
     // the agent calls the model with its own key (outside demo mode it has none)
-    let s = Stack::start_with(|c| c.api_key = Some(Secret::new("sk-test"))).await;
+    // the compose stack's attribution labels (--metric-dimensions project,key_id)
+    let s = Stack::start_with(|c| {
+        c.api_key = Some(Secret::new("sk-test"));
+        c.metric_dimensions = vec![Dimension::Project, Dimension::KeyId];
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_guard = StopOnDrop(stop.clone());
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
