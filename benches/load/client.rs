@@ -69,6 +69,8 @@ impl Endpoint {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer sk-bench-not-a-real-key"),
         );
+        // attribution has a value to read (`--metric-dimensions project,key_id` runs)
+        h.insert("openai-project", HeaderValue::from_static("proj_bench"));
         req
     }
 }
