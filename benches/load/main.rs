@@ -1,4 +1,5 @@
-//! Side-by-side load benchmark: **direct** vs **nginx** vs **tokentap** (issue 6).
+//! Side-by-side load benchmark: **direct** vs **nginx** vs the **hyper floor** vs
+//! **tokentap** (issues 6 and 16).
 //!
 //! # Why this exists
 //!
@@ -41,6 +42,7 @@
 mod otlp;
 
 mod client;
+mod floor;
 mod mock;
 mod procs;
 mod report;
@@ -78,13 +80,14 @@ usage: cargo bench --bench load [-- OPTIONS]
 
   --quick               5 s load phases and one round of streams (under 2 minutes)
   --scenarios LIST      any of i,ii,iii (or closed,open,streams); default all
-  --targets LIST        any of direct,nginx,tokentap; default all
+  --targets LIST        any of direct,nginx,floor,tokentap; default all
   --json PATH           where to write the results (default target/bench-load.json)
   --keep-logs           keep the temp dir with nginx/tokentap logs and configs
 
 environment:
   TOKENTAP_BENCH_BIN    measure this tokentap binary instead of building target/release/tokentap
   TOKENTAP_LOG          tokentap's log filter during the run (default info)
+  TOKENTAP_BENCH_ARGS   extra tokentap flags (whitespace-separated), e.g. for an A/B run
 ";
 
 fn main() -> ExitCode {
@@ -111,6 +114,8 @@ struct Args {
     bench: bool,
     help: bool,
     mock_port: Option<u16>,
+    /// Run as the hyper floor in front of this upstream (a child of the harness).
+    floor_upstream: Option<std::net::SocketAddr>,
     scenarios: Vec<Scenario>,
     targets: Vec<Target>,
     json: Option<PathBuf>,
@@ -124,6 +129,7 @@ impl Args {
             bench: false,
             help: false,
             mock_port: None,
+            floor_upstream: None,
             scenarios: vec![Scenario::Closed, Scenario::Open, Scenario::Streams],
             targets: Target::ALL.to_vec(),
             json: None,
@@ -140,6 +146,11 @@ impl Args {
                     let v = value("--mock-upstream")?;
                     let port = v.parse().map_err(|e| format!("--mock-upstream {v}: {e}"))?;
                     a.mock_port = Some(port);
+                }
+                "--hyper-floor" => {
+                    let v = value("--hyper-floor")?;
+                    let addr = v.parse().map_err(|e| format!("--hyper-floor {v}: {e}"))?;
+                    a.floor_upstream = Some(addr);
                 }
                 "--json" => a.json = Some(PathBuf::from(value("--json")?)),
                 "--scenarios" => {
@@ -177,6 +188,10 @@ fn entry() -> Result<ExitCode> {
     let args = Args::parse(std::env::args().skip(1))?;
     if let Some(port) = args.mock_port {
         mock::run(port)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(upstream) = args.floor_upstream {
+        floor::run(upstream)?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.help {
@@ -683,6 +698,10 @@ impl Ctx<'_> {
         self.seq += 1;
         let (proxy, sink) = match target {
             Target::Direct => (None, None),
+            Target::Floor => {
+                let proxy = procs::start_floor(&self.env.exe, self.mock.addr, self.env.server_cpu)?;
+                (Some(proxy), None)
+            }
             Target::Nginx => {
                 let nginx = self.env.nginx.as_deref().ok_or("nginx not installed")?;
                 let dir = self.dir.join(format!("nginx-{}", self.seq));

@@ -230,6 +230,8 @@ pub struct Proxy {
     pub guard: ChildGuard,
     /// Where its diagnostics go (tokentap's stderr; nginx's error log and stderr).
     pub logs: Vec<PathBuf>,
+    /// The hyper floor exits when this closes (the harness ends, however it ends).
+    pub _stdin: Option<ChildStdin>,
 }
 
 fn nginx_conf(dir: &Path, upstream: SocketAddr, port: u16, as_root: bool) -> String {
@@ -321,6 +323,7 @@ pub fn start_nginx(
         addr,
         guard,
         logs: vec![error_log, stderr_log],
+        _stdin: None,
     })
 }
 
@@ -351,6 +354,10 @@ pub fn start_tokentap(bin: &Path, s: &TokentapSetup<'_>) -> crate::Result<Proxy>
         if k.starts_with("OTEL_") || k.starts_with("TOKENTAP_") {
             cmd.env_remove(&key);
         }
+    }
+    // extra flags for an A/B run, e.g. TOKENTAP_BENCH_ARGS="--metric-dimensions project,key_id"
+    if let Ok(extra) = std::env::var("TOKENTAP_BENCH_ARGS") {
+        cmd.args(extra.split_whitespace());
     }
     cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", s.otlp_endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
@@ -389,6 +396,36 @@ pub fn start_tokentap(bin: &Path, s: &TokentapSetup<'_>) -> crate::Result<Proxy>
         addr,
         guard,
         logs: vec![log],
+        _stdin: None,
+    })
+}
+
+/// The hyper floor (`<harness> --hyper-floor UPSTREAM`), pinned like the other proxies.
+pub fn start_floor(harness: &Path, upstream: SocketAddr, cpu: Option<u32>) -> crate::Result<Proxy> {
+    let mut cmd = pinned(harness, cpu);
+    cmd.arg("--hyper-floor")
+        .arg(upstream.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut guard = ChildGuard::spawn("hyper floor", &mut cmd)?;
+    let child = guard.child_mut().ok_or("hyper floor: no child")?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().ok_or("hyper floor: no stdout")?;
+    let lines = forward_lines(stdout, "floor")?;
+    let port: u16 = wait_line(
+        &lines,
+        &mut guard,
+        crate::floor::READY,
+        Duration::from_secs(10),
+    )?
+    .parse()
+    .map_err(|e| format!("hyper floor port: {e}"))?;
+    Ok(Proxy {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        guard,
+        logs: Vec::new(),
+        _stdin: stdin,
     })
 }
 

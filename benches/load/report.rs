@@ -1,4 +1,4 @@
-//! Result rows, the three tables, the issue-6 targets, and the JSON file.
+//! Result rows, the three tables, the targets of SPEC §14, and the JSON file.
 
 use serde::Serialize;
 
@@ -9,16 +9,24 @@ use crate::stats::Summary;
 pub enum Target {
     Direct,
     Nginx,
+    /// The hyper floor (`floor.rs`).
+    Floor,
     Tokentap,
 }
 
 impl Target {
-    pub const ALL: [Target; 3] = [Target::Direct, Target::Nginx, Target::Tokentap];
+    pub const ALL: [Target; 4] = [
+        Target::Direct,
+        Target::Nginx,
+        Target::Floor,
+        Target::Tokentap,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
             Target::Nginx => "nginx",
+            Target::Floor => "floor",
             Target::Tokentap => "tokentap",
         }
     }
@@ -305,6 +313,7 @@ pub fn closed_table(rows: &[ClosedRow], title: &str) -> Vec<Verdict> {
                 lat(&r.latency, |s| s.p99_us, us),
                 delta_us(r.latency.p99_us, p99(Target::Direct)),
                 r.errors.to_string(),
+                cpu_per_call_us(r).map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
             ]
             .into_iter()
             .chain(r.resources.cells())
@@ -323,6 +332,7 @@ pub fn closed_table(rows: &[ClosedRow], title: &str) -> Vec<Verdict> {
             "p99 µs",
             "p99 +µs vs direct",
             "errors",
+            "CPU µs/call",
         ]
         .into_iter()
         .chain(Resources::HEADERS)
@@ -338,39 +348,49 @@ pub fn closed_table(rows: &[ClosedRow], title: &str) -> Vec<Verdict> {
             println!("  {} first error: {e}", r.target.name());
         }
     }
-    let verdict = match (rps(Target::Tokentap), rps(Target::Nginx)) {
-        (Some(t), Some(n)) if n > 0.0 => {
-            let r = t / n;
-            Verdict {
-                scenario: "(i)",
-                target: "throughput tokentap/nginx >= 0.90",
-                value: Some(r),
-                limit: 0.9,
-                unit: "ratio",
-                met: Some(r >= 0.9),
-                note: if r >= 0.9 {
-                    format!("{r:.2}x nginx ({t:.0} vs {n:.0} req/s)")
-                } else {
-                    format!(
-                        "{r:.2}x nginx ({t:.0} vs {n:.0} req/s), short by {:.0} req/s ({:.1} % of nginx)",
-                        0.9 * n - t,
-                        (0.9 - r) * 100.0
-                    )
-                },
-            }
-        }
-        _ => Verdict {
-            scenario: "(i)",
-            target: "throughput tokentap/nginx >= 0.90",
-            value: None,
-            limit: 0.9,
-            unit: "ratio",
-            met: None,
-            note: "needs both the nginx and the tokentap row".to_owned(),
-        },
+    let cpu = |t: Target| {
+        rows.iter()
+            .find(|r| r.target == t)
+            .and_then(cpu_per_call_us)
     };
-    println!("{}", verdict.line());
-    vec![verdict]
+    let throughput = match (rps(Target::Tokentap), rps(Target::Nginx)) {
+        (Some(t), Some(n)) if n > 0.0 => Some((t / n, t, n)),
+        _ => None,
+    };
+    let per_call = match (cpu(Target::Tokentap), cpu(Target::Floor)) {
+        (Some(t), Some(f)) if f > 0.0 => Some((t / f, t, f)),
+        _ => None,
+    };
+    let verdicts = vec![
+        at_most(
+            "(i)",
+            "throughput nginx/tokentap <= 1.25 (tokentap >= 0.8x nginx)",
+            throughput.map(|(r, _, _)| 1.0 / r),
+            1.25,
+            "ratio",
+            |_| {
+                let (r, t, n) = throughput.unwrap_or_default();
+                format!("tokentap {r:.2}x nginx ({t:.0} vs {n:.0} req/s)")
+            },
+            "the nginx and tokentap rows",
+        ),
+        at_most(
+            "(i)",
+            "CPU per call tokentap/floor <= 1.50",
+            per_call.map(|(r, _, _)| r),
+            1.5,
+            "ratio",
+            |r| {
+                let (_, t, f) = per_call.unwrap_or_default();
+                format!("{r:.2}x the hyper floor ({t:.1} vs {f:.1} µs per call)")
+            },
+            "the floor and tokentap rows",
+        ),
+    ];
+    for v in &verdicts {
+        println!("{}", v.line());
+    }
+    verdicts
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -437,41 +457,28 @@ pub fn open_table(rows: &[OpenRow], title: &str) -> Vec<Verdict> {
         }
     }
     let tok = rows.iter().find(|r| r.target == Target::Tokentap);
-    let verdict = match (tok, p99(Target::Direct)) {
-        (Some(t), Some(d)) if !t.latency.is_empty() => {
-            let added = f64::from(t.latency.p99_us) - f64::from(d);
-            let failures = t.errors + t.unfinished;
-            let met = added <= 1000.0 && failures == 0;
-            let mut note = format!(
-                "tokentap p99 {} µs − direct p99 {d} µs = {added:+.0} µs (limit +1000 µs)",
-                t.latency.p99_us
-            );
-            if added > 1000.0 {
-                note.push_str(&format!(", over by {:.0} µs", added - 1000.0));
-            }
-            if failures > 0 {
-                note.push_str(&format!(", and {failures} requests failed or unfinished"));
-            }
-            Verdict {
-                scenario: "(ii)",
-                target: "p99 tokentap - direct <= 1 ms",
-                value: Some(added),
-                limit: 1000.0,
-                unit: "µs",
-                met: Some(met),
-                note,
-            }
-        }
-        _ => Verdict {
-            scenario: "(ii)",
-            target: "p99 tokentap - direct <= 1 ms",
-            value: None,
-            limit: 1000.0,
-            unit: "µs",
-            met: None,
-            note: "needs both the direct and the tokentap row".to_owned(),
-        },
+    let added = match (tok, p99(Target::Direct)) {
+        (Some(t), Some(d)) if !t.latency.is_empty() => Some((
+            f64::from(t.latency.p99_us) - f64::from(d),
+            t.errors + t.unfinished,
+        )),
+        _ => None,
     };
+    let mut verdict = at_most(
+        "(ii)",
+        "p99 tokentap - direct <= 0.2 ms",
+        added.map(|(a, _)| a),
+        200.0,
+        "µs",
+        |a| format!("{a:+.0} µs over direct (limit +200 µs)"),
+        "the direct and tokentap rows",
+    );
+    if let Some((_, failures)) = added.filter(|(_, f)| *f > 0) {
+        verdict.met = Some(false);
+        verdict
+            .note
+            .push_str(&format!(", and {failures} requests failed or unfinished"));
+    }
     println!("{}", verdict.line());
     vec![verdict]
 }
@@ -549,99 +556,112 @@ pub fn streams_table(rows: &[StreamRow], title: &str, judged_level: usize) -> Ve
     let tok = rows
         .iter()
         .find(|r| r.target == Target::Tokentap && r.streams == judged_level);
-    let mut verdicts = Vec::new();
-    let missing = |target: &'static str, limit: f64, unit: &'static str| Verdict {
-        scenario: "(iii)",
-        target,
-        value: None,
-        limit,
-        unit,
-        met: None,
-        note: format!("needs the tokentap row at {judged_level} streams"),
+    let ttfb99 = |t: Target| {
+        rows.iter()
+            .find(|r| r.target == t && r.streams == judged_level && !r.ttfb.is_empty())
+            .map(|r| f64::from(r.ttfb.p99_us))
     };
-    match tok {
-        Some(t) => {
-            let all = t.completed == t.started && t.started > 0;
-            verdicts.push(Verdict {
-                scenario: "(iii)",
-                target: "all streams complete",
-                value: Some(t.completed as f64),
-                limit: t.started as f64,
-                unit: "streams",
-                met: Some(all),
-                note: format!(
-                    "{}/{} streams of {judged_level} concurrent completed{}",
-                    t.completed,
-                    t.started,
-                    if all {
-                        String::new()
-                    } else {
-                        format!(", {} short", t.started - t.completed)
-                    }
-                ),
-            });
-            match (
-                gap99(Target::Tokentap, judged_level),
-                gap99(Target::Direct, judged_level),
-            ) {
-                (Some(g), Some(d)) if d > 0.0 => {
-                    let r = g / d;
-                    verdicts.push(Verdict {
-                        scenario: "(iii)",
-                        target: "chunk-gap p99 tokentap/direct <= 1.10",
-                        value: Some(r),
-                        limit: 1.1,
-                        unit: "ratio",
-                        met: Some(r <= 1.1),
-                        note: format!(
-                            "{r:.3}x direct ({:.2} ms vs {:.2} ms){}",
-                            g / 1000.0,
-                            d / 1000.0,
-                            if r <= 1.1 {
-                                String::new()
-                            } else {
-                                format!(", over by {:.2} ms", (g - 1.1 * d) / 1000.0)
-                            }
-                        ),
-                    });
-                }
-                _ => verdicts.push(Verdict {
-                    note: format!("needs the direct and tokentap rows at {judged_level} streams"),
-                    ..missing("chunk-gap p99 tokentap/direct <= 1.10", 1.1, "ratio")
-                }),
-            }
-            match t.resources.proxy_peak_rss_mib {
-                Some(m) => verdicts.push(Verdict {
-                    scenario: "(iii)",
-                    target: "peak RSS <= 64 MiB",
-                    value: Some(m),
-                    limit: 64.0,
-                    unit: "MiB",
-                    met: Some(m <= 64.0),
-                    note: format!(
-                        "{m:.1} MiB at {judged_level} streams{}",
-                        if m <= 64.0 {
-                            String::new()
-                        } else {
-                            format!(", over by {:.1} MiB", m - 64.0)
-                        }
-                    ),
-                }),
-                None => verdicts.push(missing("peak RSS <= 64 MiB", 64.0, "MiB")),
-            }
+    let vs_nginx = |f: &dyn Fn(Target) -> Option<f64>| match (f(Target::Tokentap), f(Target::Nginx))
+    {
+        (Some(t), Some(n)) if n > 0.0 => Some((t / n, t, n)),
+        _ => None,
+    };
+    let ttfb = vs_nginx(&ttfb99);
+    let gap = vs_nginx(&|t| gap99(t, judged_level));
+    let rows_needed = format!("the nginx and tokentap rows at {judged_level} streams");
+    let ms_note = |v: Option<(f64, f64, f64)>| {
+        move |r: f64| {
+            let (_, t, n) = v.unwrap_or_default();
+            format!("{r:.2}x nginx ({:.1} vs {:.1} ms)", t / 1000.0, n / 1000.0)
         }
-        None => {
-            verdicts.push(missing("all streams complete", 0.0, "streams"));
-            verdicts.push(missing(
-                "chunk-gap p99 tokentap/direct <= 1.10",
-                1.1,
-                "ratio",
-            ));
-            verdicts.push(missing("peak RSS <= 64 MiB", 64.0, "MiB"));
-        }
-    }
+    };
+    let verdicts = vec![
+        at_most(
+            "(iii)",
+            "streams not completed == 0",
+            tok.map(|t| {
+                (t.started - t.completed.min(t.started)) as f64
+                    + if t.started == 0 { 1.0 } else { 0.0 }
+            }),
+            0.0,
+            "streams",
+            |_| {
+                let t = tok.map_or((0, 0), |t| (t.completed, t.started));
+                format!(
+                    "{}/{} streams of {judged_level} concurrent completed",
+                    t.0, t.1
+                )
+            },
+            &format!("the tokentap row at {judged_level} streams"),
+        ),
+        at_most(
+            "(iii)",
+            "TTFB p99 tokentap/nginx <= 1.50",
+            ttfb.map(|v| v.0),
+            1.5,
+            "ratio",
+            ms_note(ttfb),
+            &rows_needed,
+        ),
+        at_most(
+            "(iii)",
+            "chunk-gap p99 tokentap/nginx <= 1.50",
+            gap.map(|v| v.0),
+            1.5,
+            "ratio",
+            ms_note(gap),
+            &rows_needed,
+        ),
+        at_most(
+            "(iii)",
+            "peak RSS <= 40 MiB",
+            tok.and_then(|t| t.resources.proxy_peak_rss_mib),
+            40.0,
+            "MiB",
+            |m| format!("{m:.1} MiB at {judged_level} streams"),
+            &format!("the tokentap row at {judged_level} streams"),
+        ),
+    ];
     for v in &verdicts {
         println!("{}", v.line());
     }
     verdicts
+}
+
+/// A verdict on `value` against an upper `limit` (`None`: a row it needs is missing).
+fn at_most(
+    scenario: &'static str,
+    target: &'static str,
+    value: Option<f64>,
+    limit: f64,
+    unit: &'static str,
+    note: impl FnOnce(f64) -> String,
+    missing: &str,
+) -> Verdict {
+    match value {
+        Some(v) => Verdict {
+            scenario,
+            target,
+            value: Some(v),
+            limit,
+            unit,
+            met: Some(v <= limit),
+            note: note(v),
+        },
+        None => Verdict {
+            scenario,
+            target,
+            value: None,
+            limit,
+            unit,
+            met: None,
+            note: format!("needs {missing}"),
+        },
+    }
+}
+
+/// CPU time of the proxy per call (µs): its share of a core over the window, per request.
+pub fn cpu_per_call_us(r: &ClosedRow) -> Option<f64> {
+    let cpu = r.resources.proxy_cpu_pct?;
+    (r.throughput_rps > 0.0).then(|| cpu / 100.0 / r.throughput_rps * 1e6)
 }

@@ -1,0 +1,132 @@
+//! The hyper floor: the smallest forwarding proxy on tokentap's own stack.
+//!
+//! nginx tells how far tokentap is from a mature proxy, but not how much of the gap
+//! is tokentap's own work and how much the stack beneath it (hyper's server, hyper-util's
+//! pooled client, tokio's scheduler). This target answers that: the same server builder
+//! and the same legacy pooled client tokentap uses, the request body read whole as
+//! tokentap does, and nothing else — no parsing, no telemetry, no limits. Whatever
+//! tokentap costs above it is tokentap's; whatever it costs above nginx is the stack's.
+//!
+//! Run by the harness as a child (`<harness> --hyper-floor UPSTREAM`), pinned like the
+//! other proxies; prints `hyper-floor listening on PORT` and exits when stdin closes.
+
+use std::convert::Infallible;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpSocket;
+
+/// The line printed once it accepts connections, followed by its port.
+pub const READY: &str = "hyper-floor listening on ";
+
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), dropped on both legs as any proxy must.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Runs the floor until stdin closes. Blocks.
+pub fn run(upstream: SocketAddr) -> crate::Result<()> {
+    std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(|| {
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            std::process::exit(0);
+        })?;
+    // tokentap's runtime: `#[tokio::main]`, one worker per CPU it may run on
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(upstream))
+}
+
+async fn serve(upstream: SocketAddr) -> crate::Result<()> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let listener = socket.listen(4096)?;
+    println!("{READY}{}", listener.local_addr()?.port());
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    // tokentap's pool settings (src/upstream.rs)
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .http1_max_buf_size(64 * 1024)
+        .build(http);
+    let base = format!("http://{upstream}");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let client = client.clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| forward(client.clone(), base.clone(), req));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn forward(
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = format!("{base}{path}").parse::<Uri>() else {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    };
+    parts.uri = uri;
+    for h in &HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    match client
+        .request(Request::from_parts(parts, Full::new(body)))
+        .await
+    {
+        Ok(resp) => {
+            let (mut head, body) = resp.into_parts();
+            for h in &HOP_BY_HOP {
+                head.headers.remove(h);
+            }
+            Ok(Response::from_parts(head, body.boxed_unsync()))
+        }
+        Err(_) => Ok(status(StatusCode::BAD_GATEWAY)),
+    }
+}
+
+fn status(s: StatusCode) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = s;
+    r
+}
