@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+mod agent;
 mod routes;
+pub use agent::{AgentModels, AgentStore, RedisUrl};
 pub use routes::{RouteList, RouteSpec, check_routes, parse_provider};
 
 use crate::tls::{CaCerts, ClientIdentity};
@@ -389,6 +391,27 @@ pub struct Cli {
     #[arg(long, env = "TOKENTAP_ACCESS_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = parse_access_token)]
     pub access_token: Option<Secret>,
 
+    // --- agent in production (docs/configuration.md) ---
+    /// Where the agent keeps conversations: `memory`, or `redis://[user:pass@]host:port[/db]` (shared by replicas, kept across restarts)
+    #[arg(long, env = "TOKENTAP_AGENT_STORE", default_value = "memory", value_parser = agent::parse_agent_store, value_name = "STORE", hide_env_values = true)]
+    pub agent_store: AgentStore,
+
+    /// A conversation untouched this long is forgotten
+    #[arg(long, env = "TOKENTAP_AGENT_CONVERSATION_TTL", default_value = "24h", value_parser = parse_positive_duration, value_name = "TTL")]
+    pub agent_conversation_ttl: Duration,
+
+    /// Models a /chat may ask for, comma-separated (`*`: any; default: only --agent-model; others → 422)
+    #[arg(long, env = "TOKENTAP_AGENT_MODELS", value_parser = agent::parse_agent_models, value_name = "MODELS")]
+    pub agent_models: Option<AgentModels>,
+
+    /// Do not serve the agent's routes (they are forwarded like any path); env: TOKENTAP_AGENT=false
+    #[arg(long = "no-agent", env = "TOKENTAP_AGENT", value_parser = parse_bool_env, num_args = 0, default_missing_value = "false", default_value = "true", hide_env_values = true)]
+    pub agent: bool,
+
+    /// Longest wait for another turn's hold on a conversation (→ 409)
+    #[arg(long, env = "TOKENTAP_AGENT_LOCK_WAIT", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION", hide = true)]
+    pub agent_lock_wait: Duration,
+    // --- end agent in production ---
     /// Service name reported in /health and telemetry
     #[arg(
         long,
@@ -454,6 +477,18 @@ pub struct Config {
     pub egress_proxy: Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>>,
     /// `--access-token`: guards the agent's routes and the live view.
     pub access_token: Option<Secret>,
+    // --- agent in production (docs/configuration.md) ---
+    /// `--agent-store`.
+    pub agent_store: AgentStore,
+    /// `--agent-conversation-ttl`.
+    pub agent_conversation_ttl: Duration,
+    /// `--agent-models` (`None`: only `agent_model`).
+    pub agent_models: Option<AgentModels>,
+    /// False with `--no-agent`: the agent's routes are proxied.
+    pub agent: bool,
+    /// Longest wait for another turn's hold on a conversation (→ 409).
+    pub agent_lock_wait: Duration,
+    // --- end agent in production ---
 }
 
 impl Config {
@@ -490,6 +525,13 @@ impl Config {
             upstream_identity: None,
             egress_proxy: None,
             access_token: None,
+            // --- agent in production ---
+            agent_store: AgentStore::Memory,
+            agent_conversation_ttl: Duration::from_secs(24 * 3600),
+            agent_models: None,
+            agent: true,
+            agent_lock_wait: Duration::from_secs(30),
+            // --- end agent in production ---
         }
     }
 }
@@ -540,6 +582,13 @@ impl TryFrom<Cli> for Config {
             upstream_identity,
             egress_proxy: egress_proxy_from_env(),
             access_token: c.access_token,
+            // --- agent in production ---
+            agent_store: c.agent_store,
+            agent_conversation_ttl: c.agent_conversation_ttl,
+            agent_models: c.agent_models,
+            agent: c.agent,
+            agent_lock_wait: c.agent_lock_wait,
+            // --- end agent in production ---
         })
     }
 }

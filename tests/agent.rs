@@ -8,10 +8,15 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use opentelemetry::trace::SpanKind;
 use support::*;
-use tokentap::config::Secret;
+use tokentap::config::{AgentModels, Secret};
 
+/// An agent that may use any model (the tests ask for the demo's fault models).
 async fn agent_stack() -> (Stack, opentelemetry_sdk::trace::InMemorySpanExporter) {
-    Stack::start_traced(|c| c.api_key = Some(Secret::new("sk-agent-test-key"))).await
+    Stack::start_traced(|c| {
+        c.api_key = Some(Secret::new("sk-agent-test-key"));
+        c.agent_models = Some(AgentModels::Any);
+    })
+    .await
 }
 
 fn json(r: &Reply) -> serde_json::Value {
