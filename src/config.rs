@@ -13,7 +13,7 @@ use clap::Parser;
 
 mod agent;
 mod routes;
-pub use agent::{AgentModels, AgentStore, RedisUrl};
+pub use agent::{AgentModels, AgentStore, AgentStoreArg, RedisUrl};
 pub use routes::{RouteList, RouteSpec, check_routes, parse_provider};
 
 use crate::tls::{CaCerts, ClientIdentity};
@@ -393,8 +393,8 @@ pub struct Cli {
 
     // --- agent in production (docs/configuration.md) ---
     /// Where the agent keeps conversations: `memory`, or `redis://[user:pass@]host:port[/db]` (shared by replicas, kept across restarts)
-    #[arg(long, env = "TOKENTAP_AGENT_STORE", default_value = "memory", value_parser = agent::parse_agent_store, value_name = "STORE", hide_env_values = true)]
-    pub agent_store: AgentStore,
+    #[arg(long, env = "TOKENTAP_AGENT_STORE", default_value = "memory", value_parser = agent::parse_agent_store_arg, value_name = "STORE", hide_env_values = true)]
+    pub agent_store: AgentStoreArg,
 
     /// A conversation untouched this long is forgotten
     #[arg(long, env = "TOKENTAP_AGENT_CONVERSATION_TTL", default_value = "24h", value_parser = parse_positive_duration, value_name = "TTL")]
@@ -583,7 +583,7 @@ impl TryFrom<Cli> for Config {
             egress_proxy: egress_proxy_from_env(),
             access_token: c.access_token,
             // --- agent in production ---
-            agent_store: c.agent_store,
+            agent_store: c.agent_store.0.map_err(|e| format!("--agent-store: {e}"))?,
             agent_conversation_ttl: c.agent_conversation_ttl,
             agent_models: c.agent_models,
             agent: c.agent,

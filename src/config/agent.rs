@@ -36,6 +36,15 @@ impl RedisUrl {
     }
 }
 
+/// `--agent-store` as given: checked in `Config::try_from`, because clap would
+/// quote a refused value — and a Redis URL may hold a password.
+#[derive(Debug, Clone)]
+pub struct AgentStoreArg(pub(super) Result<AgentStore, String>);
+
+pub(super) fn parse_agent_store_arg(s: &str) -> Result<AgentStoreArg, String> {
+    Ok(AgentStoreArg(parse_agent_store(s)))
+}
+
 /// `memory`, or a `redis://[user:pass@]host:port[/db]` URL.
 pub(super) fn parse_agent_store(s: &str) -> Result<AgentStore, String> {
     let s = s.trim();
