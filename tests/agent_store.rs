@@ -461,3 +461,57 @@ async fn a_client_gone_mid_chat_frees_a_redis_conversation() {
 async fn a_client_gone_mid_chat_frees_a_memory_conversation() {
     a_client_gone_frees_its_conversation("memory", None).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_turn_longer_than_its_lease_keeps_the_conversation_to_the_end() {
+    // a's streams pause 500 ms between chunks: its answer takes longer than the
+    // 10 s lease, which must be extended while the turn runs
+    let redis = RedisServer::start();
+    let a = Tokentap::start(&[
+        "--demo",
+        "--demo-chunk-delay",
+        "500ms",
+        "--agent-store",
+        &redis.url(),
+    ]);
+    let b = replica(&redis.url(), &[]);
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    let addr = a.addr;
+    let long = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let body =
+            serde_json::json!({"message": "a long one", "conversation_id": "long", "stream": true});
+        let req = http::Request::post("/chat")
+            .header("host", "tokentap.test")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("head");
+        let _ = head_tx.send(resp.status());
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("utf8")
+    });
+    assert_eq!(head_rx.await.expect("head"), StatusCode::OK);
+    // b's turn waits for a's to finish, however long, then follows it
+    let r = say(&b, "long", "b's turn").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(json(&r)["conversation_turn"], 2);
+    let events = long.await.expect("stream");
+    let done = events
+        .split("\n\n")
+        .find_map(|e| e.strip_prefix("event: done\ndata: "))
+        .unwrap_or_else(|| panic!("a's turn completed: {events}"));
+    let done: serde_json::Value = serde_json::from_str(done).expect("done event");
+    assert_eq!(done["conversation_turn"], 1);
+    let users: Vec<String> = stored(&redis, "long")
+        .into_iter()
+        .filter(|(role, _)| role == "user")
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(users, ["a long one", "b's turn"]);
+}

@@ -796,7 +796,10 @@ fn compose_services_wiring_and_the_labs_ports() {
         "service_healthy",
         "tokentap waits for Redis"
     );
-    assert!(ports(service(&compose, host)).is_empty(), "Redis is not published");
+    assert!(
+        ports(service(&compose, host)).is_empty(),
+        "Redis is not published"
+    );
 
     // the collector's --config is the mounted file
     let c = service(&compose, "otel-collector");
