@@ -4,7 +4,7 @@
 //! it here means the lab needs one process and no Python. Its model calls
 //! go through [`Proxy::forward_bytes`] — the same forwarding, tap, span and
 //! metrics as proxied traffic — so what the agent shows is exactly what
-//! users get for their own apps. Conversations live in a [`store`] — memory
+//! users get for their own apps. Conversations live in a `store` — memory
 //! (bounded, LRU-evicted) or Redis (shared by replicas) — both expiring; long
 //! histories lose their oldest turns, and turns on one conversation are
 //! serialised by its hold, which a client going away releases at once.

@@ -167,6 +167,9 @@ impl RedisStore {
             .arg("NX")
             .arg("PX")
             .arg(millis(LEASE));
+        // made before asking: if this turn is dropped between Redis taking the lock
+        // and us reading the answer, the lease's drop still releases it
+        let mut lease = Lease::new(self.conn.clone(), id, lock, token, self.ttl);
         loop {
             let taken: Option<String> = self.conn.query(&set).await?;
             if taken.is_some() {
@@ -177,8 +180,7 @@ impl RedisStore {
             }
             tokio::time::sleep(LOCK_POLL).await;
         }
-        // from here on, dropping the lease releases the conversation
-        let lease = Lease::new(self.conn.clone(), id, lock, token, self.ttl);
+        lease.keep();
         let history = self.read(id).await?.unwrap_or_default();
         Ok((history, lease))
     }
@@ -220,39 +222,43 @@ pub(super) struct Lease {
     lock: String,
     token: String,
     ttl: Duration,
-    keeper: tokio::task::JoinHandle<()>,
+    /// Extends the lease while the turn runs (once it is held).
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Lease {
+    /// A lease on `lock` under `token`, not yet taken (releasing it is then a no-op).
     fn new(conn: Conn, id: &str, lock: String, token: String, ttl: Duration) -> Lease {
-        let keeper = {
-            let (conn, lock, token) = (conn.clone(), lock.clone(), token.clone());
-            tokio::spawn(async move {
-                let ms = millis(LEASE).to_string();
-                loop {
-                    tokio::time::sleep(LEASE_REFRESH).await;
-                    match conn.run::<i64>(&EXTEND, &[&lock], &[&token, &ms]).await {
-                        Ok(1) => {}
-                        Ok(_) => {
-                            tracing::warn!(
-                                "a conversation's lease lapsed mid-turn; its write will be refused"
-                            );
-                            return;
-                        }
-                        // Redis away: keep trying; the write is fenced anyway
-                        Err(_) => {}
-                    }
-                }
-            })
-        };
         Lease {
             conn,
             conversation: conversation_key(id),
             lock,
             token,
             ttl,
-            keeper,
+            keeper: None,
         }
+    }
+
+    /// Now held: extend it every [`LEASE_REFRESH`] until dropped.
+    fn keep(&mut self) {
+        let (conn, lock, token) = (self.conn.clone(), self.lock.clone(), self.token.clone());
+        self.keeper = Some(tokio::spawn(async move {
+            let ms = millis(LEASE).to_string();
+            loop {
+                tokio::time::sleep(LEASE_REFRESH).await;
+                match conn.run::<i64>(&EXTEND, &[&lock], &[&token, &ms]).await {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        tracing::warn!(
+                            "a conversation's lease lapsed mid-turn; its write will be refused"
+                        );
+                        return;
+                    }
+                    // Redis away: keep trying; the write is fenced anyway
+                    Err(_) => {}
+                }
+            }
+        }));
     }
 
     /// Writes `history` if this lease still holds the conversation.
@@ -277,7 +283,9 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.keeper.abort();
+        if let Some(k) = &self.keeper {
+            k.abort();
+        }
         let (conn, lock, token) = (
             self.conn.clone(),
             std::mem::take(&mut self.lock),
@@ -287,7 +295,7 @@ impl Drop for Lease {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if let Err(e) = conn.run::<i64>(&RELEASE, &[&lock], &[&token]).await {
-                    tracing::warn!(error = %e, "could not release a conversation; it frees itself when its lease expires");
+                    tracing::debug!(error = %e, "could not release a conversation; it frees itself when its lease expires");
                 }
             });
         }
