@@ -683,6 +683,40 @@ mod tests {
     }
 
     #[test]
+    fn agent_in_production_flags() {
+        let d = Config::try_from(Cli::try_parse_from(["tokentap"]).expect("parses")).expect("ok");
+        assert!(d.agent && d.agent_models.is_none());
+        assert_eq!(d.agent_store, AgentStore::Memory);
+        assert_eq!(d.agent_conversation_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(d.agent_lock_wait, Duration::from_secs(30));
+        let c = Cli::try_parse_from([
+            "tokentap",
+            "--no-agent",
+            "--agent-store",
+            "redis://:pw@cache:6379/1",
+            "--agent-models",
+            "*",
+            "--agent-conversation-ttl",
+            "90m",
+        ])
+        .expect("parses");
+        assert!(
+            !format!("{c:?}").contains("pw@"),
+            "the password never prints"
+        );
+        let c = Config::try_from(c).expect("valid");
+        assert!(!c.agent);
+        assert_eq!(c.agent_models, Some(AgentModels::Any));
+        assert_eq!(c.agent_conversation_ttl, Duration::from_secs(5400));
+        let AgentStore::Redis(u) = &c.agent_store else {
+            panic!("redis store");
+        };
+        assert_eq!(u.shown(), "redis at cache:6379/1");
+        assert!(!format!("{c:?}").contains("pw@"));
+        assert!(Cli::try_parse_from(["tokentap", "--no-agent", "true"]).is_err());
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let s = Secret::new("sk-very-secret");
         assert!(!format!("{s:?}").contains("very"));
