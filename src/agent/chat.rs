@@ -199,12 +199,13 @@ impl Agent {
         let facts = ResponseFacts::from_value(Operation::ChatCompletions, &v);
         let metrics = call_metrics(&self.pricing, &facts, &model, started);
         let number = commit(&mut turn.history, self.max_history, message, answer.clone());
+        let total = turn.history.len();
         if let Err(e) = turn.save().await {
             return stored_failed(&pcx, &e);
         }
         drop(turn);
         count_turn(recorder);
-        self.end_process_span(&pcx, &answer, number);
+        self.end_process_span(&pcx, &answer, total);
         json_response(
             StatusCode::OK,
             &json!({"response": answer, "metrics": metrics, "conversation_turn": number}),
@@ -230,7 +231,7 @@ impl Agent {
         req.into_parts().0
     }
 
-    fn end_process_span(&self, pcx: &Context, answer: &str, turn: usize) {
+    fn end_process_span(&self, pcx: &Context, answer: &str, total: usize) {
         let span = pcx.span();
         span.set_attribute(KeyValue::new(
             "agent.response.length",
@@ -238,7 +239,7 @@ impl Agent {
         ));
         span.set_attribute(KeyValue::new(
             "agent.conversation.total_messages",
-            (turn * 2) as i64,
+            total as i64,
         ));
         span.end();
     }
@@ -367,6 +368,7 @@ impl Agent {
             let facts = acc.facts();
             let metrics = call_metrics(&pricing, &facts, &model, started);
             let number = commit(&mut turn.history, max_history, message, text.clone());
+            let total = turn.history.len();
             if let Err(e) = turn.save().await {
                 drop(turn);
                 stored_failed(&pcx, &e);
@@ -387,7 +389,7 @@ impl Agent {
             ));
             span.set_attribute(KeyValue::new(
                 "agent.conversation.total_messages",
-                (number * 2) as i64,
+                total as i64,
             ));
             span.end();
             let done = json!({"response": text, "metrics": metrics, "conversation_turn": number});
