@@ -405,6 +405,14 @@ async fn a_client_gone_frees_its_conversation(store: &str, redis: Option<&RedisS
         let (client, head) = start_chat(tt.addr, body);
         if what == "streamed" {
             assert_eq!(head.await.expect("head"), StatusCode::OK);
+        } else if let Some(r) = redis {
+            // the slow model holds its answer back for 60 s; the turn has its lease
+            // (once the previous turn's lease, released as it ended, is surely gone)
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            eventually("the turn takes the conversation", || async {
+                (r.cli(&["EXISTS", &format!("tokentap:lock:{id}")]) == "1").then_some(())
+            })
+            .await;
         } else {
             // the slow model holds its answer back for 60 s; give the turn time to start
             tokio::time::sleep(Duration::from_millis(1000)).await;
