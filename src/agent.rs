@@ -4,14 +4,15 @@
 //! it here means the lab needs one process and no Python. Its model calls
 //! go through [`Proxy::forward_bytes`] — the same forwarding, tap, span and
 //! metrics as proxied traffic — so what the agent shows is exactly what
-//! users get for their own apps. Conversations live in memory with bounds:
-//! least recently used ones are evicted, long histories lose their oldest
-//! turns, and calls on one conversation are serialised by its lock.
+//! users get for their own apps. Conversations live in a `store` — memory
+//! (bounded, LRU-evicted) or Redis (shared by replicas) — both expiring; long
+//! histories lose their oldest turns, and turns on one conversation are
+//! serialised by its hold, which a client going away releases at once.
 
 mod chat;
 mod store;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -20,14 +21,14 @@ use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{Config, Secret};
+use crate::config::{AgentModels, Config, Secret};
 use crate::genai;
 use crate::genai::pricing::PriceTable;
 use crate::inbound::{self, ReadError};
 use crate::proxy::{Proxy, ResponseBody, full_response};
 use crate::telemetry::Recorder;
 use crate::telemetry::spans;
-use store::{Shared, Store};
+use store::{Store, StoreError};
 
 /// The conversation used when a request names none (the lab's single one).
 pub const DEFAULT_CONVERSATION: &str = "default";
@@ -70,8 +71,10 @@ impl AgentRoute {
 }
 
 pub struct Agent {
-    store: Mutex<Store>,
+    store: Store,
     model: String,
+    /// `--agent-models`: what a `/chat` may ask for.
+    models: AgentModels,
     system_prompt: String,
     max_history: usize,
     key: Option<Secret>,
@@ -105,10 +108,22 @@ fn unprocessable(kind: &str, loc: Value, msg: &str, input: Value) -> Response<Re
     )
 }
 impl Agent {
-    pub(crate) fn new(cfg: &Config, pricing: Arc<PriceTable>) -> Agent {
-        Agent {
-            store: Mutex::new(Store::new(cfg.agent_max_conversations)),
+    /// The agent `cfg` describes; fails (a configuration error) only if its store can't be set up.
+    pub(crate) fn new(cfg: &Config, pricing: Arc<PriceTable>) -> Result<Agent, String> {
+        let store = Store::new(
+            &cfg.agent_store,
+            cfg.agent_max_conversations,
+            cfg.agent_conversation_ttl,
+            cfg.agent_lock_wait,
+        )?;
+        tracing::info!(store = store.describe(), "agent conversations");
+        Ok(Agent {
+            store,
             model: cfg.agent_model.clone(),
+            models: cfg
+                .agent_models
+                .clone()
+                .unwrap_or_else(|| AgentModels::Only(vec![cfg.agent_model.clone()])),
             system_prompt: cfg.agent_system_prompt.clone(),
             max_history: cfg.agent_max_history,
             key: cfg.api_key.clone(),
@@ -116,23 +131,7 @@ impl Agent {
             pricing,
             max_body: cfg.agent_max_body,
             request_timeout: cfg.request_timeout,
-        }
-    }
-
-    /// The conversation `id`, created (evicting the least recently used) if new.
-    fn conversation(&self, id: &str) -> Shared {
-        match self.store.lock() {
-            Ok(mut s) => s.get(id),
-            Err(poisoned) => poisoned.into_inner().get(id),
-        }
-    }
-
-    /// The conversation `id` if it exists; never creates or evicts one.
-    fn existing_conversation(&self, id: &str) -> Option<Shared> {
-        match self.store.lock() {
-            Ok(s) => s.peek(id),
-            Err(poisoned) => poisoned.into_inner().peek(id),
-        }
+        })
     }
 
     /// The request body, at most `--agent-max-body` bytes (else a `413`).
@@ -239,8 +238,15 @@ impl Agent {
             Ok(id) => id,
             Err(resp) => return resp,
         };
-        // waits for a chat in progress on the same conversation
-        self.conversation(&id).lock().await.history.clear();
+        // waits (bounded) for a chat in progress on the same conversation
+        let cleared = async {
+            let mut turn = self.store.begin(&id).await?;
+            turn.history.clear();
+            turn.save().await
+        };
+        if let Err(e) = cleared.await {
+            return store_failed(&e);
+        }
         recorder.conversation_started();
         tracing::info!(conversation_id = %id, "new conversation");
         json_response(
@@ -255,31 +261,37 @@ impl Agent {
             Ok(id) => id,
             Err(resp) => return resp,
         };
-        let Some(conv) = self.existing_conversation(&id) else {
-            // an unknown conversation is an empty one; looking must not create it
-            return json_response(
-                StatusCode::OK,
-                &json!({
-                    "total_messages": 0,
-                    "user_messages": 0,
-                    "assistant_messages": 0,
-                    "conversation_turns": 0,
-                }),
-            );
+        // an unknown conversation is an empty one; looking must not create it
+        let history = match self.store.peek(&id).await {
+            Ok(h) => h.unwrap_or_default(),
+            Err(e) => return store_failed(&e),
         };
-        let c = conv.lock().await;
-        let users = c.history.iter().filter(|m| m.role == "user").count();
-        let assistants = c.history.iter().filter(|m| m.role == "assistant").count();
+        let users = history.iter().filter(|m| m.role == "user").count();
+        let assistants = history.iter().filter(|m| m.role == "assistant").count();
         json_response(
             StatusCode::OK,
             &json!({
-                "total_messages": c.history.len(),
+                "total_messages": history.len(),
                 "user_messages": users,
                 "assistant_messages": assistants,
-                "conversation_turns": c.history.len() / 2,
+                "conversation_turns": history.len() / 2,
             }),
         )
     }
+}
+
+/// The answer when the store can't serve: `503` naming it when unreachable,
+/// `409` when the conversation is busy or was taken over, else `500`.
+fn store_failed(e: &StoreError) -> Response<ResponseBody> {
+    let status = match e {
+        StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Busy(_) | StoreError::Lost => StatusCode::CONFLICT,
+        StoreError::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status != StatusCode::CONFLICT {
+        tracing::warn!(error = %e, "agent store failed");
+    }
+    detail(status, e.to_string())
 }
 
 /// Longest conversation id; ids are also keys and log fields.

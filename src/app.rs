@@ -144,7 +144,11 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
     let (tx, rx) = watch::channel(false);
     let server = Arc::new(Server {
         proxy: Proxy::new(&cfg, routes, recorder.clone(), rx.clone()),
-        agent: Agent::new(&cfg, pricing),
+        agent: if cfg.agent {
+            Some(Agent::new(&cfg, pricing).map_err(StartError::Config)?)
+        } else {
+            None
+        },
         recorder: recorder.clone(),
         access: crate::access::Access::new(cfg.access_token.clone()),
         health: Bytes::from(

@@ -11,11 +11,15 @@ use std::time::Duration;
 
 use clap::Parser;
 
+mod agent;
+mod attribution;
 mod routes;
+pub use agent::{AgentModels, AgentStore, AgentStoreArg, RedisUrl};
 pub use routes::{RouteList, RouteSpec, check_routes, parse_provider};
 
 use crate::genai::attribution::Dimension;
 use crate::tls::{CaCerts, ClientIdentity};
+use attribution::{check_baggage_keys, check_dimensions};
 
 /// A value that must never be printed (API keys).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -409,6 +413,27 @@ pub struct Cli {
     #[arg(long, env = "TOKENTAP_ACCESS_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = parse_access_token)]
     pub access_token: Option<Secret>,
 
+    // --- agent in production (docs/configuration.md) ---
+    /// Where the agent keeps conversations: `memory`, or `redis://[user:pass@]host:port[/db]` (shared by replicas, kept across restarts)
+    #[arg(long, env = "TOKENTAP_AGENT_STORE", default_value = "memory", value_parser = agent::parse_agent_store_arg, value_name = "STORE", hide_env_values = true)]
+    pub agent_store: AgentStoreArg,
+
+    /// A conversation untouched this long is forgotten
+    #[arg(long, env = "TOKENTAP_AGENT_CONVERSATION_TTL", default_value = "24h", value_parser = parse_positive_duration, value_name = "TTL")]
+    pub agent_conversation_ttl: Duration,
+
+    /// Models a /chat may ask for, comma-separated (`*`: any; default: only --agent-model; others → 422)
+    #[arg(long, env = "TOKENTAP_AGENT_MODELS", value_parser = agent::parse_agent_models, value_name = "MODELS")]
+    pub agent_models: Option<AgentModels>,
+
+    /// Do not serve the agent's routes (they are forwarded like any path); env: TOKENTAP_AGENT=false
+    #[arg(long = "no-agent", env = "TOKENTAP_AGENT", value_parser = parse_bool_env, num_args = 0, default_missing_value = "false", default_value = "true", hide_env_values = true)]
+    pub agent: bool,
+
+    /// Longest wait for another turn's hold on a conversation (→ 409)
+    #[arg(long, env = "TOKENTAP_AGENT_LOCK_WAIT", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION", hide = true)]
+    pub agent_lock_wait: Duration,
+    // --- end agent in production ---
     /// Service name reported in /health and telemetry
     #[arg(
         long,
@@ -426,47 +451,6 @@ fn parse_access_token(s: &str) -> Result<Secret, String> {
         return Err("an access token must be non-empty printable ASCII without spaces".into());
     }
     Ok(Secret::new(s))
-}
-
-/// `--baggage-keys`: W3C baggage keys (tokens), without duplicates.
-fn check_baggage_keys(keys: Vec<String>) -> Result<Vec<String>, String> {
-    let mut out: Vec<String> = Vec::new();
-    for k in keys.into_iter().map(|k| k.trim().to_owned()) {
-        let token = !k.is_empty()
-            && k.bytes()
-                .all(|b| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b));
-        if !token {
-            return Err(format!("--baggage-keys: {k:?} is not a baggage key"));
-        }
-        if !out.contains(&k) {
-            out.push(k);
-        }
-    }
-    Ok(out)
-}
-
-/// `--metric-dimensions`: known names or listed baggage keys, each label once,
-/// none clashing with the lab's own labels.
-fn check_dimensions(names: &[String], baggage_keys: &[String]) -> Result<Vec<Dimension>, String> {
-    const TAKEN: [&str; 4] = ["model", "provider", "status", "type"];
-    let mut out: Vec<Dimension> = Vec::new();
-    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-        let d = Dimension::parse(name, baggage_keys)
-            .map_err(|e| format!("--metric-dimensions: {e}"))?;
-        let label = d.label();
-        if TAKEN.contains(&label.as_str()) {
-            return Err(format!(
-                "--metric-dimensions: {name:?} would be the label {label:?}, which llm_* metrics already have"
-            ));
-        }
-        if out.iter().any(|o| o.label() == label) {
-            return Err(format!(
-                "--metric-dimensions: the label {label:?} is named twice"
-            ));
-        }
-        out.push(d);
-    }
-    Ok(out)
 }
 
 /// `--no-usage-injection` (flag) and `TOKENTAP_USAGE_INJECTION=false` (env) both mean off.
@@ -521,6 +505,18 @@ pub struct Config {
     /// `--metric-dimensions`, validated.
     pub metric_dimensions: Vec<Dimension>,
     // --- end attribution ---
+    // --- agent in production (docs/configuration.md) ---
+    /// `--agent-store`.
+    pub agent_store: AgentStore,
+    /// `--agent-conversation-ttl`.
+    pub agent_conversation_ttl: Duration,
+    /// `--agent-models` (`None`: only `agent_model`).
+    pub agent_models: Option<AgentModels>,
+    /// False with `--no-agent`: the agent's routes are proxied.
+    pub agent: bool,
+    /// Longest wait for another turn's hold on a conversation (→ 409).
+    pub agent_lock_wait: Duration,
+    // --- end agent in production ---
 }
 
 impl Config {
@@ -559,6 +555,13 @@ impl Config {
             access_token: None,
             baggage_keys: Vec::new(),
             metric_dimensions: Vec::new(),
+            // --- agent in production ---
+            agent_store: AgentStore::Memory,
+            agent_conversation_ttl: Duration::from_secs(24 * 3600),
+            agent_models: None,
+            agent: true,
+            agent_lock_wait: Duration::from_secs(30),
+            // --- end agent in production ---
         }
     }
 }
@@ -613,6 +616,13 @@ impl TryFrom<Cli> for Config {
             access_token: c.access_token,
             baggage_keys,
             metric_dimensions,
+            // --- agent in production ---
+            agent_store: c.agent_store.0.map_err(|e| format!("--agent-store: {e}"))?,
+            agent_conversation_ttl: c.agent_conversation_ttl,
+            agent_models: c.agent_models,
+            agent: c.agent,
+            agent_lock_wait: c.agent_lock_wait,
+            // --- end agent in production ---
         })
     }
 }
@@ -704,6 +714,40 @@ mod tests {
         let e = Cli::try_parse_from(["tokentap", "--upstream-ca", "/nonexistent/ca.pem"])
             .expect_err("unreadable CA file");
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn agent_in_production_flags() {
+        let d = Config::try_from(Cli::try_parse_from(["tokentap"]).expect("parses")).expect("ok");
+        assert!(d.agent && d.agent_models.is_none());
+        assert_eq!(d.agent_store, AgentStore::Memory);
+        assert_eq!(d.agent_conversation_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(d.agent_lock_wait, Duration::from_secs(30));
+        let c = Cli::try_parse_from([
+            "tokentap",
+            "--no-agent",
+            "--agent-store",
+            "redis://:pw@cache:6379/1",
+            "--agent-models",
+            "*",
+            "--agent-conversation-ttl",
+            "90m",
+        ])
+        .expect("parses");
+        assert!(
+            !format!("{c:?}").contains("pw@"),
+            "the password never prints"
+        );
+        let c = Config::try_from(c).expect("valid");
+        assert!(!c.agent);
+        assert_eq!(c.agent_models, Some(AgentModels::Any));
+        assert_eq!(c.agent_conversation_ttl, Duration::from_secs(5400));
+        let AgentStore::Redis(u) = &c.agent_store else {
+            panic!("redis store");
+        };
+        assert_eq!(u.shown(), "redis at cache:6379/1");
+        assert!(!format!("{c:?}").contains("pw@"));
+        assert!(Cli::try_parse_from(["tokentap", "--no-agent", "true"]).is_err());
     }
 
     #[test]

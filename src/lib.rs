@@ -38,7 +38,9 @@
 //! - `upstream`: the pooled client of a route (TLS, buffers)
 //! - [`tap`]: the body wrapper that ends each call exactly once
 //! - [`observe`]: what the tap does with the bytes it sees
-//! - `agent`: the lab's conversation API on the proxy's stages (`agent/{chat,store}.rs`)
+//! - `agent`: the lab's conversation API on the proxy's stages (`agent/chat.rs`); its
+//!   conversations in `agent/store.rs`: memory (`store/in_memory.rs`, `store/lru.rs`) or
+//!   Redis (`store/in_redis.rs`: leases, fenced writes)
 //!
 //! What a call is and what becomes of it:
 //! - [`genai`]: pure protocol knowledge (no I/O), unit-tested on recorded bytes

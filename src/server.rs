@@ -27,7 +27,8 @@ use crate::telemetry::metrics::Format;
 /// What the router serves: the parts it hands requests to.
 pub(crate) struct Server {
     pub(crate) proxy: Proxy,
-    pub(crate) agent: Agent,
+    /// `None` with `--no-agent`: its routes are then proxied like any path.
+    pub(crate) agent: Option<Agent>,
     pub(crate) recorder: Arc<Recorder>,
     /// `--access-token`, for the agent's routes.
     pub(crate) access: Access,
@@ -44,10 +45,11 @@ enum Target {
 }
 
 impl Target {
-    fn of(method: &Method, path: &str) -> Target {
+    fn of(method: &Method, path: &str, agent: bool) -> Target {
         match (method, path) {
             (&Method::GET, "/health") => Target::Health,
             (&Method::GET, "/metrics") => Target::Metrics,
+            _ if !agent => Target::Proxy,
             _ => AgentRoute::recognise(method, path).map_or(Target::Proxy, Target::Agent),
         }
     }
@@ -76,17 +78,16 @@ pub(crate) async fn serve(
 
 impl Server {
     async fn route(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        match Target::of(req.method(), req.uri().path()) {
+        match Target::of(req.method(), req.uri().path(), self.agent.is_some()) {
             Target::Health => {
                 full_response(StatusCode::OK, "application/json", self.health.clone())
             }
             Target::Metrics => self.metrics_page(&req),
             Target::Agent(_) if !self.access.permits(req.headers()) => access::unauthorized(),
-            Target::Agent(route) => {
-                self.agent
-                    .handle(route, &self.proxy, &self.recorder, req)
-                    .await
-            }
+            Target::Agent(route) => match &self.agent {
+                Some(agent) => agent.handle(route, &self.proxy, &self.recorder, req).await,
+                None => self.proxy.forward(req).await,
+            },
             Target::Proxy => self.proxy.forward(req).await,
         }
     }

@@ -8,10 +8,15 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use opentelemetry::trace::SpanKind;
 use support::*;
-use tokentap::config::Secret;
+use tokentap::config::{AgentModels, Secret};
 
+/// An agent that may use any model (the tests ask for the demo's fault models).
 async fn agent_stack() -> (Stack, opentelemetry_sdk::trace::InMemorySpanExporter) {
-    Stack::start_traced(|c| c.api_key = Some(Secret::new("sk-agent-test-key"))).await
+    Stack::start_traced(|c| {
+        c.api_key = Some(Secret::new("sk-agent-test-key"));
+        c.agent_models = Some(AgentModels::Any);
+    })
+    .await
 }
 
 fn json(r: &Reply) -> serde_json::Value {
@@ -231,6 +236,17 @@ async fn one_trace_per_chat_with_three_nested_spans() {
         matches!(attr(process, "agent.response.length"), Some(opentelemetry::Value::I64(n)) if n > 0)
     );
     assert!(attr(client, "gen_ai.usage.input_tokens").is_some());
+    // attribution (SPEC §11): the conversation, and the operator key's id (never the key)
+    assert_eq!(
+        attr(client, "gen_ai.conversation.id"),
+        Some(opentelemetry::Value::from("default"))
+    );
+    assert_eq!(
+        attr(client, "tokentap.key_id"),
+        Some(opentelemetry::Value::from(
+            tokentap::genai::attribution::key_id("sk-agent-test-key")
+        ))
+    );
     assert!(
         r.headers["traceresponse"]
             .to_str()

@@ -71,6 +71,31 @@ fn bad_configuration_is_one_line_and_exit_2() {
     let mut c = tokentap();
     c.env("OTEL_TRACES_SAMPLER_ARG", "lots");
     assert_config_error(c, "OTEL_TRACES_SAMPLER_ARG");
+
+    let mut c = tokentap();
+    c.args(["--agent-store", "mysql://db"]);
+    assert_config_error(c, "--agent-store");
+
+    // a bad store URL is refused without echoing it (it may hold a password)
+    let out = tokentap()
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--agent-store", "redis://u:hunter2@cache:notaport"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--agent-store") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+
+    let mut c = tokentap();
+    c.env("TOKENTAP_AGENT_CONVERSATION_TTL", "0s");
+    assert_config_error(c, "--agent-conversation-ttl");
+
+    let mut c = tokentap();
+    c.args(["--agent-models", " , "]);
+    assert_config_error(c, "--agent-models");
 }
 
 #[test]
@@ -95,6 +120,14 @@ fn help_lists_every_flag_with_its_env_var() {
         ("--agent-model", "TOKENTAP_AGENT_MODEL"),
         ("--agent-system-prompt", "TOKENTAP_AGENT_SYSTEM_PROMPT"),
         ("--agent-max-history", "TOKENTAP_AGENT_MAX_HISTORY"),
+        ("--agent-store", "TOKENTAP_AGENT_STORE"),
+        (
+            "--agent-conversation-ttl",
+            "TOKENTAP_AGENT_CONVERSATION_TTL",
+        ),
+        ("--agent-models", "TOKENTAP_AGENT_MODELS"),
+        ("--no-agent", "TOKENTAP_AGENT"),
+        ("--access-token", "TOKENTAP_ACCESS_TOKEN"),
     ] {
         assert!(
             help.contains(flag) && help.contains(env),

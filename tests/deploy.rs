@@ -679,6 +679,7 @@ fn compose_pins_the_collector_version_the_allow_list_was_checked_against() {
         ("jaeger", "jaegertracing/jaeger:2."),
         ("prometheus", "prom/prometheus:v"),
         ("grafana", "grafana/grafana:"),
+        ("redis", "redis:"),
     ];
     for (name, prefix) in expected {
         let image = service(&compose, name).s(&["image"]);
@@ -782,6 +783,22 @@ fn compose_services_wiring_and_the_labs_ports() {
             .strs()
             .contains(&"--healthcheck"),
         "tokentap's healthcheck is `tokentap --healthcheck`"
+    );
+    // the agent keeps conversations in the stack's Redis, and waits for it
+    let store = e("TOKENTAP_AGENT_STORE").expect("TOKENTAP_AGENT_STORE");
+    let host = store
+        .strip_prefix("redis://")
+        .and_then(|r| r.split([':', '/']).next())
+        .expect("a redis:// URL");
+    assert!(names.contains(&host), "{store} names the {host} service");
+    assert_eq!(
+        t.s(&["depends_on", host, "condition"]),
+        "service_healthy",
+        "tokentap waits for Redis"
+    );
+    assert!(
+        ports(service(&compose, host)).is_empty(),
+        "Redis is not published"
     );
 
     // the collector's --config is the mounted file

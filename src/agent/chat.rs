@@ -3,7 +3,9 @@
 //! The model call goes through the proxy's own stages
 //! ([`Proxy::forward_bytes`](crate::proxy::Proxy)), so the agent's calls are
 //! observed exactly like proxied ones; the conversation is changed only when
-//! the turn completes, so a failed or abandoned turn leaves it as it was.
+//! the turn completes, so a failed or abandoned turn leaves it as it was. A
+//! client that goes away drops the turn — its model call and its hold on the
+//! conversation with it (a stream's task watches for that too).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,8 +19,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::store::{Conversation, Message};
-use super::{Agent, conversation_id, detail, json_response, unprocessable};
+use super::store::{Message, StoreError, Turn};
+use super::{Agent, conversation_id, detail, json_response, store_failed, unprocessable};
+use crate::call::ConversationTag;
 use crate::genai::pricing::{PriceTable, cost};
 use crate::genai::request::Operation;
 use crate::genai::response::ResponseFacts;
@@ -96,6 +99,15 @@ impl Agent {
             );
         }
         let model = parsed.model.unwrap_or_else(|| self.model.clone());
+        if !self.models.allows(&model) {
+            let shown: String = model.chars().take(128).collect();
+            return unprocessable(
+                "model_not_allowed",
+                json!(["body", "model"]),
+                "this model is not one the agent may use (--agent-models)",
+                json!(shown),
+            );
+        }
         let id = match conversation_id(parsed.conversation_id, "body") {
             Ok(id) => id,
             Err(resp) => return resp,
@@ -104,27 +116,29 @@ impl Agent {
             "request.model",
             bounded::cut(&model).into_owned(),
         ));
-        let conv = self.conversation(&id);
-        let guard = conv.clone().lock_owned().await;
+        // held until the turn is dropped: answered, failed, or the client gone
+        let mut turn = match self.store.begin(&id).await {
+            Ok(t) => t,
+            Err(e) => return store_failed(&e),
+        };
 
         let tracer = recorder.tracer();
-        let turn = guard.history.len() / 2 + 1;
+        let number = turn.history.len() / 2 + 1;
         let span = tracer
             .span_builder("agent.process_message")
             .with_kind(SpanKind::Internal)
             .with_attributes([
                 KeyValue::new("agent.message.length", message.chars().count() as i64),
-                KeyValue::new("agent.conversation.turn", turn as i64),
+                KeyValue::new("agent.conversation.turn", number as i64),
                 KeyValue::new("agent.conversation.id", id.clone()),
             ])
             .start_with_context(tracer, cx);
         let pcx = cx.with_span(span);
-        tracing::info!(conversation_id = %id, turn, length = message.len(), "processing message");
+        tracing::info!(conversation_id = %id, turn = number, length = message.len(), "processing message");
 
         let mut messages = vec![json!({"role": "system", "content": self.system_prompt})];
         messages.extend(
-            guard
-                .history
+            turn.history
                 .iter()
                 .map(|m| json!({"role": m.role, "content": m.content})),
         );
@@ -136,7 +150,7 @@ impl Agent {
         }
         let started = Instant::now();
         let upstream = proxy.forward_bytes(
-            self.upstream_parts(),
+            self.upstream_parts(&id),
             Bytes::from(request.to_string()),
             Timing::now(),
             &pcx,
@@ -146,7 +160,7 @@ impl Agent {
                 .stream_chat(
                     recorder,
                     upstream,
-                    guard,
+                    turn,
                     message,
                     model,
                     started,
@@ -185,24 +199,26 @@ impl Agent {
         };
         let facts = ResponseFacts::from_value(Operation::ChatCompletions, &v);
         let metrics = call_metrics(&self.pricing, &facts, &model, started);
-        let mut guard = guard;
-        let turn = commit(
-            recorder,
-            &mut guard,
-            self.max_history,
-            message,
-            answer.clone(),
-        );
-        self.end_process_span(&pcx, &answer, guard.history.len());
+        let number = commit(&mut turn.history, self.max_history, message, answer.clone());
+        let total = turn.history.len();
+        if let Err(e) = turn.save().await {
+            return stored_failed(&pcx, &e);
+        }
+        drop(turn);
+        count_turn(recorder);
+        self.end_process_span(&pcx, &answer, total);
         json_response(
             StatusCode::OK,
-            &json!({"response": answer, "metrics": metrics, "conversation_turn": turn}),
+            &json!({"response": answer, "metrics": metrics, "conversation_turn": number}),
         )
     }
 
-    /// The request the agent sends upstream (through the proxy's pipeline).
-    fn upstream_parts(&self) -> http::request::Parts {
+    /// The request the agent sends upstream (through the proxy's pipeline),
+    /// tagged with its conversation (`gen_ai.conversation.id` on the call's span).
+    fn upstream_parts(&self, conversation: &str) -> http::request::Parts {
         let mut req = Request::new(());
+        req.extensions_mut()
+            .insert(ConversationTag(conversation.to_owned()));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = http::Uri::from_static("/v1/chat/completions");
         let h = req.headers_mut();
@@ -248,7 +264,7 @@ impl Agent {
         &self,
         recorder: &Arc<Recorder>,
         upstream: impl Future<Output = Response<ResponseBody>>,
-        mut guard: tokio::sync::OwnedMutexGuard<Conversation>,
+        mut turn: Turn,
         message: String,
         model: String,
         started: Instant,
@@ -282,7 +298,16 @@ impl Agent {
             let mut text = String::new();
             let mut client_gone = false;
             let mut broken = None;
-            while let Some(frame) = body.frame().await {
+            loop {
+                // a client gone while the upstream is silent is noticed at once
+                let frame = tokio::select! {
+                    f = body.frame() => f,
+                    () = tx.closed() => {
+                        client_gone = true;
+                        break;
+                    }
+                };
+                let Some(frame) = frame else { break };
                 let frame = match frame {
                     Ok(f) => f,
                     Err(e) => {
@@ -346,18 +371,32 @@ impl Agent {
             }
             let facts = acc.facts();
             let metrics = call_metrics(&pricing, &facts, &model, started);
-            let turn = commit(&rec, &mut guard, max_history, message, text.clone());
+            let number = commit(&mut turn.history, max_history, message, text.clone());
+            let total = turn.history.len();
+            if let Err(e) = turn.save().await {
+                drop(turn);
+                stored_failed(&pcx, &e);
+                let _ = tx
+                    .send(Bytes::from(format!(
+                        "event: error\ndata: {}\n\n",
+                        json!({"detail": e.to_string()})
+                    )))
+                    .await;
+                server_cx.span().end();
+                return;
+            }
+            drop(turn);
+            count_turn(&rec);
             span.set_attribute(KeyValue::new(
                 "agent.response.length",
                 text.chars().count() as i64,
             ));
             span.set_attribute(KeyValue::new(
                 "agent.conversation.total_messages",
-                guard.history.len() as i64,
+                total as i64,
             ));
             span.end();
-            drop(guard);
-            let done = json!({"response": text, "metrics": metrics, "conversation_turn": turn});
+            let done = json!({"response": text, "metrics": metrics, "conversation_turn": number});
             let _ = tx
                 .send(Bytes::from(format!("event: done\ndata: {done}\n\n")))
                 .await;
@@ -402,29 +441,36 @@ fn call_metrics(
     }
 }
 
-/// Appends a turn, trims the oldest turns past `max_history` messages, counts
-/// the messages; returns the turn number.
-fn commit(
-    recorder: &Recorder,
-    c: &mut Conversation,
-    max_history: usize,
-    user: String,
-    answer: String,
-) -> usize {
-    c.history.push(Message {
+/// Appends a turn and trims the oldest turns past `max_history` messages;
+/// returns the turn number.
+fn commit(history: &mut Vec<Message>, max_history: usize, user: String, answer: String) -> usize {
+    history.push(Message {
         role: "user",
         content: user,
     });
-    c.history.push(Message {
+    history.push(Message {
         role: "assistant",
         content: answer,
     });
-    let turn = c.history.len() / 2;
-    if c.history.len() > max_history {
-        let excess = c.history.len() - max_history;
-        c.history.drain(..excess + excess % 2);
+    let turn = history.len() / 2;
+    if history.len() > max_history {
+        let excess = history.len() - max_history;
+        history.drain(..excess + excess % 2);
     }
+    turn
+}
+
+/// Counts a saved turn's two messages.
+fn count_turn(recorder: &Recorder) {
     recorder.agent_message("user");
     recorder.agent_message("assistant");
-    turn
+}
+
+/// Ends the process span of a turn the store would not save; the answer for it.
+fn stored_failed(pcx: &Context, e: &StoreError) -> Response<ResponseBody> {
+    let span = pcx.span();
+    span.set_attribute(KeyValue::new("error.type", "store_error"));
+    span.set_status(Status::error(e.to_string()));
+    span.end();
+    store_failed(e)
 }

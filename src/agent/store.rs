@@ -1,12 +1,19 @@
-//! Where conversations live: in memory, bounded.
+//! Where conversations live: in this process, or in Redis for replicas.
 //!
-//! Conversations are kept by id with a cap on their number (the least
-//! recently used is evicted) so a client inventing ids can't grow memory;
-//! each conversation has its own lock, so turns on one are serialised while
-//! others proceed.
+//! Every turn follows the same shape whatever the store — take the
+//! conversation's hold (waiting a bounded time), read its history, call the
+//! model, write the new history, let go — so the agent's code is the same for
+//! one process and for many. A hold is released when its [`Turn`] is dropped,
+//! which is what makes a client that goes away free the conversation at once:
+//! its request future, and the turn with it, is dropped.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+mod in_memory;
+mod in_redis;
+mod lru;
+
+use std::time::Duration;
+
+use crate::config::AgentStore;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Message {
@@ -14,68 +21,152 @@ pub(super) struct Message {
     pub(super) content: String,
 }
 
-#[derive(Debug, Default)]
-pub(super) struct Conversation {
-    pub(super) history: Vec<Message>,
+/// Why the store could not serve a turn or a look.
+#[derive(Debug)]
+pub(super) enum StoreError {
+    /// The store can't be reached (→ 503 naming it).
+    Unavailable { store: String, reason: String },
+    /// Another turn held the conversation longer than the lock wait (→ 409).
+    Busy(Duration),
+    /// The turn's hold expired before it could write (→ 409; nothing written).
+    Lost,
+    /// The stored conversation is not one tokentap wrote (→ 500).
+    Unreadable(String),
 }
 
-struct Slot {
-    conv: Arc<tokio::sync::Mutex<Conversation>>,
-    last_used: u64,
-}
-
-/// Conversations by id, least recently used evicted past `max`.
-pub(super) struct Store {
-    max: usize,
-    clock: u64,
-    slots: HashMap<String, Slot>,
-}
-
-/// A conversation shared by the turns that use it.
-pub(super) type Shared = Arc<tokio::sync::Mutex<Conversation>>;
-
-impl Store {
-    pub(super) fn new(max: usize) -> Store {
-        Store {
-            max,
-            clock: 0,
-            slots: HashMap::new(),
-        }
-    }
-
-    /// The conversation `id`, if kept; unlike [`Store::get`] this never creates
-    /// one, evicts one, or counts as a use (a summary is only a look).
-    pub(super) fn peek(&self, id: &str) -> Option<Shared> {
-        self.slots.get(id).map(|s| s.conv.clone())
-    }
-
-    pub(super) fn get(&mut self, id: &str) -> Arc<tokio::sync::Mutex<Conversation>> {
-        self.clock += 1;
-        let now = self.clock;
-        if let Some(s) = self.slots.get_mut(id) {
-            s.last_used = now;
-            return s.conv.clone();
-        }
-        if self.slots.len() >= self.max {
-            if let Some(oldest) = self
-                .slots
-                .iter()
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(k, _)| k.clone())
-            {
-                self.slots.remove(&oldest);
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Unavailable { store, reason } => write!(
+                f,
+                "the agent's conversation store ({store}) is unavailable: {reason}"
+            ),
+            StoreError::Busy(wait) => write!(
+                f,
+                "the conversation is busy: another turn held it for more than {wait:?}"
+            ),
+            StoreError::Lost => f.write_str(
+                "the conversation was taken over by another turn; this turn was not saved",
+            ),
+            StoreError::Unreadable(why) => {
+                write!(f, "the stored conversation is unreadable: {why}")
             }
         }
-        let conv = Arc::new(tokio::sync::Mutex::new(Conversation::default()));
-        self.slots.insert(
-            id.to_owned(),
-            Slot {
-                conv: conv.clone(),
-                last_used: now,
-            },
-        );
-        conv
     }
+}
+
+/// Conversations by id, in memory or in Redis.
+pub(super) enum Store {
+    Memory(in_memory::MemoryStore),
+    Redis(in_redis::RedisStore),
+}
+
+/// One turn's hold on a conversation and the history it read.
+pub(super) struct Turn {
+    pub(super) history: Vec<Message>,
+    hold: Hold,
+}
+
+enum Hold {
+    Memory(in_memory::Hold),
+    Redis(in_redis::Lease),
+}
+
+impl Turn {
+    /// Writes `history` as the conversation's (the hold is kept until the turn is dropped).
+    pub(super) async fn save(&mut self) -> Result<(), StoreError> {
+        match &mut self.hold {
+            Hold::Memory(h) => {
+                h.save(&self.history);
+                Ok(())
+            }
+            Hold::Redis(lease) => lease.save(&self.history).await,
+        }
+    }
+}
+
+impl Store {
+    /// The store `spec` names; conversations expire after `ttl`, turns wait at
+    /// most `lock_wait` for another turn's hold.
+    pub(super) fn new(
+        spec: &AgentStore,
+        max: usize,
+        ttl: Duration,
+        lock_wait: Duration,
+    ) -> Result<Store, String> {
+        Ok(match spec {
+            AgentStore::Memory => Store::Memory(in_memory::MemoryStore::new(max, ttl, lock_wait)),
+            AgentStore::Redis(url) => Store::Redis(in_redis::RedisStore::new(url, ttl, lock_wait)?),
+        })
+    }
+
+    /// For the start log: which store, never its credentials.
+    pub(super) fn describe(&self) -> &str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(r) => r.shown(),
+        }
+    }
+
+    /// Takes the hold on `id` and reads its history (empty for a new one).
+    pub(super) async fn begin(&self, id: &str) -> Result<Turn, StoreError> {
+        Ok(match self {
+            Store::Memory(m) => {
+                let (history, hold) = m.begin(id).await?;
+                Turn {
+                    history,
+                    hold: Hold::Memory(hold),
+                }
+            }
+            Store::Redis(r) => {
+                let (history, lease) = r.begin(id).await?;
+                Turn {
+                    history,
+                    hold: Hold::Redis(lease),
+                }
+            }
+        })
+    }
+
+    /// The history of `id` if it exists; looking never creates it.
+    pub(super) async fn peek(&self, id: &str) -> Result<Option<Vec<Message>>, StoreError> {
+        match self {
+            Store::Memory(m) => m.peek(id).await,
+            Store::Redis(r) => r.peek(id).await,
+        }
+    }
+}
+
+/// How a history is written to Redis: `[{"role","content"}…]`.
+fn encode(history: &[Message]) -> String {
+    let v: Vec<serde_json::Value> = history
+        .iter()
+        .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+        .collect();
+    serde_json::Value::Array(v).to_string()
+}
+
+fn decode(raw: &str) -> Result<Vec<Message>, String> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        role: String,
+        content: String,
+    }
+    let stored: Vec<Stored> = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+    stored
+        .into_iter()
+        .map(|m| {
+            let role = match m.role.as_str() {
+                "user" => "user",
+                "assistant" => "assistant",
+                other => return Err(format!("unknown role {other:?}")),
+            };
+            Ok(Message {
+                role,
+                content: m.content,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -83,26 +174,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn store_evicts_least_recently_used() {
-        let mut s = Store::new(2);
-        let a = s.get("a");
-        s.get("b");
-        s.get("a");
-        s.get("c"); // evicts b
-        assert!(
-            s.slots.contains_key("a") && s.slots.contains_key("c") && !s.slots.contains_key("b")
-        );
-        assert!(Arc::ptr_eq(&a, &s.get("a")));
-    }
-
-    #[test]
-    fn peeking_neither_creates_nor_evicts() {
-        let mut s = Store::new(1);
-        let a = s.get("a");
-        for i in 0..10 {
-            assert!(s.peek(&format!("unknown-{i}")).is_none());
-        }
-        assert_eq!(s.slots.len(), 1);
-        assert!(s.peek("a").is_some_and(|p| Arc::ptr_eq(&p, &a)));
+    fn histories_round_trip() {
+        let h = vec![
+            Message {
+                role: "user",
+                content: "héllo \"there\"".into(),
+            },
+            Message {
+                role: "assistant",
+                content: "hi\n".into(),
+            },
+        ];
+        assert_eq!(decode(&encode(&h)), Ok(h));
+        assert_eq!(decode("[]"), Ok(vec![]));
+        assert!(decode(r#"[{"role":"system","content":"x"}]"#).is_err());
+        assert!(decode("nope").is_err());
     }
 }

@@ -5,6 +5,7 @@
 pub mod otlp;
 pub mod prometheus;
 pub mod python;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
