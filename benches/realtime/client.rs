@@ -72,8 +72,9 @@ struct Session {
     negative: usize,
 }
 
-/// Runs `plan.sessions` concurrent sessions against `addr`.
-pub async fn run(addr: SocketAddr, plan: Plan) -> Outcome {
+/// Runs `plan.sessions` concurrent sessions against `addr`; `at_start` is called once
+/// all are open, just before the first `response.create`.
+pub async fn run(addr: SocketAddr, plan: Plan, at_start: impl FnOnce()) -> Outcome {
     let n = plan.sessions;
     let gate = Arc::new(Semaphore::new(CONNECTING));
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<Result<u32, String>>();
@@ -125,6 +126,7 @@ pub async fn run(addr: SocketAddr, plan: Plan) -> Outcome {
         }
         answered += 1;
     }
+    at_start();
     let started = Instant::now();
     start_tx.send_replace(Some(started));
     while let Some(joined) = tasks.join_next().await {

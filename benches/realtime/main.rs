@@ -54,6 +54,7 @@ mod mock;
 mod report;
 mod ws;
 
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -315,20 +316,23 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
     outcome.map(|()| ExitCode::SUCCESS)
 }
 
-/// CPU ticks of the whole machine per core, and the mock's, at one instant.
+/// CPU ticks per core, the mock's and tokentap's, at one instant.
 struct Snap {
     cores: Vec<(u64, u64, u64)>,
     mock: u64,
+    proxy: u64,
 }
 
-fn snap(mock: &Mock) -> Snap {
+fn snap(mock: &Mock, proxy: Option<u32>) -> Snap {
     Snap {
         cores: procs::cpu_times(),
         mock: procs::tree_ticks(mock.guard.pid()),
+        proxy: proxy.map_or(0, procs::tree_ticks),
     }
 }
 
-/// Fills the row's machine columns from two snapshots.
+/// Fills the row's machine columns over the response phase (`a` taken once every
+/// session was open, `b` once the last one closed).
 fn machine(row: &mut Row, a: &Snap, b: &Snap) {
     let share = |part: u64, total: u64| {
         if total == 0 {
@@ -347,14 +351,25 @@ fn machine(row: &mut Row, a: &Snap, b: &Snap) {
     }
 }
 
+/// Runs the sessions against `addr`, with snapshots around the response phase.
+async fn sessions(
+    addr: SocketAddr,
+    plan: Plan,
+    mock: &Mock,
+    proxy: Option<u32>,
+) -> (client::Outcome, Snap, Snap) {
+    let mut a = None;
+    let out = client::run(addr, plan, || a = Some(snap(mock, proxy))).await;
+    let b = snap(mock, proxy);
+    (out, a.unwrap_or_else(|| snap(mock, proxy)), b)
+}
+
 async fn direct(mock: &Mock, plan: Plan) -> Row {
     eprintln!(
         "realtime: direct: {} sessions → {}",
         plan.sessions, mock.addr
     );
-    let a = snap(mock);
-    let out = client::run(mock.addr, plan).await;
-    let b = snap(mock);
+    let (out, a, b) = sessions(mock.addr, plan, mock, None).await;
     let mut row = Row::new("direct", &plan, out);
     machine(&mut row, &a, &b);
     row
@@ -377,9 +392,7 @@ async fn via_tokentap(
         "realtime: tokentap: {} sessions → {} (pid {pid}) → {}",
         plan.sessions, proxy.addr, mock.addr
     );
-    let a = snap(mock);
-    let out = client::run(proxy.addr, plan).await;
-    let b = snap(mock);
+    let (out, a, b) = sessions(proxy.addr, plan, mock, Some(pid)).await;
     let completed = out.completed;
     let mut row = Row::new("tokentap", &plan, out);
     machine(&mut row, &a, &b);
@@ -397,8 +410,11 @@ async fn via_tokentap(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let responses_cpu_s = b.proxy.saturating_sub(a.proxy) as f64 / procs::CLK_TCK;
     let mut used = ProxyUse {
         cpu_s: procs::tree_ticks(pid) as f64 / procs::CLK_TCK,
+        responses_cpu_s,
+        cpu_us_per_frame: responses_cpu_s * 1e6 / row.frames.max(1) as f64,
         peak_rss_mib: procs::tree_hwm_kib(pid) as f64 / 1024.0,
         llm_requests_total: report::metric_sum(&page, "llm_requests_total", Some(mock::MODEL)),
         telemetry_dropped_total: report::metric_sum(

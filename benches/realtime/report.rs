@@ -39,6 +39,10 @@ pub struct Setup {
 pub struct ProxyUse {
     /// utime + stime over its whole life (start-up, handshakes, responses, closes).
     pub cpu_s: f64,
+    /// utime + stime over the response phase (every session open → the last one closed).
+    pub responses_cpu_s: f64,
+    /// `responses_cpu_s` per response frame relayed (the closes included).
+    pub cpu_us_per_frame: f64,
     /// `VmHWM`.
     pub peak_rss_mib: f64,
     /// `llm_requests_total` summed over the series with `model="gpt-realtime"`.
@@ -70,8 +74,9 @@ pub struct Row {
     /// Connect to `101` received (handshakes are not what is compared).
     pub upgrade: Summary,
     pub response_phase_s: f64,
-    /// The mock's CPU over the row.
+    /// The mock's CPU over the response phase.
     pub mock_cpu_s: f64,
+    /// Each core's busy share over the response phase, whoever used it.
     pub core_busy_pct: Vec<f64>,
     pub core_steal_pct: Vec<f64>,
     pub tokentap: Option<ProxyUse>,
@@ -199,7 +204,7 @@ impl Report {
         );
         println!();
         println!(
-            "| path | sessions completed | frames | p50 | p99 | p99.9 | max | upgrade p99 | tokentap CPU | tokentap peak RSS | mock CPU | core0 / core1 busy |"
+            "| path | sessions completed | frames | p50 | p99 | p99.9 | max | upgrade p99 | tokentap CPU: run (responses) | tokentap peak RSS | mock CPU | core0 / core1 busy |"
         );
         println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for r in &self.rows {
@@ -209,7 +214,7 @@ impl Report {
                     .as_ref()
                     .map_or(("–".to_owned(), "–".to_owned()), |u| {
                         (
-                            format!("{:.2} s", u.cpu_s),
+                            format!("{:.2} s ({:.2} s)", u.cpu_s, u.responses_cpu_s),
                             format!("{:.1} MiB", u.peak_rss_mib),
                         )
                     });
@@ -253,6 +258,10 @@ impl Report {
                 } else {
                     "MISMATCH"
                 }
+            );
+            println!(
+                "tokentap CPU per relayed response frame: {:.1} µs (response phase; mock and core columns are over it too)",
+                u.cpu_us_per_frame
             );
             println!(
                 "telemetry: {} spans, {} log records, {} metric names received over OTLP; tokentap_telemetry_dropped_total {}; {} WARN/ERROR lines in tokentap's log",
