@@ -265,7 +265,7 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
     );
     let tmp = TempDir::create(args.keep_logs)?;
     let server_cpu = pinned.then_some(SERVER_CPU);
-    let mock = Mock::start(&std::env::current_exe()?, server_cpu)?;
+    let mut mock = Mock::start(&std::env::current_exe()?, server_cpu)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -292,12 +292,10 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
         }
     });
     drop(rt);
-    if (mock.guard.pid() > 0)
-        && !std::path::Path::new(&format!("/proc/{}", mock.guard.pid())).exists()
-    {
-        report
-            .problems
-            .push("the mock upstream exited during the run".to_owned());
+    if let Some(status) = mock.guard.exited() {
+        report.problems.push(format!(
+            "the mock upstream exited during the run ({status})"
+        ));
     }
     drop(mock);
     if let Err(e) = &outcome {
