@@ -41,6 +41,7 @@
 #[path = "../../tests/support/otlp.rs"]
 mod otlp;
 
+mod build;
 mod client;
 mod floor;
 mod mock;
@@ -49,7 +50,6 @@ mod report;
 mod sink;
 mod stats;
 
-use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -57,6 +57,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use build::{ENV_BIN, Paths, build_tokentap};
 use client::{Conn, Endpoint};
 use procs::{Mock, Proxy, TokentapSetup};
 use report::{ClosedRow, Health, OpenRow, Resources, StreamRow, Target, Verdict};
@@ -68,8 +69,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Set in the re-executed (pinned) process: `1` pinned, `0` not.
 const ENV_PINNED: &str = "TOKENTAP_BENCH_PINNED";
-/// The tokentap binary to measure; set it to skip the `cargo build` step.
-const ENV_BIN: &str = "TOKENTAP_BENCH_BIN";
 const GENERATOR_CPU: u32 = 0;
 const SERVER_CPU: u32 = 1;
 /// Open files wanted: 1,000 streams need ~1,000 client sockets here.
@@ -215,35 +214,11 @@ fn entry() -> Result<ExitCode> {
 // Stage 1 (unpinned): build tokentap, then re-exec pinned to core 0
 // ---------------------------------------------------------------------------------------------
 
-struct Paths {
-    manifest_dir: PathBuf,
-    target_dir: PathBuf,
-}
-
-impl Paths {
-    /// This binary is `<target>/release/deps/load-<hash>`.
-    fn discover() -> Result<Paths> {
-        let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let exe = std::env::current_exe()?;
-        let from_exe = exe
-            .parent()
-            .filter(|d| d.file_name().is_some_and(|n| n == "deps"))
-            .and_then(Path::parent)
-            .and_then(Path::parent)
-            .map(Path::to_path_buf);
-        let target_dir = from_exe.unwrap_or_else(|| manifest_dir.join("target"));
-        Ok(Paths {
-            manifest_dir,
-            target_dir,
-        })
-    }
-}
-
 fn prepare_and_reexec(args: &Args) -> Result<ExitCode> {
     let paths = Paths::discover()?;
     let bin = match std::env::var_os(ENV_BIN) {
         Some(bin) => PathBuf::from(bin),
-        None if args.targets.contains(&Target::Tokentap) => build_tokentap(&paths)?,
+        None if args.targets.contains(&Target::Tokentap) => build_tokentap(&paths, "load")?,
         None => paths.target_dir.join("release/tokentap"),
     };
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
@@ -281,53 +256,6 @@ fn prepare_and_reexec(args: &Args) -> Result<ExitCode> {
         .env(ENV_BIN, &bin)
         .exec();
     Err(format!("re-executing under taskset: {err}").into())
-}
-
-/// `cargo build --release --bin tokentap`: a no-op when the binary is fresh.
-fn build_tokentap(paths: &Paths) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    eprintln!("load: cargo build --release --bin tokentap (no-op when fresh)");
-    let started = Instant::now();
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--bin", "tokentap", "--target-dir"])
-        .arg(&paths.target_dir)
-        .current_dir(&paths.manifest_dir);
-    // `cargo bench` gives this process the variables it sets for a crate (CARGO_PKG_NAME,
-    // CARGO_MANIFEST_DIR, OUT_DIR, …). Build scripts such as ring's track some of them with
-    // `rerun-if-env-changed`, so passing them on would make every `cargo bench` and this
-    // build invalidate each other's dependencies: hand cargo the caller's environment.
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        let per_crate = k.starts_with("CARGO_PKG_")
-            || k.starts_with("CARGO_CFG_")
-            || matches!(
-                k.as_ref(),
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_MANIFEST_LINKS"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "OUT_DIR"
-            );
-        if per_crate {
-            cmd.env_remove(&key);
-        }
-    }
-    let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "cargo build --release --bin tokentap failed ({status}); set {ENV_BIN} to measure a prebuilt binary"
-        )
-        .into());
-    }
-    eprintln!(
-        "load: tokentap built in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(paths.target_dir.join("release/tokentap"))
 }
 
 // ---------------------------------------------------------------------------------------------
