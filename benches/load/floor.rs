@@ -28,8 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpSocket;
 
-/// The line printed once it accepts connections, followed by its port.
-pub const READY: &str = "hyper-floor listening on ";
+use crate::procs::FLOOR_READY as READY;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 

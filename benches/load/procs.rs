@@ -400,6 +400,9 @@ pub fn start_tokentap(bin: &Path, s: &TokentapSetup<'_>) -> crate::Result<Proxy>
     })
 }
 
+/// The line the hyper floor prints once it accepts connections, followed by its port.
+pub const FLOOR_READY: &str = "hyper-floor listening on ";
+
 /// The hyper floor (`<harness> --hyper-floor UPSTREAM`), pinned like the other proxies.
 pub fn start_floor(harness: &Path, upstream: SocketAddr, cpu: Option<u32>) -> crate::Result<Proxy> {
     let mut cmd = pinned(harness, cpu);
@@ -413,14 +416,9 @@ pub fn start_floor(harness: &Path, upstream: SocketAddr, cpu: Option<u32>) -> cr
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().ok_or("hyper floor: no stdout")?;
     let lines = forward_lines(stdout, "floor")?;
-    let port: u16 = wait_line(
-        &lines,
-        &mut guard,
-        crate::floor::READY,
-        Duration::from_secs(10),
-    )?
-    .parse()
-    .map_err(|e| format!("hyper floor port: {e}"))?;
+    let port: u16 = wait_line(&lines, &mut guard, FLOOR_READY, Duration::from_secs(10))?
+        .parse()
+        .map_err(|e| format!("hyper floor port: {e}"))?;
     Ok(Proxy {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         guard,
