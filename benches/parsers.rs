@@ -291,6 +291,7 @@ fn bench_tap(c: &mut Criterion) {
         pricing: PriceTable::default(),
         max_label_values: 1000,
         max_label_length: 128,
+        recent_calls: 1000,
     };
     let recorder: Arc<Recorder> = Telemetry::new(opts, &OtelSettings::none())
         .expect("telemetry without exporters")

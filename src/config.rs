@@ -389,6 +389,15 @@ pub struct Cli {
     #[arg(long, env = "TOKENTAP_ACCESS_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = parse_access_token)]
     pub access_token: Option<Secret>,
 
+    // --- live view (docs/live-view.md) ---
+    /// Recent calls the live view (/ui, /api/calls) keeps in memory; 0 turns the live view off
+    #[arg(long, env = "TOKENTAP_RECENT_CALLS", default_value_t = 1000, value_parser = parse_recent_calls, value_name = "N")]
+    pub recent_calls: usize,
+
+    /// Link from the live view to a call's trace: a URL with {trace_id}, e.g. http://localhost:16686/trace/{trace_id}
+    #[arg(long, env = "TOKENTAP_TRACE_URL", value_parser = parse_trace_url, value_name = "TEMPLATE")]
+    pub trace_url: Option<String>,
+    // --- end live view ---
     /// Service name reported in /health and telemetry
     #[arg(
         long,
@@ -406,6 +415,33 @@ fn parse_access_token(s: &str) -> Result<Secret, String> {
         return Err("an access token must be non-empty printable ASCII without spaces".into());
     }
     Ok(Secret::new(s))
+}
+
+/// `--recent-calls`: 0 (off) up to `live::MAX_RECENT_CALLS`.
+fn parse_recent_calls(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of calls"))?;
+    if n > crate::live::MAX_RECENT_CALLS {
+        return Err(format!("at most {} calls", crate::live::MAX_RECENT_CALLS));
+    }
+    Ok(n)
+}
+
+/// `--trace-url`: an http(s) URL template that names `{trace_id}`.
+fn parse_trace_url(s: &str) -> Result<String, String> {
+    if !s.contains("{trace_id}") {
+        return Err(format!("{s:?} has no {{trace_id}} to fill in"));
+    }
+    if !(s.starts_with("http://") || s.starts_with("https://")) {
+        return Err(format!("{s:?} is not an http:// or https:// URL"));
+    }
+    let probe = s.replace("{trace_id}", "0af7651916cd43dd8448eb211c80319c");
+    probe
+        .parse::<http::Uri>()
+        .map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    Ok(s.to_owned())
 }
 
 /// `--no-usage-injection` (flag) and `TOKENTAP_USAGE_INJECTION=false` (env) both mean off.
@@ -454,6 +490,12 @@ pub struct Config {
     pub egress_proxy: Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>>,
     /// `--access-token`: guards the agent's routes and the live view.
     pub access_token: Option<Secret>,
+    // --- live view ---
+    /// `--recent-calls`: the live view's ring; 0 turns the view off.
+    pub recent_calls: usize,
+    /// `--trace-url`: the trace link template (`{trace_id}`).
+    pub trace_url: Option<String>,
+    // --- end live view ---
 }
 
 impl Config {
@@ -490,6 +532,10 @@ impl Config {
             upstream_identity: None,
             egress_proxy: None,
             access_token: None,
+            // --- live view ---
+            recent_calls: 1000,
+            trace_url: None,
+            // --- end live view ---
         }
     }
 }
@@ -540,6 +586,10 @@ impl TryFrom<Cli> for Config {
             upstream_identity,
             egress_proxy: egress_proxy_from_env(),
             access_token: c.access_token,
+            // --- live view ---
+            recent_calls: c.recent_calls,
+            trace_url: c.trace_url,
+            // --- end live view ---
         })
     }
 }
@@ -631,6 +681,25 @@ mod tests {
         let e = Cli::try_parse_from(["tokentap", "--upstream-ca", "/nonexistent/ca.pem"])
             .expect_err("unreadable CA file");
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn live_view_flags_are_checked() {
+        let d = Cli::try_parse_from(["tokentap"]).expect("parses");
+        assert_eq!((d.recent_calls, d.trace_url), (1000, None));
+        let c = Cli::try_parse_from([
+            "tokentap",
+            "--recent-calls",
+            "0",
+            "--trace-url",
+            "http://localhost:16686/trace/{trace_id}",
+        ])
+        .expect("parses");
+        assert_eq!(c.recent_calls, 0);
+        assert!(Cli::try_parse_from(["tokentap", "--recent-calls", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["tokentap", "--recent-calls", "999999999"]).is_err());
+        assert!(Cli::try_parse_from(["tokentap", "--trace-url", "http://jaeger/trace/"]).is_err());
+        assert!(Cli::try_parse_from(["tokentap", "--trace-url", "javascript:{trace_id}"]).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!    ├─► metrics      Prometheus families, the /metrics page
 //!    ├─► instruments  OTel instruments ──► otel (providers from OTEL_*) ──► export (queues)
 //!    ├─► log          the log line
+//!    ├─► live         the live view's ring of recent calls (crate::live; `--recent-calls`)
 //!    └─► spans        the call's span, ended last (also trace context in and out)
 //! names: every name, and the one descriptor per metric both metric backends are built from
 //! ```
@@ -49,6 +50,8 @@ pub struct Recorder {
     series: SeriesCache,
     /// Every output of a call, in the order they see it.
     sinks: Vec<Arc<dyn CallSink>>,
+    /// The live view's ring (also one of the sinks); `None` with `--recent-calls 0`.
+    pub(crate) live: Option<Arc<crate::live::Live>>,
     tracer: SdkTracer,
 }
 
@@ -116,6 +119,8 @@ pub struct RecorderOptions {
     pub max_label_values: usize,
     /// Label values longer than this (bytes) are recorded as `other`.
     pub max_label_length: usize,
+    /// Calls the live view keeps (`--recent-calls`); 0 turns it off.
+    pub recent_calls: usize,
 }
 
 impl Telemetry {
@@ -144,6 +149,9 @@ impl Telemetry {
         let mut sinks: Vec<Arc<dyn CallSink>> = vec![metrics.clone()];
         sinks.extend(instruments.map(|i| Arc::new(i) as Arc<dyn CallSink>));
         sinks.push(Arc::new(log::LogLine));
+        let live =
+            (opts.recent_calls > 0).then(|| Arc::new(crate::live::Live::new(opts.recent_calls)));
+        sinks.extend(live.clone().map(|l| l as Arc<dyn CallSink>));
         // last: the span ends once every other output has seen the call
         sinks.push(Arc::new(spans::EndSpan));
         let recorder = Recorder {
@@ -151,6 +159,7 @@ impl Telemetry {
             pricing: opts.pricing,
             series,
             sinks,
+            live,
             tracer: providers.tracer(),
         };
         Ok(Telemetry {

@@ -29,6 +29,7 @@ impl Rig {
                 pricing: PriceTable::default(),
                 max_label_values: 100,
                 max_label_length: 200,
+                recent_calls: 1000,
             },
             move |_| {
                 Ok(Providers {

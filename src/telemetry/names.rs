@@ -318,6 +318,10 @@ pub mod attr {
     /// No convention exists for cost.
     pub const LLM_COST_USD: &str = "llm.cost.usd";
     pub const TOKENTAP_USAGE_INJECTED: &str = "tokentap.usage_injected";
+    // --- read by the live view; set by attribution (SPEC §11) ---
+    pub const OPENAI_PROJECT: &str = "openai.project";
+    pub const TOKENTAP_KEY_ID: &str = "tokentap.key_id";
+    // --- end read by the live view ---
 }
 
 /// Signals, as in `tokentap_telemetry_dropped_total{signal}`.
