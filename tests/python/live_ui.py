@@ -9,6 +9,7 @@ with the page open, SCREENSHOT where to save a PNG of the page.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -21,14 +22,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 base, token, n_calls, screenshot = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
 opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
+opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--window-size=1400,1000", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--disable-default-apps"):
     opts.add_argument(arg)
 opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
 # the driver is Debian's: Selenium Manager must not go looking for one online
-driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
+driver = webdriver.Chrome(service=Service(executable_path=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
 wait = WebDriverWait(driver, 30, poll_frequency=0.05)
 out = {}
 try:
