@@ -291,7 +291,11 @@ fn bench_tap(c: &mut Criterion) {
         pricing: PriceTable::default(),
         max_label_values: 1000,
         max_label_length: 128,
-        recent_calls: 1000,
+        // the live view's ring is on by default; BENCH_RECENT_CALLS=0 measures without it
+        recent_calls: std::env::var("BENCH_RECENT_CALLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
     };
     let recorder: Arc<Recorder> = Telemetry::new(opts, &OtelSettings::none())
         .expect("telemetry without exporters")
