@@ -417,14 +417,18 @@ fn parse_access_token(s: &str) -> Result<Secret, String> {
     Ok(Secret::new(s))
 }
 
-/// `--recent-calls`: 0 (off) up to `live::MAX_RECENT_CALLS`.
+/// Largest `--recent-calls`: a call takes about 2.5 KiB in the ring (more with
+/// content capture), so this bounds it near half a gigabyte.
+pub const MAX_RECENT_CALLS: usize = 200_000;
+
+/// `--recent-calls`: 0 (off) up to [`MAX_RECENT_CALLS`].
 fn parse_recent_calls(s: &str) -> Result<usize, String> {
     let n: usize = s
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a number of calls"))?;
-    if n > crate::live::MAX_RECENT_CALLS {
-        return Err(format!("at most {} calls", crate::live::MAX_RECENT_CALLS));
+    if n > MAX_RECENT_CALLS {
+        return Err(format!("at most {MAX_RECENT_CALLS} calls"));
     }
     Ok(n)
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use opentelemetry::{Array, Value};
+use opentelemetry::{Array, KeyValue, Value};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -33,10 +33,6 @@ use crate::telemetry::spans;
 
 /// Calls a live-view subscriber may fall behind by before it skips some.
 const STREAM_BACKLOG: usize = 1024;
-
-/// Largest `--recent-calls`: each call is about a kilobyte (more with content
-/// capture), so this bounds the ring near a few hundred megabytes.
-pub const MAX_RECENT_CALLS: usize = 200_000;
 
 /// One recorded call: what filters and summaries read, and its JSON object.
 #[derive(Debug)]
@@ -100,7 +96,7 @@ pub struct Live {
 impl Live {
     /// A ring of `capacity` calls (at least one).
     pub fn new(capacity: usize) -> Live {
-        let capacity = capacity.clamp(1, MAX_RECENT_CALLS);
+        let capacity = capacity.clamp(1, crate::config::MAX_RECENT_CALLS);
         Live {
             capacity,
             inner: Mutex::new(Inner {
@@ -206,10 +202,7 @@ impl CallSink for Live {
             key_id: text(attr::TOKENTAP_KEY_ID),
             trace_id: ids.then(|| r.span.trace_id().to_string()),
             span_id: ids.then(|| r.span.span_id().to_string()),
-            attributes: attributes
-                .iter()
-                .map(|kv| (kv.key.as_str(), json_value(&kv.value)))
-                .collect(),
+            attributes: Attributes(&attributes),
         };
         let Ok(json) = serde_json::to_vec(&entry_json) else {
             return; // every value is plain data; a failure would be a bug, not a reason to panic
@@ -261,25 +254,41 @@ struct CallJson<'a> {
     key_id: Option<String>,
     trace_id: Option<String>,
     span_id: Option<String>,
-    attributes: BTreeMap<&'a str, serde_json::Value>,
+    attributes: Attributes<'a>,
+}
+
+/// The span's attributes as one JSON object, in the order the span gets them,
+/// written straight from the attribute list (no intermediate JSON tree).
+struct Attributes<'a>(&'a [KeyValue]);
+
+impl Serialize for Attributes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for kv in self.0 {
+            m.serialize_entry(kv.key.as_str(), &AttributeValue(&kv.value))?;
+        }
+        m.end()
+    }
 }
 
 /// An attribute value as JSON (non-finite numbers, which JSON lacks, as `null`).
-fn json_value(v: &Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    let float = |f: f64| serde_json::Number::from_f64(f).map_or(J::Null, J::Number);
-    match v {
-        Value::Bool(b) => J::Bool(*b),
-        Value::I64(i) => J::from(*i),
-        Value::F64(f) => float(*f),
-        Value::String(s) => J::String(s.as_str().to_owned()),
-        Value::Array(Array::Bool(v)) => v.iter().map(|b| J::Bool(*b)).collect(),
-        Value::Array(Array::I64(v)) => v.iter().map(|i| J::from(*i)).collect(),
-        Value::Array(Array::F64(v)) => v.iter().map(|f| float(*f)).collect(),
-        Value::Array(Array::String(v)) => {
-            v.iter().map(|s| J::String(s.as_str().to_owned())).collect()
+struct AttributeValue<'a>(&'a Value);
+
+impl Serialize for AttributeValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let finite = |f: &f64| f.is_finite().then_some(*f);
+        match self.0 {
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::I64(i) => s.serialize_i64(*i),
+            Value::F64(f) => finite(f).serialize(s),
+            Value::String(v) => s.serialize_str(v.as_str()),
+            Value::Array(Array::Bool(v)) => v.serialize(s),
+            Value::Array(Array::I64(v)) => v.serialize(s),
+            Value::Array(Array::F64(v)) => s.collect_seq(v.iter().map(finite)),
+            Value::Array(Array::String(v)) => s.collect_seq(v.iter().map(|x| x.as_str())),
+            other => s.collect_str(other),
         }
-        other => J::String(other.to_string()),
     }
 }
 
@@ -315,7 +324,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::KeyValue;
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
@@ -327,10 +335,22 @@ mod tests {
     }
 
     #[test]
-    fn attribute_values_become_json() {
-        let kv = KeyValue::new("a", f64::NAN);
-        assert_eq!(json_value(&kv.value), serde_json::Value::Null);
-        let kv = KeyValue::new("b", 3_i64);
-        assert_eq!(json_value(&kv.value), serde_json::json!(3));
+    fn attributes_become_one_json_object_in_their_order() {
+        let kvs = [
+            KeyValue::new("z", f64::NAN),
+            KeyValue::new("b", 3_i64),
+            KeyValue::new("a", "x\"y"),
+            KeyValue::new(
+                "s",
+                Value::Array(Array::String(vec!["stop".into(), "length".into()])),
+            ),
+            KeyValue::new("f", Value::Array(Array::F64(vec![0.5, f64::INFINITY]))),
+            KeyValue::new("t", true),
+        ];
+        let json = serde_json::to_string(&Attributes(&kvs)).expect("serializes");
+        assert_eq!(
+            json,
+            r#"{"z":null,"b":3,"a":"x\"y","s":["stop","length"],"f":[0.5,null],"t":true}"#
+        );
     }
 }

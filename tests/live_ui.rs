@@ -3,7 +3,7 @@
 //! official `openai` client makes calls through the real binary. The table
 //! fills without a reload, a chart draws the data, a row opens its details,
 //! the trace link carries the call's real trace id, the page asks no other
-//! host for anything, and the console stays clean.
+//! host for anything, filters narrow the table, and the console stays clean.
 //!
 //! Needs `chromium` and `chromium-driver` (.ci/run installs them); without
 //! them the test fails and says so.
@@ -217,6 +217,21 @@ async fn the_page_fills_live_in_chromium() {
         seen["detail_capture_note"]
             .as_str()
             .is_some_and(|s| s.contains("off")),
+    );
+
+    // filters: by model, by status
+    let by_model: Vec<&str> = seen["filtered_by_model"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|v| v.as_str().expect("model"))
+        .collect();
+    let want_model = listed.iter().filter(|c| c["model"] == "gpt-4o").count();
+    assert_eq!(by_model, vec!["gpt-4o"; want_model]);
+    assert_eq!(seen["filtered_totals_calls"], want_model.to_string());
+    assert_eq!(
+        seen["filtered_by_status"],
+        serde_json::json!(["demo-error-429"])
     );
 
     // nothing left for another host, and the console stayed clean

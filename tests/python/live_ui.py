@@ -17,7 +17,7 @@ import openai
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 base, token, n_calls, screenshot = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
@@ -64,21 +64,30 @@ try:
         pass
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#calls tbody td.error")) >= 1)
 
-    rows = driver.find_elements(By.CSS_SELECTOR, "#calls tbody tr")
-    out["row_trace_ids"] = [r.get_attribute("data-trace-id") for r in rows]
-    out["row_models"] = [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows]
-    out["trace_links"] = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#calls a.trace")]
+    # the table is redrawn as calls arrive: read it in one script, not element by element
+    table = driver.execute_script("""
+        const rows = [...document.querySelectorAll('#calls tbody tr')];
+        return {ids: rows.map(r => r.dataset.traceId), models: rows.map(r => r.cells[2].textContent),
+                links: [...document.querySelectorAll('#calls a.trace')].map(a => a.href)};""")
+    out["row_trace_ids"] = table["ids"]
+    out["row_models"] = table["models"]
+    out["trace_links"] = table["links"]
 
     # a chart with data: the requests line has a point in at least one bucket above zero
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#chart-requests path.s0").get_attribute("d").count("L") > 0)
-    out["chart_requests_points"] = int(driver.find_element(By.CSS_SELECTOR, "#chart-requests path.s0").get_attribute("data-points"))
-    out["chart_requests_d"] = driver.find_element(By.CSS_SELECTOR, "#chart-requests path.s0").get_attribute("d")
-    out["cost_bars"] = [b.get_attribute("data-model") for b in driver.find_elements(By.CSS_SELECTOR, "#chart-cost rect.bar")]
-    out["totals_calls"] = driver.find_element(By.ID, "t-calls").text
+    chart = driver.execute_script("""
+        const p = document.querySelector('#chart-requests path.s0');
+        return {d: p.getAttribute('d'), points: Number(p.dataset.points),
+                bars: [...document.querySelectorAll('#chart-cost rect.bar')].map(b => b.dataset.model),
+                calls: document.getElementById('t-calls').textContent};""")
+    out["chart_requests_points"] = chart["points"]
+    out["chart_requests_d"] = chart["d"]
+    out["cost_bars"] = chart["bars"]
+    out["totals_calls"] = chart["calls"]
 
     # a row opens its details: every attribute of the call
     target = trace_ids[-1]
-    driver.find_element(By.CSS_SELECTOR, f"#calls tbody tr[data-trace-id='{target}']").click()
+    wait.until(lambda d: d.execute_script(
+        f"const r = document.querySelector(\"#calls tbody tr[data-trace-id='{target}']\"); if (r) r.click(); return !!r;"))
     wait.until(lambda d: d.find_element(By.ID, "details").is_displayed())
     attrs = {}
     for tr in driver.find_elements(By.CSS_SELECTOR, "#d-attrs tr"):
@@ -89,6 +98,26 @@ try:
     out["detail_trace_link"] = driver.find_element(By.ID, "d-trace-link").get_attribute("href")
     out["detail_capture_note"] = driver.find_element(By.ID, "d-capture").text
     driver.find_element(By.ID, "close").click()
+
+    # filters narrow the table (and totals) to matching calls
+    def rows_models():
+        return driver.execute_script(
+            "return [...document.querySelectorAll('#calls tbody tr')].map(r => r.cells[2].textContent)")
+
+    def rows_statuses():
+        return driver.execute_script(
+            "return [...document.querySelectorAll('#calls tbody tr')].map(r => r.cells[4].className)")
+    total = len(out["row_models"])
+    Select(driver.find_element(By.ID, "f-model")).select_by_visible_text("gpt-4o")
+    wait.until(lambda d: set(rows_models()) == {"gpt-4o"})
+    out["filtered_by_model"] = rows_models()
+    out["filtered_totals_calls"] = driver.execute_script("return document.getElementById('t-calls').textContent")
+    Select(driver.find_element(By.ID, "f-model")).select_by_index(0)
+    Select(driver.find_element(By.ID, "f-status")).select_by_visible_text("error")
+    wait.until(lambda d: set(rows_statuses()) == {"error"})
+    out["filtered_by_status"] = rows_models()
+    Select(driver.find_element(By.ID, "f-status")).select_by_index(0)
+    wait.until(lambda d: len(rows_models()) == total)
 
     # the window selector redraws from the same data
     driver.find_element(By.CSS_SELECTOR, "#window option[value='all']").click()
