@@ -171,7 +171,7 @@ impl CallSink for Live {
             return; // not a model call: not in llm_requests_total, not here either
         };
         let at = SystemTime::now();
-        let attributes = spans::attributes(call, r.error_type.as_deref());
+        let attributes = spans::shared_attributes(call, r);
         let text = |key: &str| {
             attributes.iter().find_map(|kv| match &kv.value {
                 Value::String(s) if kv.key.as_str() == key => Some(s.as_str().to_owned()),
@@ -202,7 +202,7 @@ impl CallSink for Live {
             key_id: text(attr::TOKENTAP_KEY_ID),
             trace_id: ids.then(|| r.span.trace_id().to_string()),
             span_id: ids.then(|| r.span.span_id().to_string()),
-            attributes: Attributes(&attributes),
+            attributes: Attributes(&attributes[..]),
         };
         let Ok(json) = serde_json::to_vec(&entry_json) else {
             return; // every value is plain data; a failure would be a bug, not a reason to panic

@@ -86,6 +86,7 @@ impl Recorder {
                     cx.span().span_context().clone()
                 }),
             error_type,
+            attributes: Default::default(),
         };
         for sink in &self.sinks {
             sink.record(&call, &recorded);
