@@ -1,10 +1,11 @@
 //! The outputs a finished call goes to.
 //!
 //! Like the OTel SDK's span processors, each output (Prometheus, OTel
-//! instruments, the log line, the span, later the live view) is one
+//! instruments, the log line, the live view, the span) is one
 //! [`CallSink`] registered when telemetry starts and invoked in that order.
 //! What every output needs and is costly to work out (the bounded labels, the
-//! error type, the span context) is computed once, in [`Recorded`].
+//! error type, the span context, the span attributes) is computed once, in
+//! [`Recorded`].
 
 use std::cell::RefCell;
 use std::sync::Arc;
