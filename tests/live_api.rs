@@ -621,3 +621,83 @@ async fn recent_calls_zero_turns_the_view_off_and_bad_flags_exit_2() {
     let exit = run_to_exit(&["--demo"], &[("TOKENTAP_TRACE_URL", "ftp://x/{trace_id}")]);
     assert_eq!(exit.code, Some(2), "{}", exit.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_client_that_does_not_read_never_holds_up_traffic() {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let tt = Tokentap::demo(&[]);
+    // subscribed, then not read while thousands of calls go through: more than
+    // the socket buffers, the per-client queue and the broadcast backlog hold
+    let resp = wire::open(
+        tt.addr,
+        wire::request("GET", "/api/calls/stream", &[], Bytes::new()),
+    )
+    .await;
+    let mut body = resp.into_body();
+    // (about 4,000 frames fit in the buffers on this machine's loopback)
+    const CALLS: usize = 10_000;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let url = format!("{}/v1/chat/completions", tt.url());
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                for _ in 0..CALLS / 8 {
+                    let req = http::Request::post(&url)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(chat("gpt-4o-mini", false))))
+                        .expect("request");
+                    let r = client.request(req).await.expect("response");
+                    assert_eq!(r.status(), 200);
+                    r.into_body().collect().await.expect("body");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        within(IO_DEADLINE, "the calls", w).await.expect("worker");
+    }
+    for _ in 0..500 {
+        if get_json(&tt, "/api/summary?window=all").await["calls"] == CALLS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        get_json(&tt, "/api/summary?window=all").await["calls"],
+        CALLS
+    );
+
+    // now read: every call was either delivered or counted as skipped, none twice
+    let (mut events, mut skipped, mut buf) = (0usize, 0usize, String::new());
+    while events + skipped < CALLS {
+        let frame = within(IO_DEADLINE, "an SSE frame", body.frame())
+            .await
+            .expect("the stream goes on")
+            .expect("a frame");
+        if let Some(d) = frame.data_ref() {
+            buf.push_str(std::str::from_utf8(d).expect("utf8"));
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.starts_with("event: call\n") {
+                events += 1;
+            } else if let Some(rest) = block.strip_prefix(": skipped ") {
+                skipped += rest
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .expect("a count");
+            }
+        }
+    }
+    assert_eq!(events + skipped, CALLS);
+    assert!(
+        skipped > 0,
+        "the slow client skipped calls ({events} delivered)"
+    );
+}
