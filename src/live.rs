@@ -16,6 +16,7 @@
 pub(crate) mod api;
 mod summary;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -183,8 +184,9 @@ impl CallSink for Live {
         let entry_json = CallJson {
             time: rfc3339(at),
             operation: op.name(),
-            model: call.model(),
-            response_model: call.response.model.as_deref(),
+            // client-chosen strings are cut as on the span: a ring of huge names can't grow
+            model: call.model().map(bounded::cut),
+            response_model: call.response.model.as_deref().map(bounded::cut),
             provider: call.provider.as_str(),
             status: if r.error_type.is_some() {
                 "error"
@@ -209,7 +211,7 @@ impl CallSink for Live {
         };
         let entry = Entry {
             at,
-            model: entry_json.model.map(str::to_owned),
+            model: entry_json.model.as_deref().map(str::to_owned),
             model_label: r.series.labels.model.clone(),
             provider: entry_json.provider.to_owned(),
             error: r.error_type.is_some(),
@@ -239,12 +241,12 @@ fn ttfc(call: &Call) -> Option<f64> {
 struct CallJson<'a> {
     time: String,
     operation: &'static str,
-    model: Option<&'a str>,
-    response_model: Option<&'a str>,
+    model: Option<Cow<'a, str>>,
+    response_model: Option<Cow<'a, str>>,
     provider: &'a str,
     status: &'static str,
     http_status: Option<u16>,
-    error_type: Option<std::borrow::Cow<'a, str>>,
+    error_type: Option<Cow<'a, str>>,
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
     cost_usd: Option<f64>,

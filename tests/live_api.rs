@@ -701,3 +701,27 @@ async fn a_stream_client_that_does_not_read_never_holds_up_traffic() {
         "the slow client skipped calls ({events} delivered)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_chosen_names_are_cut_as_on_the_span() {
+    let tt = Tokentap::demo(&[]);
+    let huge = "m".repeat(200_000);
+    let r = wire::post_json(tt.addr, "/v1/chat/completions", chat(&huge, false)).await;
+    assert!(
+        r.status.is_client_error() || r.status.is_success(),
+        "{}",
+        r.status
+    );
+    let list = calls_when(&tt, "/api/calls", 1).await;
+    let model = list[0]["model"].as_str().expect("model");
+    assert!(
+        model.len() <= 1024 && huge.starts_with(model),
+        "cut: {} bytes",
+        model.len()
+    );
+    assert_eq!(list[0]["attributes"]["gen_ai.request.model"], model);
+    assert!(
+        list[0].to_string().len() < 16 * 1024,
+        "one entry stays small"
+    );
+}
