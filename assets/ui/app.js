@@ -3,7 +3,8 @@
 "use strict";
 (() => {
   const cfg = document.body.dataset;
-  const RECENT = Number(cfg.recent) || 1000;
+  // the page keeps at most 5,000 calls (a browser tab, not a database); the API serves the whole ring
+  const RECENT = Math.min(Number(cfg.recent) || 1000, 5000);
   const TRACE_URL = cfg.traceUrl || "";
   const $ = (id) => document.getElementById(id);
   const SVGNS = "http://www.w3.org/2000/svg";
@@ -272,7 +273,7 @@
   async function load() {
     connect();
     try {
-      const r = await fetch("/api/calls", { cache: "no-store" });
+      const r = await fetch(`/api/calls?limit=${RECENT}`, { cache: "no-store" });
       if (r.ok) {
         const list = await r.json();
         for (const c of list.reverse()) { learn(c); add(c, false); }
