@@ -292,6 +292,11 @@ fn bench_tap(c: &mut Criterion) {
         max_label_values: 1000,
         max_label_length: 128,
         metric_dimensions: Vec::new(),
+        // the live view's ring is on by default; BENCH_RECENT_CALLS=0 measures without it
+        recent_calls: std::env::var("BENCH_RECENT_CALLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
     };
     let recorder: Arc<Recorder> = Telemetry::new(opts, &OtelSettings::none())
         .expect("telemetry without exporters")

@@ -43,11 +43,32 @@ impl Access {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='));
-        bearer
-            .chain(cookies)
+            .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+            .map(crate::genai::query::decode);
+        { bearer }.any(|given| same(given.as_bytes(), want)) || { cookies }
             .any(|given| same(given.as_bytes(), want))
     }
+
+    /// True when a token is configured and `given` is it (the live view's `?token=`).
+    pub(crate) fn is(&self, given: &str) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|t| same(given.as_bytes(), t.expose().as_bytes()))
+    }
+}
+
+/// `token` as a cookie value: a token may hold `;`, `,` or `"`, which a
+/// cookie can't, so everything but letters, digits and `-._~` is `%XX`.
+pub(crate) fn cookie_value(token: &str) -> String {
+    let mut out = String::with_capacity(token.len());
+    for b in token.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Compares without stopping at the first difference, so the time taken
@@ -97,5 +118,16 @@ mod tests {
         assert!(!a.permits(&headers(&[(header::AUTHORIZATION, "Bearer s3cret2")])));
         assert!(!a.permits(&headers(&[(header::AUTHORIZATION, "Basic s3cret")])));
         assert!(!a.permits(&headers(&[(header::COOKIE, "tokentap_tokenx=s3cret")])));
+    }
+
+    #[test]
+    fn a_token_with_cookie_separators_survives_the_cookie() {
+        let token = r#"a;b,c"d%e+f"#;
+        let a = Access::new(Some(Secret::new(token)));
+        let cookie = format!("{COOKIE}={}", cookie_value(token));
+        assert!(!cookie_value(token).contains([';', ',', '"', '+']));
+        assert!(a.permits(&headers(&[(header::COOKIE, &cookie)])));
+        assert!(a.is(token) && !a.is("a;b"));
+        assert!(!Access::new(None).is(""));
     }
 }

@@ -17,6 +17,7 @@ use crate::config::{self, Config, Upstream};
 use crate::demo::{DemoOptions, DemoUpstream};
 use crate::genai::pricing::PriceTable;
 use crate::listener::{self, ConnectionLimits, ServeOptions};
+use crate::live::api::LiveView;
 use crate::proxy::Proxy;
 use crate::route::Routes;
 use crate::server::{self, Server};
@@ -102,6 +103,7 @@ pub fn recorder_options(cfg: &Config) -> Result<RecorderOptions, StartError> {
         max_label_values: cfg.max_label_values,
         max_label_length: cfg.max_label_length,
         metric_dimensions: cfg.metric_dimensions.clone(),
+        recent_calls: cfg.recent_calls,
     })
 }
 
@@ -151,6 +153,12 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
         },
         recorder: recorder.clone(),
         access: crate::access::Access::new(cfg.access_token.clone()),
+        live: LiveView::new(
+            recorder.live.clone(),
+            cfg.trace_url.as_deref(),
+            cfg.capture_content,
+            rx.clone(),
+        ),
         health: Bytes::from(
             serde_json::json!({"status": "healthy", "service": cfg.service_name}).to_string(),
         ),

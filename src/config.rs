@@ -434,6 +434,15 @@ pub struct Cli {
     #[arg(long, env = "TOKENTAP_AGENT_LOCK_WAIT", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION", hide = true)]
     pub agent_lock_wait: Duration,
     // --- end agent in production ---
+    // --- live view (docs/live-view.md) ---
+    /// Recent calls the live view (/ui, /api/calls) keeps in memory; 0 turns the live view off
+    #[arg(long, env = "TOKENTAP_RECENT_CALLS", default_value_t = 1000, value_parser = parse_recent_calls, value_name = "N")]
+    pub recent_calls: usize,
+
+    /// Link from the live view to a call's trace: a URL with {trace_id}, e.g. http://localhost:16686/trace/{trace_id}
+    #[arg(long, env = "TOKENTAP_TRACE_URL", value_parser = parse_trace_url, value_name = "TEMPLATE")]
+    pub trace_url: Option<String>,
+    // --- end live view ---
     /// Service name reported in /health and telemetry
     #[arg(
         long,
@@ -451,6 +460,37 @@ fn parse_access_token(s: &str) -> Result<Secret, String> {
         return Err("an access token must be non-empty printable ASCII without spaces".into());
     }
     Ok(Secret::new(s))
+}
+
+/// Largest `--recent-calls`: a call takes about 2.5 KiB in the ring (more with
+/// content capture), so this bounds it near half a gigabyte.
+pub const MAX_RECENT_CALLS: usize = 200_000;
+
+/// `--recent-calls`: 0 (off) up to [`MAX_RECENT_CALLS`].
+fn parse_recent_calls(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of calls"))?;
+    if n > MAX_RECENT_CALLS {
+        return Err(format!("at most {MAX_RECENT_CALLS} calls"));
+    }
+    Ok(n)
+}
+
+/// `--trace-url`: an http(s) URL template that names `{trace_id}`.
+fn parse_trace_url(s: &str) -> Result<String, String> {
+    if !s.contains("{trace_id}") {
+        return Err(format!("{s:?} has no {{trace_id}} to fill in"));
+    }
+    if !(s.starts_with("http://") || s.starts_with("https://")) {
+        return Err(format!("{s:?} is not an http:// or https:// URL"));
+    }
+    let probe = s.replace("{trace_id}", "0af7651916cd43dd8448eb211c80319c");
+    probe
+        .parse::<http::Uri>()
+        .map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    Ok(s.to_owned())
 }
 
 /// `--no-usage-injection` (flag) and `TOKENTAP_USAGE_INJECTION=false` (env) both mean off.
@@ -517,6 +557,12 @@ pub struct Config {
     /// Longest wait for another turn's hold on a conversation (→ 409).
     pub agent_lock_wait: Duration,
     // --- end agent in production ---
+    // --- live view ---
+    /// `--recent-calls`: the live view's ring; 0 turns the view off.
+    pub recent_calls: usize,
+    /// `--trace-url`: the trace link template (`{trace_id}`).
+    pub trace_url: Option<String>,
+    // --- end live view ---
 }
 
 impl Config {
@@ -562,6 +608,10 @@ impl Config {
             agent: true,
             agent_lock_wait: Duration::from_secs(30),
             // --- end agent in production ---
+            // --- live view ---
+            recent_calls: 1000,
+            trace_url: None,
+            // --- end live view ---
         }
     }
 }
@@ -623,136 +673,13 @@ impl TryFrom<Cli> for Config {
             agent: c.agent,
             agent_lock_wait: c.agent_lock_wait,
             // --- end agent in production ---
+            // --- live view ---
+            recent_calls: c.recent_calls,
+            trace_url: c.trace_url,
+            // --- end live view ---
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3days").is_err());
-        // a deadline past a year would overflow timer arithmetic later: refused now
-        assert!(parse_duration("1000000000s").is_err());
-        assert!(parse_duration("8761h").is_err());
-        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
-        assert!(parse_positive_duration("0s").is_err());
-        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
-        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
-        assert_eq!(parse_size("1kb"), Ok(1000));
-        assert_eq!(parse_size("77"), Ok(77));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("99999999999GiB").is_err());
-    }
-
-    #[test]
-    fn upstream_urls() {
-        let u = Upstream::parse("http://127.0.0.1:9000/prefix/").expect("valid");
-        assert_eq!(u.prefix, "/prefix");
-        assert_eq!(u.port(), 9000);
-        let o = Upstream::parse("https://api.openai.com").expect("valid");
-        assert_eq!(
-            (o.host(), o.port(), o.prefix.as_str()),
-            ("api.openai.com", 443, "")
-        );
-        assert!(Upstream::parse("ftp://x").is_err());
-        assert!(Upstream::parse("api.openai.com").is_err());
-        assert!(Upstream::parse("http://x/?a=1").is_err());
-    }
-
-    #[test]
-    fn flags_and_env_forms() {
-        let c = Cli::try_parse_from([
-            "tokentap",
-            "--demo",
-            "--no-usage-injection",
-            "--max-body",
-            "1MiB",
-        ])
-        .expect("parses");
-        assert!(c.demo);
-        assert!(!c.usage_injection);
-        assert_eq!(c.max_body, 1 << 20);
-        let d = Cli::try_parse_from(["tokentap"]).expect("parses");
-        assert!(d.usage_injection && !d.demo && !d.capture_content);
-        assert!(Cli::try_parse_from(["tokentap", "--connect-timeout", "soon"]).is_err());
-        assert!(Cli::try_parse_from(["tokentap", "--no-usage-injection", "true"]).is_err());
-    }
-
-    #[test]
-    fn route_flags_repeat_and_combine() {
-        let c = Cli::try_parse_from([
-            "tokentap",
-            "--route",
-            "/a=http://a",
-            "--route",
-            "/b=http://b /c=http://c",
-            "--provider",
-            "vllm",
-        ])
-        .expect("parses");
-        let cfg = Config::try_from(c).expect("valid");
-        let prefixes: Vec<_> = cfg.routes.iter().map(|r| r.prefix.as_str()).collect();
-        assert_eq!(prefixes, ["/a", "/b", "/c"]);
-        assert_eq!(cfg.provider.as_deref(), Some("vllm"));
-        assert!(Cli::try_parse_from(["tokentap", "--provider", "no way"]).is_err());
-    }
-
-    #[test]
-    fn a_client_certificate_needs_its_key_and_a_ca_file_must_be_readable() {
-        let only_cert = Cli::try_parse_from(["tokentap", "--upstream-client-cert", "c.pem"]);
-        assert!(only_cert.is_err());
-        let only_key = Cli::try_parse_from(["tokentap", "--upstream-client-key", "k.pem"]);
-        assert!(only_key.is_err());
-        let e = Cli::try_parse_from(["tokentap", "--upstream-ca", "/nonexistent/ca.pem"])
-            .expect_err("unreadable CA file");
-        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
-    }
-
-    #[test]
-    fn agent_in_production_flags() {
-        let d = Config::try_from(Cli::try_parse_from(["tokentap"]).expect("parses")).expect("ok");
-        assert!(d.agent && d.agent_models.is_none());
-        assert_eq!(d.agent_store, AgentStore::Memory);
-        assert_eq!(d.agent_conversation_ttl, Duration::from_secs(24 * 3600));
-        assert_eq!(d.agent_lock_wait, Duration::from_secs(30));
-        let c = Cli::try_parse_from([
-            "tokentap",
-            "--no-agent",
-            "--agent-store",
-            "redis://:pw@cache:6379/1",
-            "--agent-models",
-            "*",
-            "--agent-conversation-ttl",
-            "90m",
-        ])
-        .expect("parses");
-        assert!(
-            !format!("{c:?}").contains("pw@"),
-            "the password never prints"
-        );
-        let c = Config::try_from(c).expect("valid");
-        assert!(!c.agent);
-        assert_eq!(c.agent_models, Some(AgentModels::Any));
-        assert_eq!(c.agent_conversation_ttl, Duration::from_secs(5400));
-        let AgentStore::Redis(u) = &c.agent_store else {
-            panic!("redis store");
-        };
-        assert_eq!(u.shown(), "redis at cache:6379/1");
-        assert!(!format!("{c:?}").contains("pw@"));
-        assert!(Cli::try_parse_from(["tokentap", "--no-agent", "true"]).is_err());
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("sk-very-secret");
-        assert!(!format!("{s:?}").contains("very"));
-    }
-}
+mod tests;

@@ -49,6 +49,7 @@
 //!   descriptor per metric, the series cache, OTel providers and export queues
 //! - `error`: OpenAI-shaped local errors
 //! - `access`: `--access-token` for the agent and the live view
+//! - `live`: the live view — a ring of recent calls (one more sink), `/ui` and `/api/*`
 //!
 //! Beside the path:
 //! - [`demo`]: the simulated OpenAI upstream of `--demo` and the tests (`demo/`: one file
@@ -70,6 +71,7 @@ pub(crate) mod error;
 pub mod genai;
 pub(crate) mod inbound;
 pub(crate) mod listener;
+pub(crate) mod live;
 pub mod observe;
 pub(crate) mod proxy;
 pub(crate) mod route;

@@ -52,7 +52,15 @@ fn init_logging(
         .map_err(|e| e.to_string())
 }
 
-fn banner(running: &app::Running, demo: bool, routes: &[RouteSpec]) {
+/// What the banner says about the live view: off, open, or behind the access token.
+#[derive(Clone, Copy)]
+enum LiveView {
+    Off,
+    Open,
+    Token,
+}
+
+fn banner(running: &app::Running, demo: bool, routes: &[RouteSpec], live: LiveView) {
     let url = running.url();
     println!("tokentap listening on {url}");
     if demo {
@@ -72,6 +80,13 @@ fn banner(running: &app::Running, demo: bool, routes: &[RouteSpec]) {
             "  route:    {url}{}/ -> {} (provider {provider})",
             r.prefix, r.upstream
         );
+    }
+    match live {
+        LiveView::Open => println!("  live:     {url}/ui"),
+        LiveView::Token => {
+            println!("  live:     {url}/ui?token=<your --access-token> (once; a cookie keeps it)")
+        }
+        LiveView::Off => {}
     }
     println!("  metrics:  {url}/metrics");
     println!("  health:   {url}/health");
@@ -159,11 +174,16 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     )
     .map_err(StartError::Config)?;
     let routes = cfg.routes.clone();
+    let live = match (cfg.recent_calls, &cfg.access_token) {
+        (0, _) => LiveView::Off,
+        (_, None) => LiveView::Open,
+        (_, Some(_)) => LiveView::Token,
+    };
     let running = app::start_with(cfg, telemetry).await?;
     // the handlers are in place before the banner says we are up: a SIGTERM right
     // after it must drain, not kill
     let signal = shutdown_signal();
-    banner(&running, demo, &routes);
+    banner(&running, demo, &routes, live);
     signal.await;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;

@@ -2,7 +2,7 @@
 //!
 //! HTTP/1.1 and h2c share the port (hyper-util's auto builder). Each request
 //! is matched once to a [`Target`]: a handful of local routes (`/health`,
-//! `/metrics`), the agent's routes, or — for everything else — the proxy.
+//! `/metrics`), the agent's routes, the live view (`/ui`, `/api/*`), or — for everything else — the proxy.
 //! Shutdown stops accepting at once and gives in-flight requests, long
 //! streams included, a grace period to finish.
 
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::access::{self, Access};
 use crate::agent::{Agent, AgentRoute};
 use crate::listener::{self, ServeOptions};
+use crate::live::api::{LiveRoute, LiveView};
 use crate::proxy::{Proxy, ResponseBody, full_response};
 use crate::telemetry::Recorder;
 use crate::telemetry::metrics::Format;
@@ -30,8 +31,10 @@ pub(crate) struct Server {
     /// `None` with `--no-agent`: its routes are then proxied like any path.
     pub(crate) agent: Option<Agent>,
     pub(crate) recorder: Arc<Recorder>,
-    /// `--access-token`, for the agent's routes.
+    /// `--access-token`, for the agent's routes and the live view.
     pub(crate) access: Access,
+    /// `/ui` and `/api/*`.
+    pub(crate) live: LiveView,
     /// The `/health` body (it names the service).
     pub(crate) health: Bytes,
 }
@@ -41,6 +44,7 @@ enum Target {
     Health,
     Metrics,
     Agent(AgentRoute),
+    Live(LiveRoute),
     Proxy,
 }
 
@@ -49,8 +53,11 @@ impl Target {
         match (method, path) {
             (&Method::GET, "/health") => Target::Health,
             (&Method::GET, "/metrics") => Target::Metrics,
-            _ if !agent => Target::Proxy,
-            _ => AgentRoute::recognise(method, path).map_or(Target::Proxy, Target::Agent),
+            _ => AgentRoute::recognise(method, path)
+                .filter(|_| agent)
+                .map(Target::Agent)
+                .or_else(|| LiveRoute::recognise(method, path).map(Target::Live))
+                .unwrap_or(Target::Proxy),
         }
     }
 }
@@ -88,6 +95,7 @@ impl Server {
                 Some(agent) => agent.handle(route, &self.proxy, &self.recorder, req).await,
                 None => self.proxy.forward(req).await,
             },
+            Target::Live(route) => self.live.handle(route, &req, &self.access),
             Target::Proxy => self.proxy.forward(req).await,
         }
     }

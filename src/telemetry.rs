@@ -13,6 +13,7 @@
 //!    ├─► metrics      Prometheus families, the /metrics page
 //!    ├─► instruments  OTel instruments ──► otel (providers from OTEL_*) ──► export (queues)
 //!    ├─► log          the log line
+//!    ├─► live         the live view's ring of recent calls (crate::live; `--recent-calls`)
 //!    └─► spans        the call's span, ended last (also trace context in and out)
 //! names: every name, and the one descriptor per metric both metric backends are built from
 //! ```
@@ -49,6 +50,8 @@ pub struct Recorder {
     series: SeriesCache,
     /// Every output of a call, in the order they see it.
     sinks: Vec<Arc<dyn CallSink>>,
+    /// The live view's ring (also one of the sinks); `None` with `--recent-calls 0`.
+    pub(crate) live: Option<Arc<crate::live::Live>>,
     tracer: SdkTracer,
 }
 
@@ -83,6 +86,7 @@ impl Recorder {
                     cx.span().span_context().clone()
                 }),
             error_type,
+            attributes: Default::default(),
         };
         for sink in &self.sinks {
             sink.record(&call, &recorded);
@@ -118,6 +122,8 @@ pub struct RecorderOptions {
     pub max_label_length: usize,
     /// `--metric-dimensions`: opt-in attribution labels on the lab's counters.
     pub metric_dimensions: Vec<crate::genai::attribution::Dimension>,
+    /// Calls the live view keeps (`--recent-calls`); 0 turns it off.
+    pub recent_calls: usize,
 }
 
 impl Telemetry {
@@ -147,6 +153,9 @@ impl Telemetry {
         let mut sinks: Vec<Arc<dyn CallSink>> = vec![metrics.clone()];
         sinks.extend(instruments.map(|i| Arc::new(i) as Arc<dyn CallSink>));
         sinks.push(Arc::new(log::LogLine));
+        let live =
+            (opts.recent_calls > 0).then(|| Arc::new(crate::live::Live::new(opts.recent_calls)));
+        sinks.extend(live.clone().map(|l| l as Arc<dyn CallSink>));
         // last: the span ends once every other output has seen the call
         sinks.push(Arc::new(spans::EndSpan));
         let recorder = Recorder {
@@ -154,6 +163,7 @@ impl Telemetry {
             pricing: opts.pricing,
             series,
             sinks,
+            live,
             tracer: providers.tracer(),
         };
         Ok(Telemetry {

@@ -30,6 +30,7 @@ impl Rig {
                 max_label_values: 100,
                 max_label_length: 200,
                 metric_dimensions: Vec::new(),
+                recent_calls: 1000,
             },
             move |_| {
                 Ok(Providers {

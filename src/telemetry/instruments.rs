@@ -277,6 +277,7 @@ mod tests {
                 series: series.series(&call, None),
                 error_type: None,
                 span: SpanContext::empty_context(),
+                attributes: Default::default(),
             };
             i.record(&call, &r);
         }

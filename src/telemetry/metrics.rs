@@ -348,6 +348,7 @@ mod tests {
             series: series.series(call, None),
             error_type: None,
             span: SpanContext::empty_context(),
+            attributes: Default::default(),
         }
     }
 

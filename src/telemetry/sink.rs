@@ -1,13 +1,16 @@
 //! The outputs a finished call goes to.
 //!
 //! Like the OTel SDK's span processors, each output (Prometheus, OTel
-//! instruments, the log line, the span, later the live view) is one
+//! instruments, the log line, the live view, the span) is one
 //! [`CallSink`] registered when telemetry starts and invoked in that order.
 //! What every output needs and is costly to work out (the bounded labels, the
-//! error type, the span context) is computed once, in [`Recorded`].
+//! error type, the span context, the span attributes) is computed once, in
+//! [`Recorded`].
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
+use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
 
 use super::series::Series;
@@ -22,6 +25,10 @@ pub struct Recorded {
     pub error_type: Option<String>,
     /// The call's span context, empty without a trace; ids are formatted only where used.
     pub span: SpanContext,
+    /// The call's span attributes, built at most once, by the first output that
+    /// needs them (`spans::shared_attributes`): the live view reads them, the
+    /// span (the last output) takes them.
+    pub attributes: RefCell<Option<Vec<KeyValue>>>,
 }
 
 /// One output of finished calls. Recording runs on the request path: a few

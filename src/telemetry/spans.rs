@@ -6,6 +6,7 @@
 //! metrics never disagree. Building attributes once at the end also keeps
 //! the request path free of that work.
 
+use std::cell::Ref;
 use std::time::SystemTime;
 
 use http::HeaderMap;
@@ -341,13 +342,20 @@ fn bound_identifiers(a: &mut [KeyValue]) {
     }
 }
 
-/// Sets the call's attributes and status on its span and ends it.
-pub fn finish(cx: &Context, call: &Call, error_type: Option<&str>) {
-    let span = cx.span();
-    if !span.is_recording() {
-        return;
+/// The call's span attributes, built once per call however many outputs
+/// read them (the live view shows them; the span, last, takes them).
+pub fn shared_attributes<'a>(call: &Call, r: &'a Recorded) -> Ref<'a, [KeyValue]> {
+    if r.attributes.borrow().is_none() {
+        let built = attributes(call, r.error_type.as_deref());
+        *r.attributes.borrow_mut() = Some(built);
     }
-    span.set_attributes(attributes(call, error_type));
+    Ref::map(r.attributes.borrow(), |a| a.as_deref().unwrap_or_default())
+}
+
+/// Sets `attributes` and the call's status on its span and ends it.
+fn finish(cx: &Context, attributes: Vec<KeyValue>, error_type: Option<&str>) {
+    let span = cx.span();
+    span.set_attributes(attributes);
     if let Some(e) = error_type {
         span.set_status(Status::error(bounded::cut(e).into_owned()));
     }
@@ -361,8 +369,15 @@ pub struct EndSpan;
 
 impl CallSink for EndSpan {
     fn record(&self, call: &Call, r: &Recorded) {
-        if let Some(cx) = &call.trace {
-            finish(cx, call, r.error_type.as_deref());
+        let Some(cx) = &call.trace else {
+            return;
+        };
+        if !cx.span().is_recording() {
+            return;
         }
+        // built by an earlier output (the live view), or now
+        let taken = r.attributes.borrow_mut().take();
+        let attributes = taken.unwrap_or_else(|| attributes(call, r.error_type.as_deref()));
+        finish(cx, attributes, r.error_type.as_deref());
     }
 }

@@ -13,8 +13,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-/// What the venv holds; `openai[realtime]` 3.57.0 requires websockets < 16.
-pub const REQUIREMENTS: &[&str] = &["openai[realtime]==3.57.0", "websockets==15.0.1"];
+/// What the venv holds; `openai[realtime]` 3.57.0 requires websockets < 16; selenium
+/// drives Debian's chromium for the live view's tests.
+pub const REQUIREMENTS: &[&str] = &[
+    "openai[realtime]==3.57.0",
+    "websockets==15.0.1",
+    "selenium==4.50.0",
+];
 
 /// A lock older than this was left by a killed test run.
 const STALE_LOCK: Duration = Duration::from_secs(15 * 60);

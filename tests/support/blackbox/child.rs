@@ -167,6 +167,18 @@ impl Tokentap {
         }
     }
 
+    /// Waits up to `limit` for the process to exit on its own (after a signal).
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Resident memory now (`VmRSS`), in KiB.
     pub fn rss_kib(&self) -> u64 {
         self.proc_status_kib("VmRSS:")
