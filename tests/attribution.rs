@@ -380,3 +380,21 @@ async fn the_key_appears_in_no_span_log_metric_or_output() {
     assert!(!tt.stderr().contains(KEY), "the key is in the log");
     assert!(!tt.stdout().contains(KEY), "the key is on stdout");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_view_lists_each_calls_project_and_key_id() {
+    let s = Stack::start().await;
+    chat_as(&s.via(), Some("proj_alpha"), KEY).await;
+    chat_as(&s.via(), None, "sk-other").await;
+    let r = send(&s.via(), "GET", "/api/calls", &[], Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    let calls: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    let calls = calls.as_array().expect("array");
+    assert_eq!(calls.len(), 2);
+    // newest first
+    assert_eq!(calls[0]["project"], serde_json::Value::Null);
+    assert_eq!(calls[0]["key_id"], sha256_prefix("sk-other"));
+    assert_eq!(calls[1]["project"], "proj_alpha");
+    assert_eq!(calls[1]["key_id"], sha256_prefix(KEY));
+    assert_eq!(calls[1]["attributes"]["openai.project"], "proj_alpha");
+}
