@@ -210,7 +210,7 @@ fn calls(live: &Live, f: &Filter) -> Response<ResponseBody> {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(&e.json);
+        body.extend_from_slice(&e.json());
     }
     body.push(b']');
     no_store(full_response(
@@ -273,9 +273,10 @@ async fn send(tx: &mpsc::Sender<Bytes>, frame: Bytes, stop: &mut watch::Receiver
 }
 
 fn event(e: &Entry) -> Bytes {
-    let mut b = Vec::with_capacity(e.json.len() + 20);
+    let json = e.json();
+    let mut b = Vec::with_capacity(json.len() + 20);
     b.extend_from_slice(b"event: call\ndata: ");
-    b.extend_from_slice(&e.json);
+    b.extend_from_slice(&json);
     b.extend_from_slice(b"\n\n");
     Bytes::from(b)
 }
