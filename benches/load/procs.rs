@@ -254,6 +254,11 @@ http {{
     scgi_temp_path {d}/scgi;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
+    # WebSocket upgrades pass (benches/realtime); plain requests keep `Connection: ""`
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      '';
+    }}
     upstream mock {{
         server {upstream};
         keepalive 64;
@@ -264,7 +269,8 @@ http {{
         location / {{
             proxy_pass http://mock;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
             proxy_buffering off;
         }}
     }}

@@ -283,6 +283,14 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
                     run: 1,
                 };
                 report.rows.push(via_tokentap(&tokentap, setup, &mock, args.plan).await?);
+                // nginx relaying the same sessions: what any proxy on this core split costs
+                if let Some(nginx) = find_nginx() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let proxy = procs::start_nginx(&nginx, &tmp.path.join("nginx"), mock.addr, server_cpu)?;
+                    report.rows.push(via_proxy("nginx", proxy, &mock, args.plan).await);
+                } else {
+                    eprintln!("realtime: no nginx (apt-get install -y nginx): no nginx row");
+                }
                 Ok::<(), Error>(())
             } => r,
             r = tokio::signal::ctrl_c() => Err(match r {
@@ -370,6 +378,28 @@ async fn direct(mock: &Mock, plan: Plan) -> Row {
     let (out, a, b) = sessions(mock.addr, plan, mock, None).await;
     let mut row = Row::new("direct", &plan, out);
     machine(&mut row, &a, &b);
+    row
+}
+
+/// Debian's nginx, when installed.
+fn find_nginx() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// The sessions through another proxy (nginx's `proxy_pass` with WebSocket upgrades).
+async fn via_proxy(name: &'static str, mut proxy: procs::Proxy, mock: &Mock, plan: Plan) -> Row {
+    let pid = proxy.guard.pid();
+    eprintln!(
+        "realtime: {name}: {} sessions → {} (pid {pid}) → {}",
+        plan.sessions, proxy.addr, mock.addr
+    );
+    let (out, a, b) = sessions(proxy.addr, plan, mock, Some(pid)).await;
+    let mut row = Row::new(name, &plan, out);
+    machine(&mut row, &a, &b);
+    proxy.guard.stop(Duration::from_secs(5));
     row
 }
 

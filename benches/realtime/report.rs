@@ -116,6 +116,8 @@ pub struct Report {
     /// tokentap's per-frame p50 and p99 minus direct's, µs.
     pub added_p50_us: Option<i64>,
     pub added_p99_us: Option<i64>,
+    /// The same for nginx relaying the sessions, when it ran.
+    pub nginx_added_p99_us: Option<i64>,
     /// Every completed session's response counted in `llm_requests_total`.
     pub every_response_metered: Option<bool>,
     pub problems: Vec<String>,
@@ -164,6 +166,7 @@ impl Report {
             rows: Vec::new(),
             added_p50_us: None,
             added_p99_us: None,
+            nginx_added_p99_us: None,
             every_response_metered: None,
             problems: Vec::new(),
         }
@@ -177,6 +180,10 @@ impl Report {
             let (d, v) = (&d.frame_latency, &v.frame_latency);
             self.added_p50_us = Some(i64::from(v.p50_us) - i64::from(d.p50_us));
             self.added_p99_us = Some(i64::from(v.p99_us) - i64::from(d.p99_us));
+        }
+        if let (Some(d), Some(n)) = (row("direct"), row("nginx")) {
+            self.nginx_added_p99_us =
+                Some(i64::from(n.frame_latency.p99_us) - i64::from(d.frame_latency.p99_us));
         }
         if let Some(v) = self.rows.iter().find(|r| r.target == "tokentap") {
             let metered = v.tokentap.as_ref().map(|u| u.llm_requests_total);
@@ -243,6 +250,12 @@ impl Report {
             println!(
                 "added per-frame latency (tokentap − direct): p50 {}, p99 {}",
                 signed_ms(a50),
+                signed_ms(a99)
+            );
+        }
+        if let Some(a99) = self.nginx_added_p99_us {
+            println!(
+                "added per-frame latency (nginx − direct): p99 {}",
                 signed_ms(a99)
             );
         }
