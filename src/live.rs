@@ -30,7 +30,6 @@ use tokio::sync::broadcast;
 
 use crate::call::Call;
 use crate::telemetry::bounded;
-use crate::telemetry::names::attr;
 use crate::telemetry::sink::{CallSink, Recorded};
 use crate::telemetry::spans;
 
@@ -215,12 +214,6 @@ impl CallSink for Live {
         };
         let at = SystemTime::now();
         let attributes = spans::shared_attributes(call, r);
-        let text = |key: &str| {
-            attributes.iter().find_map(|kv| match &kv.value {
-                Value::String(s) if kv.key.as_str() == key => Some(s.as_str().to_owned()),
-                _ => None,
-            })
-        };
         let usage = call.usage();
         let entry = Entry {
             at,
@@ -229,8 +222,9 @@ impl CallSink for Live {
             model_label: r.series.labels.model.clone(),
             provider: call.provider.as_str().to_owned(),
             error: r.error_type.is_some(),
-            project: text(attr::OPENAI_PROJECT),
-            key_id: text(attr::TOKENTAP_KEY_ID),
+            // the same values the span's attributes carry (`spans::attribution`)
+            project: call.who.project.clone(),
+            key_id: call.who.key_id.clone(),
             input_tokens: usage.map(|u| u.input_tokens),
             output_tokens: usage.map(|u| u.output_tokens),
             cost: call.cost,

@@ -11,7 +11,6 @@
 //! other proxies; prints `hyper-floor listening on PORT` and exits when stdin closes.
 
 use std::convert::Infallible;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -44,14 +43,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Runs the floor until stdin closes. Blocks.
 pub fn run(upstream: SocketAddr) -> crate::Result<()> {
-    std::thread::Builder::new()
-        .name("stdin-watch".into())
-        .spawn(|| {
-            let mut sink = [0u8; 64];
-            let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        })?;
+    crate::procs::exit_when_stdin_closes()?;
     // tokentap's runtime: `#[tokio::main]`, one worker per CPU it may run on
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

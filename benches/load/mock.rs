@@ -16,7 +16,7 @@
 //! closes, so it never outlives the harness even if the harness is killed.
 
 use std::convert::Infallible;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,14 +57,7 @@ const WORDS: [&str; 8] = [
 
 /// Runs the mock upstream until stdin closes. Blocks.
 pub fn run(port: u16) -> crate::Result<()> {
-    std::thread::Builder::new()
-        .name("stdin-watch".into())
-        .spawn(|| {
-            let mut sink = [0u8; 64];
-            let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        })?;
+    crate::procs::exit_when_stdin_closes()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

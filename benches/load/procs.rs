@@ -406,6 +406,20 @@ pub fn start_tokentap(bin: &Path, s: &TokentapSetup<'_>) -> crate::Result<Proxy>
     })
 }
 
+/// For a child of the harness: exits the process once stdin closes, so a
+/// child never outlives the harness, however the harness ends.
+pub fn exit_when_stdin_closes() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(|| {
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            std::process::exit(0);
+        })?;
+    Ok(())
+}
+
 /// The line the hyper floor prints once it accepts connections, followed by its port.
 pub const FLOOR_READY: &str = "hyper-floor listening on ";
 

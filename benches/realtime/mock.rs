@@ -20,7 +20,7 @@
 //! It prints `mock-upstream listening on PORT` once ready and exits when its stdin
 //! closes, so it never outlives the harness.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -51,14 +51,7 @@ const WORDS: [&str; 8] = [
 
 /// Runs the mock upstream until stdin closes. Blocks.
 pub fn run(port: u16) -> crate::Result<()> {
-    std::thread::Builder::new()
-        .name("stdin-watch".into())
-        .spawn(|| {
-            let mut sink = [0u8; 64];
-            let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        })?;
+    crate::procs::exit_when_stdin_closes()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -415,7 +415,7 @@ impl RealtimeObserver {
         if let Some(e) = end_error(end) {
             a.push(KeyValue::new(attr::ERROR_TYPE, e));
         }
-        spans::attribution(&mut a, &self.call(None));
+        spans::attribution(&mut a, &self.who, None);
         a
     }
 }

@@ -23,6 +23,7 @@ use super::bounded;
 use super::names::attr;
 use super::sink::{CallSink, Recorded};
 use crate::call::Call;
+use crate::genai::attribution::Attribution;
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
@@ -112,19 +113,18 @@ pub fn start(tracer: &SdkTracer, parent: &Context, call: &Call, start: SystemTim
 
 /// Who made the call (SPEC §11): project, organization, key id, user, the
 /// allow-listed baggage entries, and the agent's conversation.
-pub fn attribution(a: &mut Vec<KeyValue>, call: &Call) {
-    let who = &call.who;
+pub fn attribution(a: &mut Vec<KeyValue>, who: &Attribution, conversation_id: Option<&str>) {
     let fields = [
-        (attr::OPENAI_PROJECT, &who.project),
-        (attr::OPENAI_ORGANIZATION, &who.organization),
-        (attr::TOKENTAP_KEY_ID, &who.key_id),
-        (attr::USER_ID, &who.user),
-        (attr::GEN_AI_CONVERSATION_ID, &call.conversation_id),
+        (attr::OPENAI_PROJECT, who.project.as_deref()),
+        (attr::OPENAI_ORGANIZATION, who.organization.as_deref()),
+        (attr::TOKENTAP_KEY_ID, who.key_id.as_deref()),
+        (attr::USER_ID, who.user.as_deref()),
+        (attr::GEN_AI_CONVERSATION_ID, conversation_id),
     ];
     a.extend(
         fields
             .into_iter()
-            .filter_map(|(k, v)| Some(KeyValue::new(k, v.clone()?))),
+            .filter_map(|(k, v)| Some(KeyValue::new(k, v?.to_owned()))),
     );
     a.extend(
         who.baggage
@@ -276,7 +276,7 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
             a.push(KeyValue::new(attr::TOKENTAP_USAGE_INJECTED, true));
         }
     }
-    attribution(&mut a, call);
+    attribution(&mut a, &call.who, call.conversation_id.as_deref());
     a.push(KeyValue::new(
         attr::SERVER_ADDRESS,
         call.server_address.clone(),
