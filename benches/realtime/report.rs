@@ -71,6 +71,10 @@ pub struct Row {
     /// Events stamped after they arrived (a clock step), counted as 0 µs.
     pub negative_latencies: usize,
     pub frame_latency: Summary,
+    /// The same, of the deltas only (each response's events but its first and last).
+    pub delta_latency: Summary,
+    /// The same, of each response's last event (`response.done`).
+    pub done_latency: Summary,
     /// Connect to `101` received (handshakes are not what is compared).
     pub upgrade: Summary,
     pub response_phase_s: f64,
@@ -84,7 +88,21 @@ pub struct Row {
 
 impl Row {
     pub fn new(target: &'static str, plan: &Plan, out: Outcome) -> Row {
+        // each completed session's events are consecutive, in order
+        let per = plan.frames_per_response();
+        let at = |keep: &dyn Fn(usize) -> bool| -> Vec<u32> {
+            out.frame_us
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| keep(i % per))
+                .map(|(_, us)| *us)
+                .collect()
+        };
+        let delta_latency = Summary::of(at(&|i| i > 0 && i + 1 < per));
+        let done_latency = Summary::of(at(&|i| i + 1 == per));
         Row {
+            delta_latency,
+            done_latency,
             target,
             sessions: plan.sessions,
             opened: out.opened,
@@ -211,9 +229,11 @@ impl Report {
         );
         println!();
         println!(
-            "| path | sessions completed | frames | p50 | p99 | p99.9 | max | upgrade p99 | tokentap CPU: run (responses) | tokentap peak RSS | mock CPU | core0 / core1 busy |"
+            "| path | sessions completed | frames | p50 | p99 | p99.9 | max | p99 of deltas | p99 of response.done | upgrade p99 | tokentap CPU: run (responses) | tokentap peak RSS | mock CPU | core0 / core1 busy |"
         );
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        println!(
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
         for r in &self.rows {
             let l = &r.frame_latency;
             let (cpu, rss) =
@@ -231,7 +251,7 @@ impl Report {
                 .map(|b| format!("{b:.0} %"))
                 .collect();
             println!(
-                "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {cpu} | {rss} | {:.2} s | {} |",
+                "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {cpu} | {rss} | {:.2} s | {} |",
                 r.target,
                 r.completed,
                 r.sessions,
@@ -240,6 +260,8 @@ impl Report {
                 ms(l.p99_us),
                 ms(l.p999_us),
                 ms(l.max_us),
+                ms(r.delta_latency.p99_us),
+                ms(r.done_latency.p99_us),
                 ms(r.upgrade.p99_us),
                 r.mock_cpu_s,
                 busy.join(" / "),

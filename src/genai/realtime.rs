@@ -10,6 +10,9 @@
 //! beta and the GA event names are read (they differ only in deltas, which
 //! matter here only as "output arrived"). Pure: no I/O.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::de::MapAccess;
 
 use super::lenient::{Flaws, FromJson, Lenient, Str, members, object_from_slice};
@@ -52,6 +55,13 @@ impl Event {
     /// Reads one text message of the server. An error only when the text is
     /// not a JSON object.
     pub fn parse(text: &[u8]) -> Result<Event, serde_json::Error> {
+        match Event::by_type_alone(text) {
+            Some(e) => Ok(e),
+            None => Event::read_fully(text),
+        }
+    }
+
+    fn read_fully(text: &[u8]) -> Result<Event, serde_json::Error> {
         let raw: RawEvent<'_> = object_from_slice(text)?;
         let Some(kind) = raw.kind.get() else {
             return Ok(Event::Other);
@@ -82,6 +92,61 @@ impl Event {
             _ => Event::Other,
         })
     }
+}
+
+impl Event {
+    /// Nearly every event of a session (the deltas above all) says nothing but
+    /// its `type`. When that member leads the object (after at most a few other
+    /// plain strings, such as `event_id`), it is read where it stands and the
+    /// rest is only checked to be JSON, not read. `None` for the few events
+    /// with facts and for anything unusual (escapes, a second `type`, another
+    /// layout): the full read then decides, so both agree on every input.
+    fn by_type_alone(text: &[u8]) -> Option<Event> {
+        const KEY: &[u8] = b"\"type\"";
+        let mut rest = json_ws(text).strip_prefix(b"{")?;
+        let kind = 'found: {
+            for _ in 0..4 {
+                let (key, after) = plain_string(json_ws(rest))?;
+                let after = json_ws(after).strip_prefix(b":")?;
+                let (value, after) = plain_string(json_ws(after))?;
+                if key == b"type" {
+                    rest = after;
+                    break 'found value;
+                }
+                rest = json_ws(after).strip_prefix(b",")?;
+            }
+            return None;
+        };
+        let event = match kind {
+            b"session.created" | b"session.updated" | b"response.done" | b"error" => return None,
+            b"response.created" => Event::ResponseCreated,
+            k if k.starts_with(b"response.") && k.ends_with(b".delta") => Event::OutputDelta,
+            _ => Event::Other,
+        };
+        // a later `type` would win over this one (the last key does)
+        static LATER_TYPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(KEY));
+        if LATER_TYPE.find(rest).is_some() {
+            return None;
+        }
+        serde_json::from_slice::<&serde_json::value::RawValue>(text).ok()?;
+        Some(event)
+    }
+}
+
+/// `bytes` after JSON's insignificant whitespace.
+fn json_ws(bytes: &[u8]) -> &[u8] {
+    let n = bytes
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .count();
+    &bytes[n..]
+}
+
+/// A JSON string without escapes at the start of `bytes`: its content and what follows.
+fn plain_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let body = bytes.strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', body)?;
+    (body[end] == b'"').then(|| (&body[..end], &body[end + 1..]))
 }
 
 /// Adds `more` to `sum`: counts add up, a detail is known once any turn gave it.
@@ -242,6 +307,49 @@ mod tests {
 
     fn parse(s: &str) -> Event {
         Event::parse(s.as_bytes()).expect("an object")
+    }
+
+    #[test]
+    fn the_light_read_agrees_with_the_full_one_on_every_input() {
+        let texts = [
+            r#"{"type":"response.output_text.delta","event_id":"e","delta":"Hi \u00e9"}"#,
+            r#" { "event_id" : "e" ,"type":"response.output_audio.delta","delta":"AAA="}"#,
+            r#"{"delta":"x","type":"response.output_audio.delta"}"#,
+            r#"{"type":"response.output_text.delta","x":{"type":"response.done"}}"#,
+            r#"{"type":"response.output_text.delta","delta":"\u0000"}"#,
+            r#"{"type":"response.output_text.delta","delta":"a
+b"}"#,
+            r#"{"type":"response.output_text.delta"} x"#,
+            r#"{"type":"resp\u006fnse.output_text.delta"}"#,
+            r#"{"type":"response.created","response":{"id":"r"}}"#,
+            r#"{"type":"response.done","response":{"id":"r","usage":{"total_tokens":3}}}"#,
+            r#"{"type":"session.created","session":{"model":"m"}}"#,
+            r#"{"type":"error","error":{"type":"invalid_request_error"}}"#,
+            r#"{"type":"rate_limits.updated","rate_limits":[]}"#,
+            r#"{"type":null}"#,
+            r#"{"type":5,"delta":"x"}"#,
+            r#"{"type":"a.delta","type":"response.done"}"#,
+            r#"{"type":"response.\u0064one","response":{"id":"r"}}"#,
+            r#"{}"#,
+            r#"["response.output_text.delta"]"#,
+            r#""response.output_text.delta""#,
+            r#"{"type":"response.output_text.delta","delta":"x""#,
+            "{not json",
+            "",
+            "\u{c}{\"type\":\"response.created\"}",
+        ];
+        for t in texts {
+            let light = Event::by_type_alone(t.as_bytes());
+            let full = Event::read_fully(t.as_bytes()).ok();
+            if let Some(l) = &light {
+                assert_eq!(Some(l), full.as_ref(), "{t}");
+            }
+            assert_eq!(Event::parse(t.as_bytes()).ok(), full, "{t}");
+        }
+        // the usual deltas never take the full read
+        for t in &texts[..2] {
+            assert_eq!(Event::by_type_alone(t.as_bytes()), Some(Event::OutputDelta));
+        }
     }
 
     #[test]

@@ -140,29 +140,38 @@ async fn pump<R, W>(
     let mut buf = vec![0u8; COPY_BUF];
     let mut frames = Frames::default();
     let ended: io::Result<End> = async {
+        // made once, not per frame: each would register a waiter anew
+        let halt = stopped(&mut stop);
+        tokio::pin!(halt);
+        let lingered = linger(&mut other_ended);
+        tokio::pin!(lingered);
         loop {
             let n = tokio::select! {
                 biased;
-                () = stopped(&mut stop) => return Ok(End::Stopped),
+                () = &mut halt => return Ok(End::Stopped),
                 n = from.read(&mut buf) => n?,
-                () = linger(&mut other_ended) => return Ok(End::Eof),
+                () = &mut lingered => return Ok(End::Eof),
             };
             if n == 0 {
                 return Ok(End::Eof);
             }
             let write = to.write_all(&buf[..n]);
             tokio::pin!(write);
-            tokio::select! {
+            let halted = tokio::select! {
                 biased;
-                w = &mut write => w?,
+                w = &mut write => w.map(|()| false)?,
                 // bytes read are always written; a peer that stopped reading gets a
                 // moment, then no close frame (none can follow a partial write)
-                () = stopped(&mut stop) => tokio::time::timeout(FINISH_FRAME_DEADLINE, write)
+                () = &mut halt => tokio::time::timeout(FINISH_FRAME_DEADLINE, write)
                     .await
-                    .map_err(|_| io::Error::other("peer not reading at shutdown"))??,
-            }
+                    .map_err(|_| io::Error::other("peer not reading at shutdown"))?
+                    .map(|()| true)?,
+            };
             frames.feed(&buf[..n]);
             see(way, &buf[..n]);
+            if halted {
+                return Ok(End::Stopped);
+            }
         }
     }
     .await;
