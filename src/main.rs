@@ -5,6 +5,13 @@
 
 use std::process::ExitCode;
 
+/// A call makes hundreds of small, short-lived allocations (span attributes,
+/// their OTLP encoding, the live view's entries); under glibc's allocator they
+/// were a third of a call's instructions, and a full ring fragmented its heap
+/// (docs/benchmarks.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use tokentap::app::{self, StartError};
 use tokentap::config::{Cli, Config, LogFormat, RouteSpec};

@@ -69,9 +69,11 @@ pub(crate) async fn serve(
     stop: watch::Receiver<bool>,
     options: ServeOptions,
 ) {
+    // Boxed where it starts: hyper and the limits layer move a service's future
+    // several times, and an unboxed one is as large as its largest path.
     let svc = service_fn(move |req| {
         let server = server.clone();
-        async move { Ok::<_, std::convert::Infallible>(server.route(req).await) }
+        Box::pin(async move { Ok::<_, std::convert::Infallible>(server.route(req).await) })
     });
     listener::serve(
         listener,
@@ -91,12 +93,15 @@ impl Server {
             }
             Target::Metrics => self.metrics_page(&req),
             Target::Agent(_) if !self.access.permits(req.headers()) => access::unauthorized(),
+            // each path's future on the heap: `route`'s own stays small
             Target::Agent(route) => match &self.agent {
-                Some(agent) => agent.handle(route, &self.proxy, &self.recorder, req).await,
-                None => self.proxy.forward(req).await,
+                Some(agent) => {
+                    Box::pin(agent.handle(route, &self.proxy, &self.recorder, req)).await
+                }
+                None => Box::pin(self.proxy.forward(req)).await,
             },
             Target::Live(route) => self.live.handle(route, &req, &self.access),
-            Target::Proxy => self.proxy.forward(req).await,
+            Target::Proxy => Box::pin(self.proxy.forward(req)).await,
         }
     }
 
