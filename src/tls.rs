@@ -150,6 +150,52 @@ pub(crate) fn client_config(
     Ok(config)
 }
 
+/// Stands in for "no client certificate" and remembers when an upstream
+/// last asked for one. Under TLS 1.3 a server refuses a client without a
+/// certificate only after the handshake; when its alert closes the connection
+/// before hyper has sent the request, the request fails as a connection that
+/// was "not ready", with no TLS error left to name. This is how that failure
+/// still gets its cause (see `proxy::send`).
+#[derive(Debug, Default)]
+pub(crate) struct UnansweredCertRequests {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl UnansweredCertRequests {
+    /// Whether an upstream asked for a client certificate within `window`.
+    pub(crate) fn within(&self, window: std::time::Duration) -> bool {
+        self.last
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .is_some_and(|t| t.elapsed() <= window)
+    }
+}
+
+impl rustls::client::ResolvesClientCert for UnansweredCertRequests {
+    fn resolve(
+        &self,
+        _issuers: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(std::time::Instant::now());
+        }
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+/// What [`describe_failure`] says when the upstream wants a client certificate.
+pub(crate) fn certificate_required() -> String {
+    explain(&rustls::Error::AlertReceived(
+        rustls::AlertDescription::CertificateRequired,
+    ))
+}
+
 /// Why a TLS connection failed, in words an operator can act on, when `err`
 /// (or one of its sources) is a rustls error.
 pub(crate) fn describe_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {

@@ -32,6 +32,8 @@ type Connector = hyper_rustls::HttpsConnector<egress::Egress>;
 pub(crate) struct Client {
     inner: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
     proxies: Option<Arc<Matcher>>,
+    /// Without a client certificate: when an upstream last asked for one.
+    cert_asked: Option<Arc<tls::UnansweredCertRequests>>,
 }
 
 impl Client {
@@ -48,6 +50,12 @@ impl Client {
             }
         }
         self.inner.request(req)
+    }
+
+    /// True when an upstream asked for a client certificate in the last
+    /// `window` and none is configured.
+    pub(crate) fn client_cert_wanted(&self, window: Duration) -> bool {
+        self.cert_asked.as_ref().is_some_and(|a| a.within(window))
     }
 }
 
@@ -124,7 +132,12 @@ fn build(
     let mut ca = opts.ca.clone();
     ca.extend(extra_ca.iter().cloned());
     // ALPN (h2, http/1.1) is set by the connector builder below
-    let tls = tls::client_config(&ca, opts.identity.as_ref(), Vec::new())?;
+    let mut tls = tls::client_config(&ca, opts.identity.as_ref(), Vec::new())?;
+    let cert_asked = opts.identity.is_none().then(|| {
+        let asked = Arc::new(tls::UnansweredCertRequests::default());
+        tls.client_auth_cert_resolver = asked.clone();
+        asked
+    });
     let egress = egress::Egress {
         http,
         proxies: opts.proxies.clone(),
@@ -155,5 +168,6 @@ fn build(
     Ok(Client {
         inner,
         proxies: opts.proxies.clone(),
+        cert_asked,
     })
 }

@@ -34,6 +34,9 @@ pub(super) async fn send_on(
         Err(_) => Err(ProxyError::Timeout(format!(
             "no response within {read_timeout:?} (--read-timeout)"
         ))),
+        Ok(Err(e)) if canceled(&e) && client.client_cert_wanted(CERT_REFUSAL_WINDOW) => {
+            Err(ProxyError::UpstreamTls(crate::tls::certificate_required()))
+        }
         Ok(Err(e)) => Err(classify(&e)),
         Ok(Ok(r)) if head_len(&r) > MAX_RESPONSE_HEAD => Err(ProxyError::UpstreamHeaderTooLarge {
             limit: MAX_RESPONSE_HEAD,
@@ -73,6 +76,24 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     } else {
         ProxyError::UpstreamFailed(msg)
     }
+}
+
+/// How recently an upstream must have asked for the client certificate tokentap
+/// lacks for a connection closed before use to be blamed on that refusal.
+const CERT_REFUSAL_WINDOW: Duration = Duration::from_secs(2);
+
+/// True when the request was never sent: its new connection closed first.
+fn canceled(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// True when hyper refused the upstream's response head for its size.
