@@ -114,8 +114,26 @@ fn banner(running: &app::Running, demo: bool, routes: &[RouteSpec], live: LiveVi
     println!("  curl -s {url}/metrics | grep llm_");
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match std::thread::available_parallelism().map(std::num::NonZero::get) {
+        // one core: a current-thread runtime, without a worker's hand-offs and wake-ups
+        Ok(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(async_main()),
+        Err(e) => {
+            eprintln!("tokentap: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn async_main() -> ExitCode {
     // `tokentap key-id`: the one subcommand, before flags (it takes none)
     if std::env::args_os().nth(1).is_some_and(|a| a == "key-id") {
         return key_id();

@@ -138,7 +138,27 @@ fn help_lists_every_flag_with_its_env_var() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_the_stream_finish_then_exits_zero() {
-    let mut child = tokentap()
+    sigterm_during_a_stream(tokentap()).await;
+}
+
+/// On one core tokentap runs a current-thread runtime (src/main.rs): the same
+/// stream, signal and flush must work there, where nothing else can run the
+/// tasks the shutdown waits for.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_one_core_sigterm_lets_the_stream_finish_then_exits_zero() {
+    let mut c = Command::new("taskset");
+    c.args(["-c", "0", env!("CARGO_BIN_EXE_tokentap")]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TOKENTAP_") || k.starts_with("OTEL_") {
+            c.env_remove(k);
+        }
+    }
+    c.current_dir(std::env::temp_dir());
+    sigterm_during_a_stream(c).await;
+}
+
+async fn sigterm_during_a_stream(mut cmd: Command) {
+    let mut child = cmd
         .args([
             "--demo",
             "--listen",
