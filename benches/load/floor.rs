@@ -44,10 +44,15 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Runs the floor until stdin closes. Blocks.
 pub fn run(upstream: SocketAddr) -> crate::Result<()> {
     crate::procs::exit_when_stdin_closes()?;
-    // tokentap's runtime: `#[tokio::main]`, one worker per CPU it may run on
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // tokentap's runtime (src/main.rs): current-thread on one core, else one worker per CPU
+    let rt = match std::thread::available_parallelism().map(std::num::NonZero::get) {
+        Ok(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     rt.block_on(serve(upstream))
 }
 
