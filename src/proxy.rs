@@ -90,6 +90,20 @@ pub fn full_response(
     r
 }
 
+/// A `text/event-stream` response whose events a task sends on `rx` as they
+/// are produced (local streams: the agent's chat, the live view's calls).
+pub fn event_stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
+    let body = crate::listener::ChannelBody::new(rx)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
 /// The client's path and query (`/` when the request has none).
 fn path_and_query(parts: &http::request::Parts) -> &str {
     parts.uri.path_and_query().map_or("/", |pq| pq.as_str())

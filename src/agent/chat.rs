@@ -27,8 +27,7 @@ use crate::genai::request::Operation;
 use crate::genai::response::ResponseFacts;
 use crate::genai::sse::SseDecoder;
 use crate::genai::stream::StreamAccumulator;
-use crate::listener::ChannelBody;
-use crate::proxy::{Proxy, ResponseBody, Timing};
+use crate::proxy::{Proxy, ResponseBody, Timing, event_stream_response};
 use crate::telemetry::{Recorder, bounded};
 
 #[derive(Deserialize)]
@@ -402,14 +401,7 @@ impl Agent {
                 .await;
             server_cx.span().end();
         });
-        let body = ChannelBody::new(rx)
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        let mut r = Response::new(body);
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
+        let mut r = event_stream_response(rx);
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         r

@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -21,8 +20,7 @@ use super::summary::{Window, summarize};
 use super::{Entry, Live};
 use crate::access::{self, Access};
 use crate::genai::query;
-use crate::listener::ChannelBody;
-use crate::proxy::{ResponseBody, full_response};
+use crate::proxy::{ResponseBody, event_stream_response, full_response};
 
 const PAGE: &str = include_str!("../../assets/ui/index.html");
 const SCRIPT: &str = include_str!("../../assets/ui/app.js");
@@ -253,15 +251,7 @@ fn stream(
             }
         }
     });
-    let body = ChannelBody::new(rx)
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut r = Response::new(body);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    no_store(r)
+    no_store(event_stream_response(rx))
 }
 
 /// Queues `frame` for the client; false once it left or tokentap is stopping.

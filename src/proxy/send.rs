@@ -34,10 +34,7 @@ pub(super) async fn send_on(
         Err(_) => Err(ProxyError::Timeout(format!(
             "no response within {read_timeout:?} (--read-timeout)"
         ))),
-        Ok(Err(e)) if canceled(&e) && client.client_cert_wanted(CERT_REFUSAL_WINDOW) => {
-            Err(ProxyError::UpstreamTls(crate::tls::certificate_required()))
-        }
-        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Err(e)) => Err(classify(&e, client)),
         Ok(Ok(r)) if head_len(&r) > MAX_RESPONSE_HEAD => Err(ProxyError::UpstreamHeaderTooLarge {
             limit: MAX_RESPONSE_HEAD,
         }),
@@ -58,14 +55,19 @@ fn head_len<B>(r: &Response<B>) -> usize {
         + 2
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+fn classify(e: &hyper_util::client::legacy::Error, client: &Client) -> ProxyError {
     let msg = chain(e);
     if let Some(p) = crate::upstream::proxy_failure(e) {
         // the proxy's own failure, named; a TLS failure behind a working tunnel is the upstream's
         ProxyError::EgressProxy(chain(p))
     } else if let Some(tls) = crate::tls::describe_failure(e) {
         ProxyError::UpstreamTls(tls)
-    } else if head_too_large(e) {
+    } else if any_source(e, |h: &hyper::Error| h.is_canceled())
+        && client.client_cert_wanted(CERT_REFUSAL_WINDOW)
+    {
+        // TLS 1.3: the refusal closed the new connection before the request went out
+        ProxyError::UpstreamTls(crate::tls::certificate_required())
+    } else if any_source(e, hyper::Error::is_parse_too_large) {
         ProxyError::UpstreamHeaderTooLarge {
             limit: MAX_RESPONSE_HEAD,
         }
@@ -82,42 +84,23 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
 /// lacks for a connection closed before use to be blamed on that refusal.
 const CERT_REFUSAL_WINDOW: Duration = Duration::from_secs(2);
 
-/// True when the request was never sent: its new connection closed first.
-fn canceled(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_canceled)
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
-/// True when hyper refused the upstream's response head for its size.
-fn head_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_parse_too_large)
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
 /// True when an I/O error of kind `TimedOut` is among `err`'s sources (the
 /// connector reports its connect timeout that way).
 fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    any_source(err, |io: &std::io::Error| {
+        io.kind() == std::io::ErrorKind::TimedOut
+    })
+}
+
+/// True when `err` or one of its sources is an `E` that `is` accepts: a
+/// failure is found by its type, never by its wording.
+fn any_source<E: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + 'static),
+    is: impl Fn(&E) -> bool,
+) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
+        if e.downcast_ref::<E>().is_some_and(&is) {
             return true;
         }
         cur = e.source();
