@@ -4,11 +4,19 @@
 //! [`super::names::metric`] as its Prometheus family, and records the same
 //! bounded labels (as attributes built once per series), so a collector's
 //! view and `/metrics` show the same series.
+//!
+//! Each series binds its instruments to its attributes on first use (the
+//! SDK's bound instruments). An unbound measurement sorts and SipHashes its
+//! attribute set to find its aggregator, ~1.5k instructions each; a Realtime
+//! turn records one chunk gap per delta, so that lookup was most of a turn's
+//! metering (issue 14). A bound one goes straight to its aggregator.
 
 use std::sync::OnceLock;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableCounter};
+use opentelemetry::metrics::{
+    BoundCounter, BoundHistogram, Counter, Histogram, Meter, ObservableCounter,
+};
 
 use super::names::{Metric, attr, kind, label, metric, signal, value};
 use super::otel::DropCounters;
@@ -81,6 +89,22 @@ impl Attributes {
     }
 }
 
+/// A series' instruments, each bound to its attributes when first recorded
+/// (binding early would export empty series for instruments it never uses).
+#[derive(Debug, Clone, Default)]
+struct Bound {
+    attributes: OnceLock<Attributes>,
+    requests: OnceLock<BoundCounter<u64>>,
+    duration: OnceLock<BoundHistogram<f64>>,
+    op_duration: OnceLock<BoundHistogram<f64>>,
+    tokens: [OnceLock<BoundCounter<u64>>; 3],
+    token_usage: [OnceLock<BoundHistogram<u64>>; 2],
+    cost: OnceLock<BoundCounter<f64>>,
+    unpriced: OnceLock<BoundCounter<u64>>,
+    ttfc: OnceLock<BoundHistogram<f64>>,
+    per_chunk: OnceLock<BoundHistogram<f64>>,
+}
+
 /// `def`'s counter: `$new` is the meter's builder for its value type.
 macro_rules! counter {
     ($meter:ident . $new:ident, $def:expr) => {{
@@ -131,8 +155,8 @@ pub struct Instruments {
     overhead: Histogram<f64>,
     /// Reports `tokentap_telemetry_dropped_total` at each collection.
     _dropped: ObservableCounter<u64>,
-    /// Each series' attributes.
-    slot: Slot<OnceLock<Attributes>>,
+    /// Each series' bound instruments.
+    slot: Slot<Bound>,
 }
 
 impl Instruments {
@@ -181,32 +205,48 @@ impl CallSink for Instruments {
                 .add(1, &[KeyValue::new(label::REASON, f.label())]);
         }
         let Some(op) = call.operation else { return };
-        let slot = r.series.slot(&self.slot);
-        let a = slot.get_or_init(|| Attributes::new(op, &r.series.labels));
+        let b = r.series.slot(&self.slot);
+        let a = b
+            .attributes
+            .get_or_init(|| Attributes::new(op, &r.series.labels));
         let secs = call.duration.as_secs_f64();
-        self.requests.add(1, &a.counted);
-        self.duration.record(secs, &a.lab);
-        self.op_duration.record(secs, &a.with_error);
+        b.requests
+            .get_or_init(|| self.requests.bind(&a.counted))
+            .add(1);
+        b.duration
+            .get_or_init(|| self.duration.bind(&a.lab))
+            .record(secs);
+        b.op_duration
+            .get_or_init(|| self.op_duration.bind(&a.with_error))
+            .record(secs);
         if let Some(u) = call.usage() {
             let counts = [u.input_tokens, u.output_tokens, u.total_tokens];
-            for (attrs, n) in a.tokens.iter().zip(counts) {
-                self.tokens.add(n, attrs);
+            for ((cell, attrs), n) in b.tokens.iter().zip(&a.tokens).zip(counts) {
+                cell.get_or_init(|| self.tokens.bind(attrs)).add(n);
             }
-            for (attrs, n) in a.token_usage.iter().zip(counts) {
-                self.token_usage.record(n, attrs);
+            for ((cell, attrs), n) in b.token_usage.iter().zip(&a.token_usage).zip(counts) {
+                cell.get_or_init(|| self.token_usage.bind(attrs)).record(n);
             }
             match call.cost {
-                Some(c) => self.cost.add(c, &a.counted),
+                Some(c) => b.cost.get_or_init(|| self.cost.bind(&a.counted)).add(c),
                 // `model` alone (the first of the lab's labels)
-                None => self.unpriced.add(1, &a.lab[..1]),
+                None => b
+                    .unpriced
+                    .get_or_init(|| self.unpriced.bind(&a.lab[..1]))
+                    .add(1),
             }
         }
         if call.streamed {
             if let Some(t) = call.time_to_first_chunk {
-                self.ttfc.record(t.as_secs_f64(), &a.genai);
+                b.ttfc
+                    .get_or_init(|| self.ttfc.bind(&a.genai))
+                    .record(t.as_secs_f64());
             }
-            for g in &call.chunk_gaps {
-                self.per_chunk.record(f64::from(*g), &a.genai);
+            if !call.chunk_gaps.is_empty() {
+                let h = b.per_chunk.get_or_init(|| self.per_chunk.bind(&a.genai));
+                for g in &call.chunk_gaps {
+                    h.record(f64::from(*g));
+                }
             }
         }
     }
@@ -322,5 +362,105 @@ mod tests {
             seen.len(),
             metric::COUNTERS.len() + metric::HISTOGRAMS.len()
         );
+    }
+
+    /// The points of metric `name`: (attributes, count or sum) per series.
+    fn points(exporter: &InMemoryMetricExporter, name: &str) -> Vec<(Vec<KeyValue>, f64)> {
+        let mut out = Vec::new();
+        for rm in exporter.get_finished_metrics().expect("metrics") {
+            for sm in rm.scope_metrics() {
+                for m in sm.metrics().filter(|m| m.name() == name) {
+                    let attrs = |a: &mut dyn Iterator<Item = &KeyValue>| {
+                        let mut v: Vec<KeyValue> = a.cloned().collect();
+                        v.sort_by(|x, y| x.key.as_str().cmp(y.key.as_str()));
+                        v
+                    };
+                    match m.data() {
+                        AggregatedMetrics::U64(MetricData::Sum(d)) => out.extend(
+                            d.data_points()
+                                .map(|p| (attrs(&mut p.attributes()), p.value() as f64)),
+                        ),
+                        AggregatedMetrics::F64(MetricData::Histogram(d)) => out.extend(
+                            d.data_points()
+                                .map(|p| (attrs(&mut p.attributes()), p.count() as f64)),
+                        ),
+                        other => panic!("{name}: unexpected {other:?}"),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_series_records_every_measurement_and_exports_only_what_it_used() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let mut series = SeriesCache::new(100, 1024);
+        let drops = DropCounters {
+            traces: Default::default(),
+            metrics: Default::default(),
+            logs: Default::default(),
+        };
+        let i = Instruments::new(&provider.meter("test"), &drops, &mut series);
+        let record = |call: &Call| {
+            let r = Recorded {
+                series: series.series(call, None),
+                error_type: None,
+                span: SpanContext::empty_context(),
+                attributes: Default::default(),
+            };
+            i.record(call, &r);
+        };
+        // two plain calls of one series, then three streamed turns of another
+        let plain = chat("gpt-4o");
+        record(&plain);
+        record(&plain);
+        let mut streamed = chat("gpt-realtime");
+        streamed.streamed = true;
+        streamed.time_to_first_chunk = Some(std::time::Duration::from_millis(30));
+        for gaps in [vec![0.02, 0.03], vec![0.01], vec![0.5, 0.4, 0.3]] {
+            streamed.chunk_gaps = gaps;
+            record(&streamed);
+        }
+        provider.force_flush().expect("flush");
+
+        let model = |p: &(Vec<KeyValue>, f64)| {
+            p.0.iter()
+                .find(|kv| kv.key.as_str() == label::MODEL)
+                .map(|kv| kv.value.to_string())
+        };
+        let mut requests: Vec<(Option<String>, f64)> = points(&exporter, metric::LLM_REQUESTS.otel)
+            .iter()
+            .map(|p| (model(p), p.1))
+            .collect();
+        requests.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            requests,
+            vec![
+                (Some("gpt-4o".to_owned()), 2.0),
+                (Some("gpt-realtime".to_owned()), 3.0)
+            ]
+        );
+        let request_model = |p: &(Vec<KeyValue>, f64)| {
+            p.0.iter()
+                .find(|kv| kv.key.as_str() == attr::GEN_AI_REQUEST_MODEL)
+                .map(|kv| kv.value.to_string())
+        };
+        // one gap per delta, all turns summed, on the streamed series only
+        let per_chunk = points(&exporter, metric::GEN_AI_TIME_PER_OUTPUT_CHUNK.otel);
+        assert_eq!(per_chunk.len(), 1, "{per_chunk:?}");
+        assert_eq!(
+            request_model(&per_chunk[0]).as_deref(),
+            Some("gpt-realtime")
+        );
+        assert_eq!(per_chunk[0].1, 6.0);
+        let ttfc = points(&exporter, metric::GEN_AI_TIME_TO_FIRST_CHUNK.otel);
+        assert_eq!(ttfc.len(), 1, "{ttfc:?}");
+        assert_eq!(ttfc[0].1, 3.0);
+        // no usage on either series: no token series was bound, none is exported
+        assert!(points(&exporter, metric::LLM_TOKENS_USED.otel).is_empty());
     }
 }
