@@ -20,3 +20,4 @@ pub mod request;
 pub mod response;
 pub mod sse;
 pub mod stream;
+pub mod wellformed;
