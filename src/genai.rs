@@ -6,6 +6,7 @@
 
 pub mod attribution;
 pub mod azure;
+pub mod chunk_head;
 pub mod content;
 pub mod decode;
 pub mod details;
@@ -18,6 +19,7 @@ pub mod query;
 pub mod realtime;
 pub mod request;
 pub mod response;
+pub mod scan;
 pub mod sse;
 pub mod stream;
 pub mod wellformed;

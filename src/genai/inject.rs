@@ -8,119 +8,9 @@
 //! re-serialised, so key order, spacing and number formats stay the
 //! upstream's.
 
+use super::scan::{Member, find_member, find_member_after, skip_ws};
 use super::sse::SseEvent;
 use super::stream::EventInfo;
-
-/// Byte positions of one top-level member of a JSON object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Member {
-    /// End of the previous member's value (where its comma starts), if any.
-    prev_end: Option<usize>,
-    key_start: usize,
-    value_start: usize,
-    value_end: usize,
-    /// Start of the next member's key, if any.
-    next_key: Option<usize>,
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
-        i += 1;
-    }
-    i
-}
-
-/// `b[i]` is `"`; returns the index just past the closing quote.
-fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
-    i += 1;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i + 1),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => skip_string(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            while j < b.len() {
-                match b[j] {
-                    b'"' => {
-                        j = skip_string(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-            None
-        }
-        _ => {
-            let mut j = i;
-            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-            {
-                j += 1;
-            }
-            (j > i).then_some(j)
-        }
-    }
-}
-
-/// Finds the top-level member `key` of the object starting at `b[open]` (`{`):
-/// its last occurrence (the one JSON parsers keep) and how often it occurs.
-fn find_member(b: &[u8], open: usize, key: &[u8]) -> Option<(Member, usize)> {
-    if b.get(open) != Some(&b'{') {
-        return None;
-    }
-    let mut i = skip_ws(b, open + 1);
-    let mut prev_end = None;
-    let mut found: Option<Member> = None;
-    let mut count = 0;
-    while *b.get(i)? == b'"' {
-        let key_start = i;
-        let key_end = skip_string(b, i)?;
-        if let Some(m) = found.as_mut().filter(|m| m.next_key.is_none()) {
-            m.next_key = Some(key_start);
-        }
-        i = skip_ws(b, key_end);
-        if *b.get(i)? != b':' {
-            return None;
-        }
-        let value_start = skip_ws(b, i + 1);
-        let value_end = skip_value(b, value_start)?;
-        if &b[key_start + 1..key_end - 1] == key {
-            found = Some(Member {
-                prev_end,
-                key_start,
-                value_start,
-                value_end,
-                next_key: None,
-            });
-            count += 1;
-        }
-        prev_end = Some(value_end);
-        i = skip_ws(b, value_end);
-        match *b.get(i)? {
-            b',' => i = skip_ws(b, i + 1),
-            b'}' => return found.map(|m| (m, count)),
-            _ => return None,
-        }
-    }
-    None
-}
 
 /// The span to cut to remove `m` and one adjacent comma.
 fn removal_span(m: &Member) -> (usize, usize) {
@@ -185,10 +75,17 @@ fn insert_first(b: &[u8], open: usize, member: &[u8], out: &mut Vec<u8>) {
 /// Removes a top-level `"usage":null` member from a chunk's JSON text.
 /// Appends the edited bytes to `out`; returns false (and appends nothing) when
 /// there is nothing to remove.
-fn strip_usage_null(json: &[u8], out: &mut Vec<u8>) -> bool {
-    let open = skip_ws(json, 0);
+///
+/// `head`: how many leading bytes are a chunk head already read
+/// ([`super::chunk_head`]), which holds no `usage`; the scan starts after it.
+fn strip_usage_null(json: &[u8], head: usize, out: &mut Vec<u8>) -> bool {
+    let found = if head > 0 && head < json.len() {
+        find_member_after(json, head, b"usage")
+    } else {
+        find_member(json, skip_ws(json, 0), b"usage")
+    };
     // a repeated `usage` is not what injection adds: leave such a chunk alone
-    let Some((m, 1)) = find_member(json, open, b"usage") else {
+    let Some((m, 1)) = found else {
         return false;
     };
     if &json[m.value_start..m.value_end] != b"null" {
@@ -279,7 +176,7 @@ impl UsageStripper {
             self.drop_leading_lf = seg.last() == Some(&b'\r');
             self.kept_ended_cr = false;
         } else {
-            if !edit_event(seg, &mut self.ready) {
+            if !edit_event(seg, info.head, &mut self.ready) {
                 self.ready.extend_from_slice(seg);
             }
             if let Some(&last) = seg.last() {
@@ -304,7 +201,7 @@ impl UsageStripper {
 
 /// Edits one raw event segment if it has a single `data:` line holding a
 /// `"usage":null` member. Returns false when the segment is to be kept as is.
-fn edit_event(seg: &[u8], out: &mut Vec<u8>) -> bool {
+fn edit_event(seg: &[u8], head: usize, out: &mut Vec<u8>) -> bool {
     let Some(data_at) = memchr::memmem::find(seg, b"data:") else {
         return false;
     };
@@ -322,7 +219,7 @@ fn edit_event(seg: &[u8], out: &mut Vec<u8>) -> bool {
     }
     let before = out.len();
     out.extend_from_slice(&seg[..payload_start]);
-    if !strip_usage_null(&seg[payload_start..payload_end], out) {
+    if !strip_usage_null(&seg[payload_start..payload_end], head, out) {
         out.truncate(before);
         return false;
     }
@@ -388,10 +285,12 @@ mod tests {
         let mut out = Vec::new();
         assert!(!strip_usage_null(
             br#"{"usage":{"total_tokens":1},"usage":null}"#,
+            0,
             &mut out
         ));
         assert!(!strip_usage_null(
             br#"{"usage":null,"usage":null}"#,
+            0,
             &mut out
         ));
         assert!(out.is_empty());
@@ -422,16 +321,18 @@ mod tests {
         ];
         for (input, want) in cases {
             let mut out = Vec::new();
-            assert!(strip_usage_null(input.as_bytes(), &mut out), "{input}");
+            assert!(strip_usage_null(input.as_bytes(), 0, &mut out), "{input}");
             assert_eq!(String::from_utf8(out).expect("utf8"), want);
         }
         let mut out = Vec::new();
         assert!(!strip_usage_null(
             br#"{"usage":{"prompt_tokens":1}}"#,
+            0,
             &mut out
         ));
         assert!(!strip_usage_null(
             br#"{"choices":[{"usage":null}]}"#,
+            0,
             &mut out
         ));
         assert!(out.is_empty());

@@ -8,6 +8,7 @@
 use serde::de::MapAccess;
 use serde_json::Value;
 
+use super::chunk_head::ChunkHead;
 use super::content::{OutputChoice, output_from_value, output_json, push_capped};
 use super::lenient::{Count, FromJson, Lenient, Str, members, object_from_slice};
 use super::request::Operation;
@@ -24,6 +25,9 @@ pub struct EventInfo {
     pub done: bool,
     /// Data that is not JSON.
     pub invalid: bool,
+    /// How many leading bytes of the data were the stream's repeated chunk
+    /// head, not read again ([`super::chunk_head`]; they hold no `usage`).
+    pub head: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +40,9 @@ pub struct StreamAccumulator {
     invalid_events: u64,
     /// Assembled output per choice index, only when capturing content.
     capture: Option<Vec<(u64, OutputChoice)>>,
+    /// The chunks' repeated head, and where a chunk's rest is read from.
+    head: ChunkHead,
+    scratch: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -199,6 +206,8 @@ impl StreamAccumulator {
             done: false,
             invalid_events: 0,
             capture: None,
+            head: ChunkHead::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -260,7 +269,33 @@ impl StreamAccumulator {
     }
 
     fn chunk(&mut self, data: &[u8]) -> Option<EventInfo> {
-        let c: Chunk<'_> = object_from_slice(data).ok()?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let info = self.chunk_from(data, &mut scratch);
+        self.scratch = scratch;
+        info
+    }
+
+    /// A chunk, read from its `choices` on when it repeats the stream's head.
+    fn chunk_from(&mut self, data: &[u8], scratch: &mut Vec<u8>) -> Option<EventInfo> {
+        let (json, head) = match self.head.rest(data) {
+            Some(rest) => {
+                scratch.clear();
+                scratch.extend_from_slice(br#"{"choices":"#);
+                scratch.extend_from_slice(rest);
+                (&scratch[..], data.len() - rest.len())
+            }
+            None => (data, 0),
+        };
+        let c: Chunk<'_> = object_from_slice(json).ok()?;
+        if head == 0 {
+            self.head.learn(data);
+        } else if [&c.id, &c.model, &c.system_fingerprint, &c.service_tier]
+            .iter()
+            .any(|m| !matches!(m, Lenient::Missing))
+        {
+            // this chunk overrides what the head sets: the next one must set it again
+            self.head.forget();
+        }
         let f = &mut self.facts;
         // the first chunk's id and model stay; a later fingerprint or tier replaces
         fn first<'a>(slot: &Option<String>, s: Lenient<Str<'a>>) -> Lenient<Str<'a>> {
@@ -287,6 +322,7 @@ impl StreamAccumulator {
         let mut info = EventInfo {
             // what include_usage adds: a chunk with no choices and a usage object
             usage_only: choices.as_ref().is_some_and(Vec::is_empty) && usage_object,
+            head,
             ..EventInfo::default()
         };
         let choices = choices
@@ -694,5 +730,47 @@ mod tests {
         let input = b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":null}}\n\n";
         let (acc, _) = run(Operation::ChatCompletions, input);
         assert_eq!(acc.facts().error_type.as_deref(), Some("server_error"));
+    }
+
+    #[test]
+    fn skipping_the_repeated_head_reads_every_stream_as_reading_it_whole() {
+        let head = r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","service_tier":"default","system_fingerprint":"fp_1","choices":"#;
+        let crafted = [
+            format!(r#"{head}[{{"index":0,"delta":{{"role":"assistant","content":""}},"finish_reason":null}}],"usage":null}}"#),
+            format!(r#"{head}[{{"index":0,"delta":{{"content":"a"}},"finish_reason":null}}],"usage":null}}"#),
+            // later members that repeat a head member: the last one is read
+            format!(r#"{head}[{{"index":1,"delta":{{"content":"b"}}}}],"model":"other","system_fingerprint":"fp_2"}}"#),
+            format!(r#"{head}[{{"index":0,"delta":{{}},"finish_reason":"stop"}}],"error":{{"type":"server_error"}}}}"#),
+            format!(r#"{head}[],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#),
+            format!(r#"{head}[{{"index":0"#),
+            format!(r#"{head}[], "usage":null}} x"#),
+            r#"data: {"id":"c2","choices":[{"index":0,"finish_reason":"length"}],"usage":null}"#.to_owned(),
+            r#"data: {"id":"c2","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#.to_owned(),
+            "data: [DONE]".to_owned(),
+        ]
+        .join("\n\n");
+        let streams: [&[u8]; 4] = [
+            include_bytes!("../../tests/fixtures/chat_stream_usage.sse"),
+            include_bytes!("../../tests/fixtures/chat_stream_n2.sse"),
+            include_bytes!("../../tests/fixtures/chat_stream_tools.sse"),
+            crafted.as_bytes(),
+        ];
+        for stream in streams {
+            let mut skipping = StreamAccumulator::new(Operation::ChatCompletions).capturing(true);
+            let mut whole = StreamAccumulator::new(Operation::ChatCompletions).capturing(true);
+            whole.head = ChunkHead::never();
+            let mut skipped = 0;
+            SseDecoder::new().feed(stream, |e| {
+                let a = skipping.on_event(e.event, e.data);
+                let b = whole.on_event(e.event, e.data);
+                skipped += a.head;
+                assert_eq!(EventInfo { head: 0, ..a }, b);
+            });
+            assert!(skipped > 0, "the head was never skipped");
+            assert_eq!(skipping.facts(), whole.facts());
+            assert_eq!(skipping.finish, whole.finish);
+            assert_eq!(skipping.invalid_events(), whole.invalid_events());
+            assert_eq!(skipping.output_messages(), whole.output_messages());
+        }
     }
 }
