@@ -54,12 +54,15 @@ impl ChunkHead {
     }
 
     /// Keeps the head of `json`, a chunk just read whole as a JSON object.
+    /// Past [`MAX_LEARNT`] heads it only drops the one kept: that head is no
+    /// longer the last chunk's, and skipping it could miss a fact the last
+    /// chunk changed.
     pub fn learn(&mut self, json: &[u8]) {
+        self.head.clear();
         if self.learnt >= MAX_LEARNT {
             return;
         }
         self.learnt += 1;
-        self.head.clear();
         if let Some(end) = head_end(json) {
             self.head.extend_from_slice(&json[..end]);
         }
@@ -162,7 +165,7 @@ mod tests {
             }
         }
         assert_eq!(h.learnt, MAX_LEARNT);
-        // the last head learnt is still used
-        assert!(h.rest(br#"{"created":3,"choices":[1]}"#).is_some());
+        // and keeps none: the last head learnt is not the last chunk's
+        assert!(h.rest(br#"{"created":3,"choices":[1]}"#).is_none());
     }
 }

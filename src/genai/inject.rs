@@ -176,7 +176,7 @@ impl UsageStripper {
             self.drop_leading_lf = seg.last() == Some(&b'\r');
             self.kept_ended_cr = false;
         } else {
-            if !edit_event(seg, info.head, &mut self.ready) {
+            if !edit_event(seg, ev.data, info.head, &mut self.ready) {
                 self.ready.extend_from_slice(seg);
             }
             if let Some(&last) = seg.last() {
@@ -201,7 +201,11 @@ impl UsageStripper {
 
 /// Edits one raw event segment if it has a single `data:` line holding a
 /// `"usage":null` member. Returns false when the segment is to be kept as is.
-fn edit_event(seg: &[u8], head: usize, out: &mut Vec<u8>) -> bool {
+///
+/// `head` counts from the start of `data`, the event's data as the decoder
+/// assembled it; it is used only when the edited line holds exactly that data
+/// (a colon-less `data` line, for one, adds to the data without being the line).
+fn edit_event(seg: &[u8], data: &[u8], head: usize, out: &mut Vec<u8>) -> bool {
     let Some(data_at) = memchr::memmem::find(seg, b"data:") else {
         return false;
     };
@@ -217,9 +221,11 @@ fn edit_event(seg: &[u8], head: usize, out: &mut Vec<u8>) -> bool {
     if memchr::memmem::find(&seg[payload_end..], b"data:").is_some() {
         return false; // multi-line data: leave it alone
     }
+    let payload = &seg[payload_start..payload_end];
+    let head = if payload == data { head } else { 0 };
     let before = out.len();
     out.extend_from_slice(&seg[..payload_start]);
-    if !strip_usage_null(&seg[payload_start..payload_end], head, out) {
+    if !strip_usage_null(payload, head, out) {
         out.truncate(before);
         return false;
     }
@@ -384,5 +390,31 @@ mod tests {
                 "crlf split at {i}"
             );
         }
+    }
+
+    #[test]
+    fn a_colonless_data_line_does_not_shift_where_usage_is_looked_for() {
+        // `data` alone adds an empty line to the event's data: the payload on the
+        // `data:` line is then not the data the reader skipped the head of
+        let chunk = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"a"}}],"usage":null}"#;
+        let event = format!("data\ndata: {chunk}\n\n");
+        let input = format!("{event}{event}");
+        let mut dec = SseDecoder::new();
+        let mut acc = StreamAccumulator::new(Operation::ChatCompletions);
+        let mut st = UsageStripper::new();
+        st.push(input.as_bytes());
+        dec.feed(input.as_bytes(), |e| {
+            let info = acc.on_event(e.event, e.data);
+            st.event(&e, info);
+        });
+        st.release(dec.settled());
+        let mut out = st.take_ready();
+        out.extend(st.finish());
+        let stripped = chunk.replace(r#","usage":null"#, "");
+        let want = format!("data\ndata: {stripped}\n\n");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            format!("{want}{want}")
+        );
     }
 }

@@ -749,13 +749,21 @@ mod tests {
             "data: [DONE]".to_owned(),
         ]
         .join("\n\n");
-        let streams: [&[u8]; 4] = [
+        // heads that change until the reader stops learning, then an old one again
+        let relearnt = [1, 2, 3, 4, 1, 5, 4, 4]
+            .map(|n| {
+                let fp = if n == 5 { "b" } else { "a" };
+                format!(r#"data: {{"created":{n},"system_fingerprint":"{fp}","choices":[]}}"#)
+            })
+            .join("\n\n");
+        let streams: [&[u8]; 5] = [
             include_bytes!("../../tests/fixtures/chat_stream_usage.sse"),
             include_bytes!("../../tests/fixtures/chat_stream_n2.sse"),
             include_bytes!("../../tests/fixtures/chat_stream_tools.sse"),
             crafted.as_bytes(),
+            relearnt.as_bytes(),
         ];
-        for stream in streams {
+        for (i, stream) in streams.into_iter().enumerate() {
             let mut skipping = StreamAccumulator::new(Operation::ChatCompletions).capturing(true);
             let mut whole = StreamAccumulator::new(Operation::ChatCompletions).capturing(true);
             whole.head = ChunkHead::never();
@@ -766,7 +774,8 @@ mod tests {
                 skipped += a.head;
                 assert_eq!(EventInfo { head: 0, ..a }, b);
             });
-            assert!(skipped > 0, "the head was never skipped");
+            // (the last stream changes its head until the reader gives up)
+            assert!(i == 4 || skipped > 0, "the head was never skipped");
             assert_eq!(skipping.facts(), whole.facts());
             assert_eq!(skipping.finish, whole.finish);
             assert_eq!(skipping.invalid_events(), whole.invalid_events());

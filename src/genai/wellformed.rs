@@ -329,7 +329,8 @@ mod tests {
         /// And it is useful: valid text without surrogate escapes is proven.
         #[test]
         fn what_serde_json_accepts_is_proven_unless_it_uses_surrogates(text in jsonish()) {
-            if serde_accepts(&text) && !String::from_utf8_lossy(&text).contains("\\ud") {
+            let surrogate = String::from_utf8_lossy(&text).to_ascii_lowercase().contains("\\ud");
+            if serde_accepts(&text) && !surrogate {
                 prop_assert!(proven(&text), "{}", String::from_utf8_lossy(&text));
             }
         }
