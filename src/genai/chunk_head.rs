@@ -15,7 +15,7 @@
 //! chunk read from its rest that names one of those members changes a fact the
 //! head would set back, so the reader then [`ChunkHead::forget`]s the head.
 
-use super::scan::{skip_string, skip_value, skip_ws};
+use super::scan::{Members, skip_ws};
 
 /// Longest head kept: OpenAI's are ~200 bytes.
 const MAX_HEAD: usize = 1024;
@@ -75,18 +75,10 @@ const HEAD_FACTS: [&[u8]; 4] = [b"id", b"model", b"system_fingerprint", b"servic
 /// Where `choices`' value starts, if every member before it may be skipped
 /// (see the module docs).
 fn head_end(json: &[u8]) -> Option<usize> {
-    let open = skip_ws(json, 0);
-    if json.get(open) != Some(&b'{') {
-        return None;
-    }
-    let mut i = skip_ws(json, open + 1);
+    let mut members = Members::of(json, skip_ws(json, 0))?;
     let mut end = None;
-    loop {
-        if json.get(i) != Some(&b'"') {
-            return None;
-        }
-        let key_end = skip_string(json, i)?;
-        let key = &json[i + 1..key_end - 1];
+    for (key, m) in &mut members {
+        let key = key?;
         let after_head = end.is_some();
         if key.contains(&b'\\')
             || (!after_head && (key == b"usage" || key == b"error"))
@@ -94,24 +86,15 @@ fn head_end(json: &[u8]) -> Option<usize> {
         {
             return None;
         }
-        let colon = skip_ws(json, key_end);
-        if json.get(colon) != Some(&b':') {
-            return None;
-        }
-        let value_start = skip_ws(json, colon + 1);
         if key == b"choices" && !after_head {
-            if value_start > MAX_HEAD {
+            if m.value_start > MAX_HEAD {
                 return None;
             }
-            end = Some(value_start);
-        }
-        i = skip_ws(json, skip_value(json, value_start)?);
-        match json.get(i) {
-            Some(b',') => i = skip_ws(json, i + 1),
-            Some(b'}') => return end,
-            _ => return None,
+            end = Some(m.value_start);
         }
     }
+    members.closed().then_some(())?;
+    end
 }
 
 #[cfg(test)]

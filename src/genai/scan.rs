@@ -26,7 +26,7 @@ pub fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// `b[i]` is `"`; returns the index just past the closing quote.
-pub fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
     while i < b.len() {
         match b[i] {
@@ -38,7 +38,7 @@ pub fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
     None
 }
 
-pub fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => skip_string(b, i),
         b'{' | b'[' => {
@@ -74,65 +74,127 @@ pub fn skip_value(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// The members of an object in order, each with its raw key (without quotes;
+/// `None` for a member the walk was resumed at the value of). It stops at the
+/// object's end, or at anything it does not recognise: [`Members::closed`]
+/// then says which.
+pub struct Members<'a> {
+    b: &'a [u8],
+    i: usize,
+    resumed: bool,
+    prev_end: Option<usize>,
+    stopped: bool,
+    closed: bool,
+}
+
+impl<'a> Members<'a> {
+    /// The members of the object starting at `b[open]` (`{`).
+    pub fn of(b: &'a [u8], open: usize) -> Option<Members<'a>> {
+        (b.get(open) == Some(&b'{')).then(|| Members::from(b, skip_ws(b, open + 1), false))
+    }
+
+    /// The members from the one whose value starts at `value_start` to the object's end.
+    pub fn after(b: &'a [u8], value_start: usize) -> Members<'a> {
+        Members::from(b, value_start, true)
+    }
+
+    fn from(b: &'a [u8], i: usize, resumed: bool) -> Members<'a> {
+        Members {
+            b,
+            i,
+            resumed,
+            prev_end: None,
+            stopped: false,
+            closed: false,
+        }
+    }
+
+    /// Whether the walk reached the object's closing brace (not something it
+    /// could not read).
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    fn step(&mut self) -> Option<(Option<&'a [u8]>, Member)> {
+        let b = self.b;
+        let (key, key_start, value_start) = if std::mem::take(&mut self.resumed) {
+            (None, self.i, self.i)
+        } else {
+            let key_start = self.i;
+            if *b.get(key_start)? != b'"' {
+                return None;
+            }
+            let key_end = skip_string(b, key_start)?;
+            let colon = skip_ws(b, key_end);
+            if *b.get(colon)? != b':' {
+                return None;
+            }
+            let key = &b[key_start + 1..key_end - 1];
+            (Some(key), key_start, skip_ws(b, colon + 1))
+        };
+        let value_end = skip_value(b, value_start)?;
+        let after = skip_ws(b, value_end);
+        let next_key = match *b.get(after)? {
+            b',' => Some(skip_ws(b, after + 1)),
+            b'}' => None,
+            _ => return None,
+        };
+        let member = Member {
+            prev_end: self.prev_end,
+            key_start,
+            value_start,
+            value_end,
+            next_key,
+        };
+        self.prev_end = Some(value_end);
+        match next_key {
+            Some(next) => self.i = next,
+            None => {
+                self.closed = true;
+                self.stopped = true;
+            }
+        }
+        Some((key, member))
+    }
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (Option<&'a [u8]>, Member);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.stopped {
+            return None;
+        }
+        let item = self.step();
+        self.stopped |= item.is_none();
+        item
+    }
+}
+
 /// Finds the top-level member `key` of the object starting at `b[open]` (`{`):
 /// its last occurrence (the one JSON parsers keep) and how often it occurs.
 pub fn find_member(b: &[u8], open: usize, key: &[u8]) -> Option<(Member, usize)> {
-    if b.get(open) != Some(&b'{') {
-        return None;
-    }
-    find_from(b, skip_ws(b, open + 1), false, key)
+    last_of(Members::of(b, open)?, key)
 }
 
 /// As [`find_member`], for the members from the one whose value starts at
 /// `value_start` (its key known not to be `key`) to the object's end.
 pub fn find_member_after(b: &[u8], value_start: usize, key: &[u8]) -> Option<(Member, usize)> {
-    find_from(b, value_start, true, key)
+    last_of(Members::after(b, value_start), key)
 }
 
-/// The scan from `i`: a member's key, or (`at_value`) a value whose key is not `key`.
-fn find_from(b: &[u8], mut i: usize, at_value: bool, key: &[u8]) -> Option<(Member, usize)> {
-    let mut prev_end = None;
-    let mut found: Option<Member> = None;
+/// The last member named `key` and how many there are, if the walk reached the end.
+fn last_of(mut members: Members<'_>, key: &[u8]) -> Option<(Member, usize)> {
+    let mut found = None;
     let mut count = 0;
-    let mut resumed = at_value;
-    loop {
-        let (named, key_start, value_start) = if std::mem::take(&mut resumed) {
-            (false, i, i)
-        } else {
-            if *b.get(i)? != b'"' {
-                return None;
-            }
-            let key_start = i;
-            let key_end = skip_string(b, i)?;
-            if let Some(m) = found.as_mut().filter(|m| m.next_key.is_none()) {
-                m.next_key = Some(key_start);
-            }
-            i = skip_ws(b, key_end);
-            if *b.get(i)? != b':' {
-                return None;
-            }
-            let named = &b[key_start + 1..key_end - 1] == key;
-            (named, key_start, skip_ws(b, i + 1))
-        };
-        let value_end = skip_value(b, value_start)?;
-        if named {
-            found = Some(Member {
-                prev_end,
-                key_start,
-                value_start,
-                value_end,
-                next_key: None,
-            });
+    for (k, m) in &mut members {
+        if k == Some(key) {
+            found = Some(m);
             count += 1;
         }
-        prev_end = Some(value_end);
-        i = skip_ws(b, value_end);
-        match *b.get(i)? {
-            b',' => i = skip_ws(b, i + 1),
-            b'}' => return found.map(|m| (m, count)),
-            _ => return None,
-        }
     }
+    members.closed().then_some(())?;
+    found.map(|m| (m, count))
 }
 
 #[cfg(test)]

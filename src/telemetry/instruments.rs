@@ -284,8 +284,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_instrument_is_built_as_its_descriptor_says() {
+    /// Instruments on a meter whose reader exports into memory, and their series.
+    fn instruments() -> (
+        InMemoryMetricExporter,
+        SdkMeterProvider,
+        SeriesCache,
+        Instruments,
+    ) {
         let exporter = InMemoryMetricExporter::default();
         let provider = SdkMeterProvider::builder()
             .with_reader(PeriodicReader::builder(exporter.clone()).build())
@@ -297,6 +302,12 @@ mod tests {
             logs: Default::default(),
         };
         let i = Instruments::new(&provider.meter("test"), &drops, &mut series);
+        (exporter, provider, series, i)
+    }
+
+    #[test]
+    fn every_instrument_is_built_as_its_descriptor_says() {
+        let (exporter, provider, series, i) = instruments();
         // calls and events that reach every instrument
         let mut call = chat("gpt-4o");
         call.response.usage = Some(Usage {
@@ -394,17 +405,7 @@ mod tests {
 
     #[test]
     fn a_series_records_every_measurement_and_exports_only_what_it_used() {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(exporter.clone()).build())
-            .build();
-        let mut series = SeriesCache::new(100, 1024);
-        let drops = DropCounters {
-            traces: Default::default(),
-            metrics: Default::default(),
-            logs: Default::default(),
-        };
-        let i = Instruments::new(&provider.meter("test"), &drops, &mut series);
+        let (exporter, provider, series, i) = instruments();
         let record = |call: &Call| {
             let r = Recorded {
                 series: series.series(call, None),
