@@ -381,6 +381,9 @@ pub struct StreamsOutcome {
     pub first_error: Option<String>,
     /// Request sent → first body byte.
     pub ttfb_us: Vec<u32>,
+    /// `(when the stream was due, after the round's start; its TTFB)` per stream with a first
+    /// byte: where in a round's burst the slow first bytes are.
+    pub ttfb_timeline_us: Vec<(u32, u32)>,
     /// Between consecutive chunk events as the client saw them (`CHUNKS - 1` per stream).
     pub gaps_us: Vec<u32>,
 }
@@ -401,6 +404,7 @@ impl StreamsOutcome {
             self.first_error = other.first_error;
         }
         self.ttfb_us.extend(other.ttfb_us);
+        self.ttfb_timeline_us.extend(other.ttfb_timeline_us);
         self.gaps_us.extend(other.gaps_us);
     }
 }
@@ -442,16 +446,19 @@ pub async fn streams(ep: &Endpoint, n: usize, limit: Duration) -> StreamsOutcome
     for (i, sender) in senders.into_iter().enumerate() {
         let ep = ep.clone();
         let fire_at = start + CHUNK_INTERVAL * i as u32 / n_senders;
+        let due_us = micros(fire_at - start);
         running.spawn(async move {
             tokio::time::sleep_until(fire_at).await;
-            tokio::time::timeout_at(deadline, one_stream(sender, ep)).await
+            let r = tokio::time::timeout_at(deadline, one_stream(sender, ep)).await;
+            (due_us, r)
         });
     }
     while let Some(r) = running.join_next().await {
         match r {
-            Ok(Ok(Ok(trace))) => {
+            Ok((due_us, Ok(Ok(trace)))) => {
                 if let Some(ttfb) = trace.ttfb_us {
                     out.ttfb_us.push(ttfb);
+                    out.ttfb_timeline_us.push((due_us, ttfb));
                 }
                 out.gaps_us.extend(trace.gaps_us);
                 if trace.done && trace.events == CHUNKS + 1 {
@@ -464,8 +471,8 @@ pub async fn streams(ep: &Endpoint, n: usize, limit: Duration) -> StreamsOutcome
                     ));
                 }
             }
-            Ok(Ok(Err(e))) => out.error(e),
-            Ok(Err(_)) => out.error(format!("stream not finished within {limit:?}")),
+            Ok((_, Ok(Err(e)))) => out.error(e),
+            Ok((_, Err(_))) => out.error(format!("stream not finished within {limit:?}")),
             Err(e) => out.error(format!("stream task failed: {e}")),
         }
     }

@@ -62,7 +62,7 @@ use client::{Conn, Endpoint};
 use procs::{Mock, Proxy, TokentapSetup};
 use report::{ClosedRow, Health, OpenRow, Resources, StreamRow, Target, Verdict};
 use sink::OtlpSink;
-use stats::Summary;
+use stats::{Summary, Timeline};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T> = std::result::Result<T, Error>;
@@ -906,6 +906,7 @@ async fn streams(ctx: &mut Ctx<'_>, target: Target, level: usize) -> Result<Stre
         errors: all.errors,
         first_error: all.first_error,
         ttfb: Summary::of(all.ttfb_us),
+        ttfb_timeline: Timeline::of(all.ttfb_timeline_us),
         chunk_gap: Summary::of(all.gaps_us),
         peak_rss_after_round_mib: hwm_by_round,
         resources: res,

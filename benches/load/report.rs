@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::stats::Summary;
+use crate::stats::{Summary, Timeline};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,6 +144,7 @@ pub struct StreamRow {
     pub errors: usize,
     pub first_error: Option<String>,
     pub ttfb: Summary,
+    pub ttfb_timeline: Timeline,
     pub chunk_gap: Summary,
     /// The proxy's `VmHWM` after each round: growth from round to round is retained memory.
     pub peak_rss_after_round_mib: Vec<f64>,

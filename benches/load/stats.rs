@@ -50,3 +50,44 @@ fn rank(sorted: &[u32], q: f64) -> u32 {
 pub fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
+
+/// TTFB by when in a round's burst its stream was due: one slice per tenth of the streams in
+/// start order, and when the last first byte arrived. A tail that grows with the start order is
+/// a backlog of work; one spread evenly is not.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timeline {
+    pub slices: Vec<TimelineSlice>,
+    /// Latest `due + TTFB` over all streams, from the round's start.
+    pub last_first_byte_us: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TimelineSlice {
+    pub due_from_us: u32,
+    pub due_to_us: u32,
+    pub ttfb: Summary,
+}
+
+impl Timeline {
+    pub fn of(mut points: Vec<(u32, u32)>) -> Timeline {
+        points.sort_unstable();
+        let last_first_byte_us = points
+            .iter()
+            .map(|&(d, t)| d.saturating_add(t))
+            .max()
+            .unwrap_or(0);
+        let per = points.len().div_ceil(10).max(1);
+        let slices = points
+            .chunks(per)
+            .map(|c| TimelineSlice {
+                due_from_us: c[0].0,
+                due_to_us: c[c.len() - 1].0,
+                ttfb: Summary::of(c.iter().map(|&(_, t)| t).collect()),
+            })
+            .collect();
+        Timeline {
+            slices,
+            last_first_byte_us,
+        }
+    }
+}
