@@ -215,7 +215,7 @@ struct RawResponse<'a> {
     id: Lenient<Str<'a>>,
     status: Lenient<Str<'a>>,
     status_details: Lenient<RawStatusDetails<'a>>,
-    usage: Lenient<RawUsage>,
+    usage: Lenient<Box<RawUsage>>,
 }
 
 impl<'de> FromJson<'de> for RawResponse<'de> {
@@ -256,7 +256,7 @@ impl RawResponse<'_> {
             status,
             finish_reasons,
             error_type,
-            usage: self.usage.get().and_then(Usage::from_raw),
+            usage: self.usage.get().and_then(|u| Usage::from_raw(u)),
             invalid,
         }
     }

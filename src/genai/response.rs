@@ -214,7 +214,7 @@ struct RawBody<'a> {
     model: Lenient<Str<'a>>,
     system_fingerprint: Lenient<Str<'a>>,
     service_tier: Lenient<Str<'a>>,
-    usage: Lenient<RawUsage>,
+    usage: Lenient<Box<RawUsage>>,
     choices: Lenient<Vec<Lenient<RawChoice<'a>>>>,
     status: Lenient<Str<'a>>,
     incomplete_details: Lenient<RawIncomplete<'a>>,
@@ -248,7 +248,7 @@ pub(crate) struct Common<'a> {
     pub model: Lenient<Str<'a>>,
     pub system_fingerprint: Lenient<Str<'a>>,
     pub service_tier: Lenient<Str<'a>>,
-    pub usage: Lenient<RawUsage>,
+    pub usage: Lenient<Box<RawUsage>>,
 }
 
 impl Common<'_> {
@@ -462,7 +462,7 @@ impl ResponseFacts {
         set(&mut self.model, c.model);
         set(&mut self.system_fingerprint, c.system_fingerprint);
         set(&mut self.service_tier, c.service_tier);
-        if let Some(u) = c.usage.get().and_then(Usage::from_raw) {
+        if let Some(u) = c.usage.get().and_then(|u| Usage::from_raw(u)) {
             self.usage = Some(u);
         }
     }

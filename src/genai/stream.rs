@@ -52,7 +52,7 @@ struct Chunk<'a> {
     system_fingerprint: Lenient<Str<'a>>,
     service_tier: Lenient<Str<'a>>,
     choices: Lenient<Vec<Lenient<Choice<'a>>>>,
-    usage: Lenient<RawUsage>,
+    usage: Lenient<Box<RawUsage>>,
     error: Option<Value>,
 }
 
@@ -175,7 +175,7 @@ struct MediaEvent<'a> {
     kind: Lenient<Str<'a>>,
     delta: Lenient<Str<'a>>,
     text: Lenient<Str<'a>>,
-    usage: Lenient<RawUsage>,
+    usage: Lenient<Box<RawUsage>>,
     error: Option<Value>,
 }
 
