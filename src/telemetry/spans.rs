@@ -14,7 +14,7 @@ use http::header::{HeaderName, HeaderValue};
 use opentelemetry::propagation::{
     Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
 };
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracer;
@@ -69,27 +69,50 @@ pub fn extract(headers: &HeaderMap) -> Context {
     PROPAGATOR.extract_with_context(&Context::new(), &HeaderExtractor(headers))
 }
 
-/// Writes `cx`'s span as `traceparent`/`tracestate` (and its baggage) into upstream headers.
+/// Writes `cx`'s span as `traceparent`/`tracestate` into upstream headers, as
+/// `TraceContextPropagator` would (only the sampled flag goes out), without its `format!`.
 pub fn inject(cx: &Context, headers: &mut HeaderMap) {
-    if cx.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return;
     }
+    let flags = sc.trace_flags() & TraceFlags::SAMPLED;
+    headers.insert(TRACEPARENT, traceparent(sc, flags.to_u8()));
+    HeaderInjector(headers).set("tracestate", sc.trace_state().header());
+}
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// `00-{trace id}-{span id}-{flags}` in lower-case hex (W3C Trace Context).
+fn traceparent(sc: &SpanContext, flags: u8) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 55];
+    let mut at = 0;
+    let mut put = |bytes: &[u8], dash: bool| {
+        for b in bytes {
+            out[at] = HEX[usize::from(b >> 4)];
+            out[at + 1] = HEX[usize::from(b & 0x0f)];
+            at += 2;
+        }
+        if dash {
+            out[at] = b'-';
+            at += 1;
+        }
+    };
+    put(&[0], true);
+    put(&sc.trace_id().to_bytes(), true);
+    put(&sc.span_id().to_bytes(), true);
+    put(&[flags], false);
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// `traceresponse` (W3C Trace Context level 2) for `cx`'s span.
 pub fn traceresponse(cx: &Context) -> Option<HeaderValue> {
     let span = cx.span();
     let sc = span.span_context();
-    if !sc.is_valid() {
-        return None;
-    }
-    HeaderValue::from_str(&format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    ))
-    .ok()
+    sc.is_valid()
+        .then(|| traceparent(sc, sc.trace_flags().to_u8()))
 }
 
 /// Span name (the README, Traces): `{operation} {model}` for model calls, the method otherwise.
@@ -379,5 +402,40 @@ impl CallSink for EndSpan {
         let taken = r.attributes.borrow_mut().take();
         let attributes = taken.unwrap_or_else(|| attributes(call, r.error_type.as_deref()));
         finish(cx, attributes, r.error_type.as_deref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+
+    #[test]
+    fn traceparent_is_what_the_propagator_writes() {
+        let state = TraceState::from_key_value([("vendor", "v1")]).expect("state");
+        for (t, s, f) in [
+            (1u128, 1u64, 1u8),
+            (u128::MAX, u64::MAX, 0),
+            (0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 3),
+        ] {
+            let sc = SpanContext::new(
+                TraceId::from(t),
+                SpanId::from(s),
+                TraceFlags::new(f),
+                true,
+                state.clone(),
+            );
+            let cx = Context::new().with_remote_span_context(sc.clone());
+            let mut ours = HeaderMap::new();
+            inject(&cx, &mut ours);
+            let mut theirs = HeaderMap::new();
+            TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut theirs));
+            assert_eq!(ours, theirs);
+            let expected = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), f);
+            assert_eq!(traceresponse(&cx).expect("valid"), expected.as_str());
+        }
+        let mut none = HeaderMap::new();
+        inject(&Context::new(), &mut none);
+        assert!(none.is_empty() && traceresponse(&Context::new()).is_none());
     }
 }
