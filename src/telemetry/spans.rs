@@ -7,6 +7,7 @@
 //! the request path free of that work.
 
 use std::cell::Ref;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderMap;
@@ -147,18 +148,26 @@ pub fn attribution(a: &mut Vec<KeyValue>, who: &Attribution, conversation_id: Op
     a.extend(
         fields
             .into_iter()
-            .filter_map(|(k, v)| Some(KeyValue::new(k, v?.to_owned()))),
+            .filter_map(|(k, v)| Some(KeyValue::new(k, shared(v?)))),
     );
     a.extend(
         who.baggage
             .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            .map(|(k, v)| KeyValue::new(Arc::<str>::from(k.as_str()), shared(v))),
     );
+}
+
+/// A string value whose clones share it: the live view keeps a copy of every call's
+/// attributes besides the span's, and a clone of an owned string is an allocation.
+fn shared(s: &str) -> Value {
+    Value::from(Arc::<str>::from(s))
 }
 
 fn strings(v: &[String]) -> Value {
     Value::Array(Array::String(
-        v.iter().map(|s| StringValue::from(s.clone())).collect(),
+        v.iter()
+            .map(|s| StringValue::from(Arc::<str>::from(s.as_str())))
+            .collect(),
     ))
 }
 
@@ -172,11 +181,11 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
         a.push(KeyValue::new(attr::GEN_AI_OPERATION_NAME, op.name()));
         a.push(KeyValue::new(
             attr::GEN_AI_PROVIDER_NAME,
-            call.provider.to_string(),
+            shared(call.provider.as_str()),
         ));
         a.push(KeyValue::new(attr::OPENAI_API_TYPE, op.api_type()));
         if let Some(m) = &req.model {
-            a.push(KeyValue::new(attr::GEN_AI_REQUEST_MODEL, m.clone()));
+            a.push(KeyValue::new(attr::GEN_AI_REQUEST_MODEL, shared(m)));
         }
         a.push(KeyValue::new(attr::GEN_AI_REQUEST_STREAM, req.stream));
         let floats = [
@@ -218,7 +227,7 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
             a.push(KeyValue::new(attr::GEN_AI_OUTPUT_TYPE, t));
         }
         if let Some(t) = &req.service_tier {
-            a.push(KeyValue::new(attr::OPENAI_REQUEST_SERVICE_TIER, t.clone()));
+            a.push(KeyValue::new(attr::OPENAI_REQUEST_SERVICE_TIER, shared(t)));
         }
         let strs = [
             (attr::GEN_AI_RESPONSE_ID, &resp.id),
@@ -231,7 +240,7 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
         ];
         a.extend(
             strs.into_iter()
-                .filter_map(|(k, v)| Some(KeyValue::new(k, v.clone()?))),
+                .filter_map(|(k, v)| Some(KeyValue::new(k, shared(v.as_deref()?)))),
         );
         if !resp.finish_reasons.is_empty() {
             a.push(KeyValue::new(
@@ -302,7 +311,7 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
     attribution(&mut a, &call.who, call.conversation_id.as_deref());
     a.push(KeyValue::new(
         attr::SERVER_ADDRESS,
-        call.server_address.clone(),
+        shared(&call.server_address),
     ));
     a.push(KeyValue::new(
         attr::SERVER_PORT,
@@ -310,9 +319,9 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
     ));
     a.push(KeyValue::new(
         attr::HTTP_REQUEST_METHOD,
-        call.method.clone(),
+        shared(&call.method),
     ));
-    a.push(KeyValue::new(attr::URL_PATH, call.path.clone()));
+    a.push(KeyValue::new(attr::URL_PATH, shared(&call.path)));
     if let Some(s) = call.status {
         a.push(KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(s)));
     }
@@ -323,7 +332,7 @@ pub fn attributes(call: &Call, error_type: Option<&str>) -> Vec<KeyValue> {
         ));
     }
     if let Some(e) = error_type {
-        a.push(KeyValue::new(attr::ERROR_TYPE, e.to_owned()));
+        a.push(KeyValue::new(attr::ERROR_TYPE, shared(e)));
     }
     // identifiers from the wire are cut here; captured content keeps its own cap
     bound_identifiers(&mut a);
@@ -352,12 +361,12 @@ fn bound_identifiers(a: &mut [KeyValue]) {
     for kv in a {
         match &mut kv.value {
             Value::String(s) if limit(s) => {
-                *s = StringValue::from(bounded::cut(s.as_str()).into_owned());
+                *s = StringValue::from(Arc::<str>::from(bounded::cut(s.as_str())));
             }
             Value::Array(Array::String(v)) => {
                 v.truncate(MAX_ARRAY);
                 for s in v.iter_mut().filter(|s| limit(s)) {
-                    *s = StringValue::from(bounded::cut(s.as_str()).into_owned());
+                    *s = StringValue::from(Arc::<str>::from(bounded::cut(s.as_str())));
                 }
             }
             _ => {}
