@@ -92,13 +92,61 @@ fn strip_usage_null(json: &[u8], head: usize, out: &mut Vec<u8>) -> bool {
     let Some((m, 1)) = found else {
         return false;
     };
+    cut_member(json, &m, out)
+}
+
+/// Appends `json` without `m` (and one adjacent comma) if `m`'s value is `null`.
+fn cut_member(json: &[u8], m: &Member, out: &mut Vec<u8>) -> bool {
     if &json[m.value_start..m.value_end] != b"null" {
         return false;
     }
-    let (a, b) = removal_span(&m);
+    let (a, b) = removal_span(m);
     out.extend_from_slice(&json[..a]);
     out.extend_from_slice(&json[b..]);
     true
+}
+
+/// The top-level `usage` member whose value the parser found at `json[start..end]`, as
+/// [`find_member`] would give it, when it is the only `"usage"` in the text and its key
+/// is written plainly; `None` sends the caller to the scan. The parser read the text
+/// whole, so only the few bytes between the key and its neighbours are looked at.
+fn usage_member(json: &[u8], start: usize, end: usize) -> Option<Member> {
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""usage""#));
+    if end > json.len() || USAGE.find_iter(json).take(2).count() != 1 {
+        return None;
+    }
+    let colon = last_non_ws(json, start)?;
+    let key_end = last_non_ws(json, colon)? + 1;
+    let key_start = key_end.checked_sub(br#""usage""#.len())?;
+    if json[colon] != b':' || &json[key_start..key_end] != br#""usage""# {
+        return None;
+    }
+    let before = last_non_ws(json, key_start)?;
+    let prev_end = match json[before] {
+        b'{' => None,
+        b',' => Some(last_non_ws(json, before)? + 1),
+        _ => return None,
+    };
+    let after = skip_ws(json, end);
+    let next_key = match *json.get(after)? {
+        b',' => Some(skip_ws(json, after + 1)),
+        b'}' => None,
+        _ => return None,
+    };
+    Some(Member {
+        prev_end,
+        key_start,
+        value_start: start,
+        value_end: end,
+        next_key,
+    })
+}
+
+/// The index of the last byte before `i` that is not JSON whitespace.
+fn last_non_ws(b: &[u8], i: usize) -> Option<usize> {
+    b[..i]
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 /// Edits a raw SSE stream event by event. The caller feeds raw bytes with
@@ -180,7 +228,7 @@ impl UsageStripper {
             self.drop_leading_lf = seg.last() == Some(&b'\r');
             self.kept_ended_cr = false;
         } else {
-            if !edit_event(seg, ev.data, info.head, &mut self.ready) {
+            if !edit_event(seg, ev.data, &info, &mut self.ready) {
                 self.ready.extend_from_slice(seg);
             }
             if let Some(&last) = seg.last() {
@@ -206,10 +254,10 @@ impl UsageStripper {
 /// Edits one raw event segment if it has a single `data:` line holding a
 /// `"usage":null` member. Returns false when the segment is to be kept as is.
 ///
-/// `head` counts from the start of `data`, the event's data as the decoder
-/// assembled it; it is used only when the edited line holds exactly that data
-/// (a colon-less `data` line, for one, adds to the data without being the line).
-fn edit_event(seg: &[u8], data: &[u8], head: usize, out: &mut Vec<u8>) -> bool {
+/// `info.head` and `info.usage_value` count from the start of `data`, the event's data
+/// as the decoder assembled it; they are used only when the edited line holds exactly
+/// that data (a colon-less `data` line, for one, adds to the data without being the line).
+fn edit_event(seg: &[u8], data: &[u8], info: &EventInfo, out: &mut Vec<u8>) -> bool {
     // built once: `memmem::find` builds its searcher on every call (~300 instructions a chunk)
     static DATA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"data:"));
     let Some(data_at) = DATA.find(seg) else {
@@ -228,12 +276,23 @@ fn edit_event(seg: &[u8], data: &[u8], head: usize, out: &mut Vec<u8>) -> bool {
         return false; // multi-line data: leave it alone
     }
     let payload = &seg[payload_start..payload_end];
-    let head = if payload == data { head } else { 0 };
+    let whole = payload == data;
+    let found = if whole {
+        info.usage_value
+            .and_then(|(s, e)| usage_member(payload, s, e))
+    } else {
+        None
+    };
+    let head = if whole { info.head } else { 0 };
     // the edit is never longer than the segment: one allocation, not one per piece
     out.reserve(seg.len());
     let before = out.len();
     out.extend_from_slice(&seg[..payload_start]);
-    if !strip_usage_null(payload, head, out) {
+    let cut = match found {
+        Some(m) => cut_member(payload, &m, out),
+        None => strip_usage_null(payload, head, out),
+    };
+    if !cut {
         out.truncate(before);
         return false;
     }
@@ -350,6 +409,59 @@ mod tests {
             &mut out
         ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_cut_where_the_parser_found_usage_is_the_scans_cut() {
+        let chunks = [
+            r#"{"id":"x","choices":[],"usage":null}"#,
+            r#"{"id":"x","choices":[],"usage":null,"obfuscation":"ab"}"#,
+            r#"{"usage":null,"id":"x","choices":[]}"#,
+            r#"{"usage":null}"#,
+            r#"{ "id" : "x" , "usage" : null , "o" : 1 }"#,
+            "{\"id\":\"x\" ,\t\"usage\":null }",
+            r#"{"choices":[{"delta":{"content":"\"usage\":null,"}}],"usage":null}"#,
+            r#"{"choices":[{"delta":{"content":"say \"usage\""}}],"usage":null}"#,
+            r#"{"choices":[{"usage":null}],"usage":null}"#,
+            r#"{"usage":null,"choices":[],"usage":null}"#,
+            r#"{"us\u0061ge":null,"choices":[]}"#,
+            r#"{"usage":{"total_tokens":3},"choices":[]}"#,
+            r#"{"choices":[],"usage":0}"#,
+            r#"{"choices":[]}"#,
+        ];
+        for chunk in chunks {
+            let mut acc = StreamAccumulator::new(Operation::ChatCompletions);
+            let info = acc.on_event(None, chunk.as_bytes());
+            assert!(!info.invalid, "{chunk}");
+            let seg = format!("data: {chunk}\n\n");
+            let (mut fast, mut scan) = (Vec::new(), Vec::new());
+            let cut = edit_event(seg.as_bytes(), chunk.as_bytes(), &info, &mut fast);
+            let unaided = EventInfo {
+                usage_value: None,
+                ..info
+            };
+            let scanned = edit_event(seg.as_bytes(), chunk.as_bytes(), &unaided, &mut scan);
+            assert_eq!((cut, &fast), (scanned, &scan), "{chunk}");
+        }
+        // the same when the chunk was read from `choices` on, after a learnt head
+        let mut acc = StreamAccumulator::new(Operation::ChatCompletions);
+        let first = r#"{"id":"x","model":"m","choices":[{"index":0}],"usage":null}"#;
+        let second = r#"{"id":"x","model":"m","choices":[{"index":1}],"usage":null,"z":1}"#;
+        acc.on_event(None, first.as_bytes());
+        let info = acc.on_event(None, second.as_bytes());
+        assert!(info.head > 0 && info.usage_value.is_some());
+        let seg = format!("data: {second}\n\n");
+        let mut out = Vec::new();
+        assert!(edit_event(
+            seg.as_bytes(),
+            second.as_bytes(),
+            &info,
+            &mut out
+        ));
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "data: {\"id\":\"x\",\"model\":\"m\",\"choices\":[{\"index\":1}],\"z\":1}\n\n"
+        );
     }
 
     fn strip_with_splits(input: &[u8], splits: &[usize]) -> Vec<u8> {

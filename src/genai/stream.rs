@@ -6,7 +6,9 @@
 //! usage-only chunk (for the usage-injection edit).
 
 use serde::de::MapAccess;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::chunk_head::ChunkHead;
 use super::content::{OutputChoice, output_from_value, output_json, push_capped};
@@ -28,6 +30,9 @@ pub struct EventInfo {
     /// How many leading bytes of the data were the stream's repeated chunk
     /// head, not read again ([`super::chunk_head`]; they hold no `usage`).
     pub head: usize,
+    /// Where the chunk's (last) top-level `usage` value is written in the data, as
+    /// the parser found it: the usage cut need not walk the chunk again to find it.
+    pub usage_value: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,8 +57,29 @@ struct Chunk<'a> {
     system_fingerprint: Lenient<Str<'a>>,
     service_tier: Lenient<Str<'a>>,
     choices: Lenient<Vec<Lenient<Choice<'a>>>>,
-    usage: Lenient<Box<RawUsage>>,
+    /// Kept as written: almost always `null`, and where it is matters (`EventInfo::usage_value`).
+    usage: Raw<'a>,
     error: Option<Value>,
+}
+
+/// A member's value as written, borrowed from the chunk's text.
+#[derive(Default)]
+struct Raw<'a>(Option<&'a RawValue>);
+
+impl<'de> Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&RawValue>::deserialize(d).map(|r| Raw(Some(r)))
+    }
+}
+
+/// The chunk text a chunk read from `choices` on is given to the parser with.
+const FROM_CHOICES: &[u8] = br#"{"choices":"#;
+
+/// Where `inner` (a slice of `outer`) lies in it.
+fn span_in(outer: &[u8], inner: &[u8]) -> Option<(usize, usize)> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(inner.len())?;
+    (end <= outer.len()).then_some((start, end))
 }
 
 impl<'de> FromJson<'de> for Chunk<'de> {
@@ -280,7 +306,7 @@ impl StreamAccumulator {
         let (json, head) = match self.head.rest(data) {
             Some(rest) => {
                 scratch.clear();
-                scratch.extend_from_slice(br#"{"choices":"#);
+                scratch.extend_from_slice(FROM_CHOICES);
                 scratch.extend_from_slice(rest);
                 (&scratch[..], data.len() - rest.len())
             }
@@ -304,13 +330,30 @@ impl StreamAccumulator {
                 other => other,
             }
         }
-        let usage_object = c.usage.get().is_some();
+        // positions in `json`, then in `data` (read from `choices` on, `json` is the
+        // prefix and the data after its head)
+        let usage_value = c
+            .usage
+            .0
+            .and_then(|r| span_in(json, r.get().as_bytes()))
+            .and_then(|(s, e)| match head {
+                0 => Some((s, e)),
+                h => Some((
+                    s.checked_sub(FROM_CHOICES.len())? + h,
+                    e - FROM_CHOICES.len() + h,
+                )),
+            });
+        let usage: Lenient<Box<RawUsage>> = match c.usage.0 {
+            None => Lenient::Missing,
+            Some(r) => serde_json::from_str(r.get()).unwrap_or(Lenient::Invalid),
+        };
+        let usage_object = usage.get().is_some();
         f.merge(Common {
             id: first(&f.id, c.id),
             model: first(&f.model, c.model),
             system_fingerprint: c.system_fingerprint,
             service_tier: c.service_tier,
-            usage: c.usage,
+            usage,
         });
         if let Some(err) = &c.error {
             f.error_type = error_type(&serde_json::json!({ "error": err }));
@@ -323,6 +366,7 @@ impl StreamAccumulator {
             // what include_usage adds: a chunk with no choices and a usage object
             usage_only: choices.as_ref().is_some_and(Vec::is_empty) && usage_object,
             head,
+            usage_value,
             ..EventInfo::default()
         };
         let choices = choices
