@@ -6,6 +6,7 @@
 
 pub mod attribution;
 pub mod azure;
+pub mod chunk;
 pub mod chunk_head;
 pub mod content;
 pub mod decode;

@@ -6,13 +6,12 @@
 //! usage-only chunk (for the usage-injection edit).
 
 use serde::de::MapAccess;
-use serde::{Deserialize, Deserializer};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
+use super::chunk::{self, FROM_CHOICES};
 use super::chunk_head::ChunkHead;
 use super::content::{OutputChoice, output_from_value, output_json, push_capped};
-use super::lenient::{Count, FromJson, Lenient, Str, members, object_from_slice};
+use super::lenient::{FromJson, Lenient, Str, members, object_from_slice};
 use super::request::Operation;
 use super::response::{Common, RawUsage, ResponseFacts, error_type, responses_finish_reason};
 
@@ -48,131 +47,6 @@ pub struct StreamAccumulator {
     /// The chunks' repeated head, and where a chunk's rest is read from.
     head: ChunkHead,
     scratch: Vec<u8>,
-}
-
-#[derive(Default)]
-struct Chunk<'a> {
-    id: Lenient<Str<'a>>,
-    model: Lenient<Str<'a>>,
-    system_fingerprint: Lenient<Str<'a>>,
-    service_tier: Lenient<Str<'a>>,
-    choices: Lenient<Vec<Lenient<Choice<'a>>>>,
-    /// Kept as written: almost always `null`, and where it is matters (`EventInfo::usage_value`).
-    usage: Raw<'a>,
-    error: Option<Value>,
-}
-
-/// A member's value as written, borrowed from the chunk's text.
-#[derive(Default)]
-struct Raw<'a>(Option<&'a RawValue>);
-
-impl<'de> Deserialize<'de> for Raw<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <&RawValue>::deserialize(d).map(|r| Raw(Some(r)))
-    }
-}
-
-/// The chunk text a chunk read from `choices` on is given to the parser with.
-const FROM_CHOICES: &[u8] = br#"{"choices":"#;
-
-/// Where `inner` (a slice of `outer`) lies in it.
-fn span_in(outer: &[u8], inner: &[u8]) -> Option<(usize, usize)> {
-    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
-    let end = start.checked_add(inner.len())?;
-    (end <= outer.len()).then_some((start, end))
-}
-
-impl<'de> FromJson<'de> for Chunk<'de> {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut c = Chunk::default();
-        members!(map {
-            "id" => c.id,
-            "model" => c.model,
-            "system_fingerprint" => c.system_fingerprint,
-            "service_tier" => c.service_tier,
-            "choices" => c.choices,
-            "usage" => c.usage,
-            "error" => c.error,
-        });
-        Ok(Some(c))
-    }
-}
-
-#[derive(Default)]
-struct Choice<'a> {
-    index: Lenient<Count>,
-    finish_reason: Lenient<Str<'a>>,
-    delta: Lenient<Delta<'a>>,
-    /// Legacy completions carry text here.
-    text: Lenient<Str<'a>>,
-}
-
-impl<'de> FromJson<'de> for Choice<'de> {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut c = Choice::default();
-        members!(map {
-            "index" => c.index,
-            "finish_reason" => c.finish_reason,
-            "delta" => c.delta,
-            "text" => c.text,
-        });
-        Ok(Some(c))
-    }
-}
-
-#[derive(Default)]
-struct Delta<'a> {
-    content: Lenient<Str<'a>>,
-    refusal: Lenient<Str<'a>>,
-    tool_calls: Lenient<Vec<Lenient<ToolCallDelta<'a>>>>,
-}
-
-impl<'de> FromJson<'de> for Delta<'de> {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut d = Delta::default();
-        members!(map {
-            "content" => d.content,
-            "refusal" => d.refusal,
-            "tool_calls" => d.tool_calls,
-        });
-        Ok(Some(d))
-    }
-}
-
-#[derive(Default)]
-struct ToolCallDelta<'a> {
-    index: Lenient<Count>,
-    id: Lenient<Str<'a>>,
-    function: Lenient<FunctionDelta<'a>>,
-}
-
-impl<'de> FromJson<'de> for ToolCallDelta<'de> {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut t = ToolCallDelta::default();
-        members!(map {
-            "index" => t.index,
-            "id" => t.id,
-            "function" => t.function,
-        });
-        Ok(Some(t))
-    }
-}
-
-#[derive(Default)]
-struct FunctionDelta<'a> {
-    name: Lenient<Str<'a>>,
-    arguments: Lenient<Str<'a>>,
-}
-
-impl<'de> FromJson<'de> for FunctionDelta<'de> {
-    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut f = FunctionDelta::default();
-        members!(map {
-            "name" => f.name,
-            "arguments" => f.arguments,
-        });
-        Ok(Some(f))
-    }
 }
 
 #[derive(Default)]
@@ -312,7 +186,7 @@ impl StreamAccumulator {
             }
             None => (data, 0),
         };
-        let c: Chunk<'_> = object_from_slice(json).ok()?;
+        let (c, usage_at) = chunk::read(json)?;
         if head == 0 {
             self.head.learn(data);
         } else if [&c.id, &c.model, &c.system_fingerprint, &c.service_tier]
@@ -332,21 +206,14 @@ impl StreamAccumulator {
         }
         // positions in `json`, then in `data` (read from `choices` on, `json` is the
         // prefix and the data after its head)
-        let usage_value = c
-            .usage
-            .0
-            .and_then(|r| span_in(json, r.get().as_bytes()))
-            .and_then(|(s, e)| match head {
-                0 => Some((s, e)),
-                h => Some((
-                    s.checked_sub(FROM_CHOICES.len())? + h,
-                    e - FROM_CHOICES.len() + h,
-                )),
-            });
-        let usage: Lenient<Box<RawUsage>> = match c.usage.0 {
-            None => Lenient::Missing,
-            Some(r) => serde_json::from_str(r.get()).unwrap_or(Lenient::Invalid),
-        };
+        let usage_value = usage_at.and_then(|(s, e)| match head {
+            0 => Some((s, e)),
+            h => Some((
+                s.checked_sub(FROM_CHOICES.len())? + h,
+                e - FROM_CHOICES.len() + h,
+            )),
+        });
+        let usage = c.usage;
         let usage_object = usage.get().is_some();
         f.merge(Common {
             id: first(&f.id, c.id),
