@@ -123,6 +123,11 @@ async fn exports_everything(receiver: Receiver, protocol: &str) {
         ("ENVIRONMENT", "ci"),
         ("OTEL_RESOURCE_ATTRIBUTES", "team=observability"),
         ("OTEL_LOGS_EXPORTER", "otlp"),
+        // sent with every export; values are percent-decoded
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-team=o11y,x-token=Basic%20abc",
+        ),
         ("TOKENTAP_LOG_FORMAT", "json"),
         // successful calls are logged at debug
         ("TOKENTAP_LOG", "info,tokentap=debug"),
@@ -202,6 +207,15 @@ async fn exports_everything(receiver: Receiver, protocol: &str) {
         assert!(
             res.iter().any(|(a, b)| a == k && b == v),
             "{k}={v} in {res:?}"
+        );
+    }
+
+    // the configured headers came with the spans
+    let headers = receiver.trace_headers();
+    for (k, v) in [("x-team", "o11y"), ("x-token", "Basic abc")] {
+        assert!(
+            headers.iter().any(|(a, b)| a == k && b == v),
+            "{k}: {v} in {headers:?}"
         );
     }
 

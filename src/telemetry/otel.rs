@@ -27,7 +27,10 @@ use super::export::{
 };
 use super::names::{signal, span};
 
+mod traces;
 mod transport;
+mod wire;
+use traces::OtlpSpans;
 use transport::Transport;
 
 /// Where one signal goes.
@@ -269,7 +272,9 @@ pub(crate) fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Pro
         Exporter::Otlp(p) => {
             let b = opentelemetry_otlp::SpanExporter::builder();
             let tr = &settings.transports[0];
-            let e = match p {
+            // the OTLP crate's exporter still checks the configuration (its messages at
+            // start); spans are written and sent by tokentap's own (`otel/traces.rs`)
+            let checked = match p {
                 Protocol::Grpc => b
                     .with_tonic()
                     .with_timeout(t)
@@ -283,6 +288,11 @@ pub(crate) fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Pro
                     .build(),
             }
             .map_err(|e| format!("OTLP trace exporter: {e}"))?;
+            drop(checked);
+            let e = match p {
+                Protocol::Grpc => OtlpSpans::grpc(tr.grpc(), t)?,
+                _ => OtlpSpans::http(tr.http(t)?, t),
+            };
             Some(span_queue(e, r, drops, t, sq))
         }
     };

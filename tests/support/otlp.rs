@@ -59,6 +59,8 @@ struct Store {
     raw: Vec<u8>,
     /// OTLP/HTTP requests that came `content-encoding: gzip` (and decoded).
     gzip_requests: usize,
+    /// `(name, value)` of every header (gRPC metadata) a trace export carried.
+    trace_headers: Vec<(String, String)>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -69,6 +71,13 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Store> {
 }
 
 impl Store {
+    fn note_trace_headers(&mut self, headers: &hyper::HeaderMap) {
+        for (k, v) in headers {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            self.trace_headers.push((k.as_str().to_owned(), v));
+        }
+    }
+
     fn note_resource(&mut self, resource: Option<&Resource>) {
         if self.first_resource.is_none() {
             self.first_resource = resource.cloned();
@@ -369,6 +378,11 @@ impl Receiver {
     }
 
     /// How many OTLP/HTTP requests (or gRPC trace exports) arrived gzip-compressed.
+    /// Headers (gRPC metadata) trace exports carried, names lower-case.
+    pub fn trace_headers(&self) -> Vec<(String, String)> {
+        lock(&self.store).trace_headers.clone()
+    }
+
     pub fn gzip_requests(&self) -> usize {
         lock(&self.store).gzip_requests
     }
@@ -486,10 +500,12 @@ impl TraceService for GrpcSvc {
             .metadata()
             .get("grpc-encoding")
             .is_some_and(|v| v.as_bytes() == b"gzip");
+        let headers = request.metadata().clone().into_headers();
         let req = request.into_inner();
         let raw = req.encode_to_vec();
         let mut store = lock(&self.store);
         store.gzip_requests += usize::from(gzip);
+        store.note_trace_headers(&headers);
         store.add_traces(req, &raw);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -573,6 +589,9 @@ async fn handle_http(
     };
     let content_type = header(hyper::header::CONTENT_TYPE);
     let content_encoding = header(hyper::header::CONTENT_ENCODING);
+    if matches!(signal, Signal::Traces) {
+        lock(&store).note_trace_headers(req.headers());
+    }
     if !content_type.starts_with("application/x-protobuf") {
         return Ok(plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
