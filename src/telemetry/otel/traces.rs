@@ -25,6 +25,9 @@ use super::wire;
 
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const ATTEMPTS: u32 = 4;
+const USER_AGENT: &str = concat!("tokentap/", env!("CARGO_PKG_VERSION"));
+/// The longest wait a server may ask for before a retry (`Retry-After`).
+const LONGEST_ASKED_WAIT: Duration = Duration::from_secs(600);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Where variables are read from: the process environment, or a test's table.
@@ -46,7 +49,10 @@ fn either(env: Env<'_>, suffix: &str) -> Option<String> {
 
 /// `key=value` pairs, comma-separated, values percent-decoded (kept as written if that fails).
 fn headers(env: Env<'_>) -> Vec<(String, String)> {
-    let Some(text) = either(env, "HEADERS") else {
+    // the traces variable when set at all (empty means none), as the OTLP crate reads it
+    let Some(text) =
+        env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
+    else {
         return Vec::new();
     };
     text.split_terminator(',')
@@ -76,8 +82,20 @@ fn percent_decode(v: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The first of the traces and general variables that names a compression decides; an empty
+/// or unknown value is passed over, as the OTLP crate does.
 fn gzip_wanted(env: Env<'_>) -> bool {
-    either(env, "COMPRESSION").is_some_and(|c| c.eq_ignore_ascii_case("gzip"))
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ] {
+        match var(env, name).map(|v| v.to_ascii_lowercase()).as_deref() {
+            Some("gzip") => return true,
+            Some("none") => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The gRPC endpoint; one without a scheme is `https`, or `http` when `…_INSECURE` is true.
@@ -88,7 +106,10 @@ fn grpc_endpoint(env: Env<'_>) -> String {
         .is_some_and(|(scheme, _)| !scheme.contains(['/', '?', '#']));
     if has_scheme {
         e
-    } else if either(env, "INSECURE").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+    } else if env("OTEL_EXPORTER_OTLP_TRACES_INSECURE")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_INSECURE"))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
         format!("http://{e}")
     } else {
         format!("https://{e}")
@@ -141,6 +162,7 @@ impl OtlpSpans {
         let endpoint = grpc_endpoint(&process_env);
         let channel = Endpoint::from_shared(endpoint.clone())
             .and_then(|e| e.tls_config(tls))
+            .and_then(|e| e.user_agent(USER_AGENT))
             .map_err(|e| format!("OTLP trace exporter: endpoint {endpoint:?}: {e}"))?
             .timeout(timeout)
             .connect_lazy();
@@ -182,14 +204,14 @@ impl OtlpSpans {
         }
     }
 
-    /// One attempt: `Ok` when sent, `Err((retry, why))` otherwise.
-    async fn send(&self, body: &[u8]) -> Result<(), (bool, String)> {
+    /// One attempt: `Ok` when sent, else whether and when it may be retried, and why not.
+    async fn send(&self, body: &[u8]) -> Result<(), (Retry, String)> {
         match &self.wire {
             Wire::Grpc(grpc) => {
                 let mut grpc = grpc.clone();
                 grpc.ready()
                     .await
-                    .map_err(|e| (true, format!("OTLP/gRPC channel: {e}")))?;
+                    .map_err(|e| (Retry::Soon, format!("OTLP/gRPC channel: {e}")))?;
                 let mut req = tonic::Request::new(body.to_vec());
                 *req.metadata_mut() = MetadataMap::from_headers(self.headers.clone());
                 let path = http::uri::PathAndQuery::from_static(GRPC_PATH);
@@ -198,49 +220,56 @@ impl OtlpSpans {
                     .map(drop)
                     .map_err(|s| {
                         use tonic::Code::*;
-                        let retry = matches!(
-                            s.code(),
-                            Unavailable
-                                | ResourceExhausted
-                                | Aborted
-                                | Cancelled
-                                | DeadlineExceeded
-                                | OutOfRange
-                                | DataLoss
-                        );
+                        // as the OTLP crate classifies them when the server gives no RetryInfo
+                        let retry = match s.code() {
+                            Unavailable | Aborted | Cancelled | DeadlineExceeded | OutOfRange
+                            | DataLoss => Retry::Soon,
+                            _ => Retry::No,
+                        };
                         (retry, format!("OTLP/gRPC export: {s}"))
                     })
             }
             Wire::Http { client, url } => {
-                let mut req = http::Request::post(url.as_str());
-                if let Some(h) = req.headers_mut() {
-                    h.extend(self.headers.clone());
-                }
-                req = req.header(http::header::CONTENT_TYPE, "application/x-protobuf");
+                let mut req = http::Request::post(url.as_str())
+                    .header(http::header::USER_AGENT, USER_AGENT)
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf");
                 let body = if self.gzip {
                     req = req.header(http::header::CONTENT_ENCODING, "gzip");
                     let mut z =
                         flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                     z.write_all(body)
                         .and_then(|()| z.finish())
-                        .map_err(|e| (false, format!("gzip: {e}")))?
+                        .map_err(|e| (Retry::No, format!("gzip: {e}")))?
                 } else {
                     body.to_vec()
                 };
-                let req = req
+                let mut req = req
                     .body(Bytes::from(body))
-                    .map_err(|e| (false, format!("OTLP/HTTP request: {e}")))?;
+                    .map_err(|e| (Retry::No, format!("OTLP/HTTP request: {e}")))?;
+                // the configured headers last: theirs win, and a repeated one keeps its last value
+                for (k, v) in &self.headers {
+                    req.headers_mut().insert(k.clone(), v.clone());
+                }
                 let resp = client
                     .send_bytes(req)
                     .await
-                    .map_err(|e| (true, format!("OTLP/HTTP export: {e}")))?;
+                    .map_err(|e| (Retry::Soon, format!("OTLP/HTTP export: {e}")))?;
                 let status = resp.status();
                 if status.is_success() {
-                    Ok(())
-                } else {
-                    let retry = matches!(status.as_u16(), 429 | 502 | 503 | 504);
-                    Err((retry, format!("OTLP/HTTP export: {url} answered {status}")))
+                    return Ok(());
                 }
+                let asked = resp
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|s| Duration::from_secs(s).min(LONGEST_ASKED_WAIT));
+                let retry = match (status.as_u16(), asked) {
+                    (429 | 503, Some(wait)) => Retry::After(wait),
+                    (429 | 502 | 503 | 504, _) => Retry::Soon,
+                    _ => Retry::No,
+                };
+                Err((retry, format!("OTLP/HTTP export: {url} answered {status}")))
             }
         }
     }
@@ -254,23 +283,37 @@ impl SpanExporter for OtlpSpans {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
-            match self.send(&body).await {
+            let (retry, why) = match self.send(&body).await {
                 Ok(()) => return Ok(()),
-                Err((true, _))
-                    if attempt < ATTEMPTS && started.elapsed() + backoff < self.timeout =>
-                {
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                    attempt += 1;
-                }
-                Err((_, why)) => return Err(OTelSdkError::InternalFailure(why)),
+                Err(e) => e,
+            };
+            let wait = match retry {
+                Retry::Soon => backoff,
+                Retry::After(asked) => asked,
+                Retry::No => return Err(OTelSdkError::InternalFailure(why)),
+            };
+            // a wait the export's time does not allow is not started
+            if attempt >= ATTEMPTS || started.elapsed() + wait >= self.timeout {
+                return Err(OTelSdkError::InternalFailure(why));
             }
+            tokio::time::sleep(wait).await;
+            backoff *= 2;
+            attempt += 1;
         }
     }
 
     fn set_resource(&mut self, resource: &Resource) {
         self.resource = wire::resource(resource);
     }
+}
+
+/// Whether a failed export may be tried again.
+enum Retry {
+    No,
+    /// After the exporter's own backoff.
+    Soon,
+    /// After the wait the server asked for.
+    After(Duration),
 }
 
 /// Sends the request's bytes as they are; the reply's content is not read.
@@ -312,6 +355,83 @@ impl Decoder for Discard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A collector answering each request with the next `(status, Retry-After)`; counts them.
+    async fn collector(script: Vec<(u16, Option<&'static str>)>) -> (String, Arc<Mutex<usize>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(0usize));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (count, script) = (count.clone(), script.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let n = {
+                            let mut c = count.lock().expect("count");
+                            *c += 1;
+                            *c - 1
+                        };
+                        let (status, after) = script[n.min(script.len() - 1)];
+                        let mut resp = http::Response::builder().status(status);
+                        if let Some(a) = after {
+                            resp = resp.header(http::header::RETRY_AFTER, a);
+                        }
+                        let resp = resp
+                            .body(http_body_util::Full::new(Bytes::new()))
+                            .expect("response");
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(sock);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    async fn export_to(script: Vec<(u16, Option<&'static str>)>) -> (bool, usize) {
+        let (url, seen) = collector(script).await;
+        let timeout = Duration::from_secs(2);
+        let client = super::super::transport::Transport::default()
+            .http(timeout)
+            .expect("client");
+        let e = OtlpSpans {
+            wire: Wire::Http {
+                client: Box::new(client),
+                url,
+            },
+            headers: http::HeaderMap::new(),
+            gzip: false,
+            timeout,
+            resource: wire::resource(&Resource::builder_empty().build()),
+        };
+        let ok = e.export(Vec::new()).await.is_ok();
+        let n = *seen.lock().expect("count");
+        (ok, n)
+    }
+
+    #[tokio::test]
+    async fn retries_what_a_retry_can_mend_and_waits_as_asked_only_when_time_allows() {
+        assert_eq!(
+            export_to(vec![(503, None), (502, None), (200, None)]).await,
+            (true, 3)
+        );
+        assert_eq!(export_to(vec![(400, None)]).await, (false, 1));
+        // asked to wait longer than the export may take: not retried
+        assert_eq!(export_to(vec![(429, Some("5"))]).await, (false, 1));
+        assert_eq!(
+            export_to(vec![(429, Some("0")), (200, None)]).await,
+            (true, 2)
+        );
+        // four attempts at most
+        assert_eq!(export_to(vec![(503, None)]).await, (false, 4));
+    }
 
     fn table<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
@@ -368,5 +488,20 @@ mod tests {
         assert_eq!(grpc_endpoint(&table(&insecure)), "http://c:4317");
         let path = [("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317/p://q")];
         assert_eq!(grpc_endpoint(&table(&path)), "https://c:4317/p://q");
+
+        // set but empty: the traces headers and insecure flag are that (none, false); an
+        // empty or unknown compression is passed over for the general one
+        let empty = table(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", ""),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", ""),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip "),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ]);
+        assert!(headers(&empty).is_empty());
+        assert_eq!(grpc_endpoint(&empty), "https://c:4317");
+        assert!(gzip_wanted(&empty));
     }
 }
