@@ -21,7 +21,9 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use super::transport::Https;
 use super::wire;
+use crate::genai::query::percent_decode;
 
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const ATTEMPTS: u32 = 4;
@@ -47,39 +49,27 @@ fn either(env: Env<'_>, suffix: &str) -> Option<String> {
         .or_else(|| var(env, &format!("OTEL_EXPORTER_OTLP_{suffix}")))
 }
 
-/// `key=value` pairs, comma-separated, values percent-decoded (kept as written if that fails).
-fn headers(env: Env<'_>) -> Vec<(String, String)> {
+/// `key=value` pairs, comma-separated, values percent-decoded; pairs that are not valid
+/// HTTP headers are left out.
+fn headers(env: Env<'_>) -> http::HeaderMap {
     // the traces variable when set at all (empty means none), as the OTLP crate reads it
     let Some(text) =
         env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
     else {
-        return Vec::new();
+        return http::HeaderMap::new();
     };
     text.split_terminator(',')
         .filter_map(|kv| {
             let (k, v) = kv.trim().split_once('=')?;
-            let (k, v) = (k.trim(), v.trim());
-            let v = percent_decode(v).unwrap_or_else(|| v.to_owned());
-            (!k.is_empty() && !v.is_empty()).then(|| (k.to_owned(), v))
+            let v = percent_decode(v.trim());
+            Some((
+                http::HeaderName::from_bytes(k.trim().as_bytes()).ok()?,
+                http::HeaderValue::from_str(&v)
+                    .ok()
+                    .filter(|v| !v.is_empty())?,
+            ))
         })
         .collect()
-}
-
-fn percent_decode(v: &str) -> Option<String> {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The first of the traces and general variables that names a compression decides; an empty
@@ -130,10 +120,6 @@ fn http_url(env: Env<'_>) -> String {
     };
     format!("{base}{path}")
 }
-
-type Https = opentelemetry_http::hyper::HyperClient<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
->;
 
 enum Wire {
     Grpc(tonic::client::Grpc<Channel>),
@@ -189,15 +175,7 @@ impl OtlpSpans {
     fn new(wire: Wire, gzip: bool, timeout: Duration) -> OtlpSpans {
         OtlpSpans {
             wire,
-            headers: headers(&process_env)
-                .into_iter()
-                .filter_map(|(k, v)| {
-                    Some((
-                        http::HeaderName::from_bytes(k.as_bytes()).ok()?,
-                        http::HeaderValue::from_str(&v).ok()?,
-                    ))
-                })
-                .collect(),
+            headers: headers(&process_env),
             gzip,
             timeout,
             resource: wire::resource(&Resource::builder_empty().build()),
@@ -205,14 +183,14 @@ impl OtlpSpans {
     }
 
     /// One attempt: `Ok` when sent, else whether and when it may be retried, and why not.
-    async fn send(&self, body: &[u8]) -> Result<(), (Retry, String)> {
+    async fn send(&self, body: &Bytes) -> Result<(), (Retry, String)> {
         match &self.wire {
             Wire::Grpc(grpc) => {
                 let mut grpc = grpc.clone();
                 grpc.ready()
                     .await
                     .map_err(|e| (Retry::Soon, format!("OTLP/gRPC channel: {e}")))?;
-                let mut req = tonic::Request::new(body.to_vec());
+                let mut req = tonic::Request::new(body.clone());
                 *req.metadata_mut() = MetadataMap::from_headers(self.headers.clone());
                 let path = http::uri::PathAndQuery::from_static(GRPC_PATH);
                 grpc.unary(req, path, RawCodec)
@@ -239,12 +217,13 @@ impl OtlpSpans {
                         flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                     z.write_all(body)
                         .and_then(|()| z.finish())
+                        .map(Bytes::from)
                         .map_err(|e| (Retry::No, format!("gzip: {e}")))?
                 } else {
-                    body.to_vec()
+                    body.clone()
                 };
                 let mut req = req
-                    .body(Bytes::from(body))
+                    .body(body)
                     .map_err(|e| (Retry::No, format!("OTLP/HTTP request: {e}")))?;
                 // the configured headers last: theirs win, and a repeated one keeps its last value
                 for (k, v) in &self.headers {
@@ -277,7 +256,7 @@ impl OtlpSpans {
 
 impl SpanExporter for OtlpSpans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = wire::request(&self.resource, &batch);
+        let body = Bytes::from(wire::request(&self.resource, &batch));
         drop(batch);
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
@@ -322,7 +301,7 @@ struct RawEncoder;
 struct Discard;
 
 impl Codec for RawCodec {
-    type Encode = Vec<u8>;
+    type Encode = Bytes;
     type Decode = ();
     type Encoder = RawEncoder;
     type Decoder = Discard;
@@ -335,9 +314,9 @@ impl Codec for RawCodec {
 }
 
 impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
+    type Item = Bytes;
     type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
         dst.put_slice(&item);
         Ok(())
     }
@@ -462,8 +441,14 @@ mod tests {
         let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
             v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
         };
+        let read = |env: &dyn Fn(&str) -> Option<String>| -> Vec<(String, String)> {
+            headers(env)
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").to_owned()))
+                .collect()
+        };
         assert_eq!(
-            headers(&general),
+            read(&general),
             pairs(&[("a", "1"), ("b", "x y"), ("bad%zz", "%zz")])
         );
 
@@ -478,7 +463,7 @@ mod tests {
         ]);
         assert_eq!(http_url(&own), "http://t:1/custom");
         assert_eq!(grpc_endpoint(&own), "http://t:1/custom");
-        assert_eq!(headers(&own), pairs(&[("t", "2")]));
+        assert_eq!(read(&own), pairs(&[("t", "2")]));
         assert!(!gzip_wanted(&own));
 
         // a gRPC endpoint without a scheme: TLS unless insecure

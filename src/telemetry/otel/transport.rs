@@ -15,6 +15,10 @@ use std::time::Duration;
 
 use crate::tls::{self, CaCerts, ClientIdentity};
 
+/// The OTLP/HTTP client of one signal.
+pub(crate) type Https =
+    HyperClient<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>>;
+
 /// One signal's connection settings.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Transport {
@@ -85,15 +89,7 @@ impl Transport {
     }
 
     /// An HTTP client for OTLP/HTTP that speaks `https` with these settings (and plain `http`).
-    pub(crate) fn http(
-        &self,
-        timeout: Duration,
-    ) -> Result<
-        HyperClient<
-            hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        >,
-        String,
-    > {
+    pub(crate) fn http(&self, timeout: Duration) -> Result<Https, String> {
         let config = tls::client_config(self.ca(), self.identity.as_ref(), Vec::new())?;
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.enforce_http(false);

@@ -129,16 +129,22 @@ fn any(out: &mut Vec<u8>, v: &Value) {
         Value::Array(a) => {
             tag(out, 5, LEN);
             varint(out, array_len(a) as u64);
-            let mut each = |v: Value| {
+            let mut each = |v: &Value| {
                 tag(out, 1, LEN);
-                varint(out, any_len(&v) as u64);
-                any(out, &v);
+                varint(out, any_len(v) as u64);
+                any(out, v);
             };
             match a {
-                Array::Bool(v) => v.iter().for_each(|b| each(Value::Bool(*b))),
-                Array::I64(v) => v.iter().for_each(|i| each(Value::I64(*i))),
-                Array::F64(v) => v.iter().for_each(|x| each(Value::F64(*x))),
-                Array::String(v) => v.iter().for_each(|s| each(Value::String(s.clone()))),
+                Array::Bool(v) => v.iter().for_each(|b| each(&Value::Bool(*b))),
+                Array::I64(v) => v.iter().for_each(|i| each(&Value::I64(*i))),
+                Array::F64(v) => v.iter().for_each(|x| each(&Value::F64(*x))),
+                // written as the `AnyValue` of a string, without making one
+                Array::String(v) => v.iter().for_each(|s| {
+                    let b = s.as_str().as_bytes();
+                    tag(out, 1, LEN);
+                    varint(out, field_len(b.len()) as u64);
+                    bytes(out, 1, b);
+                }),
                 _ => {}
             }
         }
@@ -260,22 +266,38 @@ pub(crate) fn request(resource: &(Vec<u8>, String), spans: &[SpanData]) -> Vec<u
             None => scopes.push((&s.instrumentation_scope, vec![s])),
         }
     }
-    let (mut rs, mut ss, mut one, mut scratch) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    bytes(&mut rs, 1, &resource.0);
-    for (sc, group) in scopes {
-        ss.clear();
-        message(&mut ss, 1, &mut scratch, |m| scope(m, sc));
-        for s in group {
-            one.clear();
-            span(&mut one, s, &mut scratch);
-            bytes(&mut ss, 2, &one);
-        }
-        bytes_if_any(&mut ss, 3, sc.schema_url().unwrap_or_default().as_bytes());
-        bytes(&mut rs, 2, &ss);
+    let (mut one, mut scratch) = (Vec::new(), Vec::new());
+    let bodies: Vec<Vec<u8>> = scopes
+        .into_iter()
+        .map(|(sc, group)| {
+            let mut ss = Vec::new();
+            message(&mut ss, 1, &mut scratch, |m| scope(m, sc));
+            for s in group {
+                one.clear();
+                span(&mut one, s, &mut scratch);
+                bytes(&mut ss, 2, &one);
+            }
+            bytes_if_any(&mut ss, 3, sc.schema_url().unwrap_or_default().as_bytes());
+            ss
+        })
+        .collect();
+    // the `ResourceSpans` is written straight into the request: its length is known by now
+    let schema = resource.1.as_bytes();
+    let len = field_len(resource.0.len())
+        + bodies.iter().map(|b| field_len(b.len())).sum::<usize>()
+        + if schema.is_empty() {
+            0
+        } else {
+            field_len(schema.len())
+        };
+    let mut out = Vec::with_capacity(len + 8);
+    tag(&mut out, 1, LEN);
+    varint(&mut out, len as u64);
+    bytes(&mut out, 1, &resource.0);
+    for b in &bodies {
+        bytes(&mut out, 2, b);
     }
-    bytes_if_any(&mut rs, 3, resource.1.as_bytes());
-    let mut out = Vec::with_capacity(rs.len() + 8);
-    bytes(&mut out, 1, &rs);
+    bytes_if_any(&mut out, 3, schema);
     out
 }
 
