@@ -258,6 +258,19 @@ async fn drain(graceful: GracefulShutdown, grace: Option<Duration>) {
     }
 }
 
+/// The socket under an upgraded client connection, with the bytes hyper had read
+/// past the handshake; the connection itself when it is not a plain socket of ours.
+pub(crate) fn upgraded_socket(
+    up: hyper::upgrade::Upgraded,
+) -> Result<(TcpStream, Bytes), hyper::upgrade::Upgraded> {
+    let up = match up.downcast::<TokioIo<TcpStream>>() {
+        Ok(p) => return Ok((p.io.into_inner(), p.read_buf)),
+        Err(up) => up,
+    };
+    up.downcast::<TokioIo<limits::Watched<TcpStream>>>()
+        .map(|p| (p.io.into_inner().into_inner(), p.read_buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

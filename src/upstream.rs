@@ -14,11 +14,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Full;
+use hyper::upgrade::Upgraded;
 use hyper_util::client::legacy::ResponseFuture;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::CertificateDer;
+use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::tls::{self, ClientIdentity};
@@ -56,6 +58,32 @@ impl Client {
     /// `window` and none is configured.
     pub(crate) fn client_cert_wanted(&self, window: Duration) -> bool {
         self.cert_asked.as_ref().is_some_and(|a| a.within(window))
+    }
+}
+
+/// An upgraded upstream connection, unwrapped as far as its type allows.
+pub(crate) enum UpgradedIo {
+    /// Plain TCP, with the bytes hyper had read past the `101`.
+    Tcp(TcpStream, Bytes),
+    /// TLS (or a proxy tunnel's TLS), with those bytes.
+    Tls(
+        Box<TokioIo<hyper_rustls::MaybeHttpsStream<egress::Conn>>>,
+        Bytes,
+    ),
+    /// A connection of another kind, as hyper hands it over.
+    Other(Upgraded),
+}
+
+/// The socket under an upgraded upstream connection, when it is a plain one.
+pub(crate) fn upgraded_socket(up: Upgraded) -> UpgradedIo {
+    match up.downcast::<hyper_rustls::MaybeHttpsStream<egress::Conn>>() {
+        Ok(p) => match p.io {
+            hyper_rustls::MaybeHttpsStream::Http(conn) => {
+                UpgradedIo::Tcp(conn.into_tcp(), p.read_buf)
+            }
+            tls => UpgradedIo::Tls(Box::new(TokioIo::new(tls)), p.read_buf),
+        },
+        Err(up) => UpgradedIo::Other(up),
     }
 }
 

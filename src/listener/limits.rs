@@ -176,6 +176,11 @@ impl<T> Watched<T> {
     pub(super) fn new(inner: T, activity: Arc<Activity>) -> Watched<T> {
         Watched { inner, activity }
     }
+
+    /// The socket, once nothing watches its deadlines (an upgraded connection).
+    pub(super) fn into_inner(self) -> T {
+        self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {

@@ -13,7 +13,13 @@ use std::io;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::call::Call;
@@ -70,20 +76,63 @@ enum Way {
     ToClient,
 }
 
+/// Any byte stream a tunnel can relay.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// One side of a tunnel. Plain TCP on both sides (the common case) is relayed on
+/// the sockets themselves: through hyper's `Upgraded` every read and write went
+/// through five layers (a boxed trait object among them) and a lock per half.
+pub(crate) enum Io {
+    Tcp(TcpStream),
+    Other(Box<dyn Stream>),
+}
+
+/// A side of a tunnel with the bytes already read from it before the upgrade
+/// was handed over (a client's first frames, or the upstream's after its `101`):
+/// they are relayed first.
+pub(crate) struct Side {
+    pub(crate) io: Io,
+    pub(crate) read: Bytes,
+}
+
 /// Relays `client` ⇄ `server` until both directions end, or `stop` turns true
 /// (then each side gets a `1001` close frame and the tunnel ends).
-pub(crate) async fn relay<C, S>(
-    client: C,
-    server: S,
+pub(crate) async fn relay(
+    client: Side,
+    server: Side,
+    observer: &mut dyn TunnelObserver,
+    stop: &watch::Receiver<bool>,
+) -> Closed {
+    match (client.io, server.io) {
+        (Io::Tcp(mut c), Io::Tcp(mut s)) => {
+            let (c_rd, c_wr) = c.split();
+            let (s_rd, s_wr) = s.split();
+            let client = (Prefixed::new(client.read, c_rd), c_wr);
+            let server = (Prefixed::new(server.read, s_rd), s_wr);
+            relay_halves(client, server, observer, stop).await
+        }
+        (c, s) => {
+            let (c_rd, c_wr) = tokio::io::split(c);
+            let (s_rd, s_wr) = tokio::io::split(s);
+            let client = (Prefixed::new(client.read, c_rd), c_wr);
+            let server = (Prefixed::new(server.read, s_rd), s_wr);
+            relay_halves(client, server, observer, stop).await
+        }
+    }
+}
+
+async fn relay_halves<R, W>(
+    (mut client_rd, mut client_wr): (R, W),
+    (mut server_rd, mut server_wr): (R, W),
     observer: &mut dyn TunnelObserver,
     stop: &watch::Receiver<bool>,
 ) -> Closed
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut server_rd, mut server_wr) = tokio::io::split(server);
     let observer = Mutex::new(observer);
     let first = OnceLock::new();
     let (ended_tx, ended_rx) = watch::channel(false);
@@ -142,17 +191,42 @@ async fn pump<R, W>(
     let mut buf = Vec::with_capacity(COPY_BUF);
     let mut frames = Frames::default();
     let ended: io::Result<End> = async {
-        // made once, not per frame: each would register a waiter anew
+        // Made once, not per frame: each would register a waiter anew. Once polled,
+        // their waiters stay registered, so they are polled again only when their
+        // channel has changed (an atomic load each), not on every wake-up: polling
+        // both cost as much as the read itself, on each direction, each wake-up.
+        let (stop_seen, ended_seen) = (stop.clone(), other_ended.clone());
         let halt = stopped(&mut stop);
         tokio::pin!(halt);
         let lingered = linger(&mut other_ended);
         tokio::pin!(lingered);
+        let mut registered = false;
         loop {
-            let n = tokio::select! {
-                biased;
-                () = &mut halt => return Ok(End::Stopped),
-                n = from.read_buf(&mut buf) => n?,
-                () = &mut lingered => return Ok(End::Eof),
+            // bytes ready are read first; a stop is still seen within tokio's budget
+            // of reads, which ends in a `Pending`
+            let n = std::future::poll_fn(|cx| {
+                let read = from.read_buf(&mut buf);
+                tokio::pin!(read);
+                if let Poll::Ready(r) = read.poll(cx) {
+                    return Poll::Ready(r.map(Some));
+                }
+                let first = !registered;
+                registered = true;
+                if (first || stop_seen.has_changed().unwrap_or(false))
+                    && halt.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Ok(None));
+                }
+                if (first || ended_seen.has_changed().unwrap_or(false))
+                    && lingered.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Ok(Some(0)));
+                }
+                Poll::Pending
+            })
+            .await?;
+            let Some(n) = n else {
+                return Ok(End::Stopped);
             };
             if n == 0 {
                 return Ok(End::Eof);
@@ -212,6 +286,74 @@ async fn pump<R, W>(
     }
     let _ = tokio::time::timeout(FINISH_FRAME_DEADLINE, to.shutdown()).await;
     done.send_replace(true);
+}
+
+/// A reader that first gives out bytes read before it was handed over.
+struct Prefixed<R> {
+    read: Bytes,
+    inner: R,
+}
+
+impl<R> Prefixed<R> {
+    fn new(read: Bytes, inner: R) -> Prefixed<R> {
+        Prefixed { read, inner }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Other(o) => Pin::new(o).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_write(cx, buf),
+            Io::Other(o) => Pin::new(o).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Io::Other(o) => Pin::new(o).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Io::Other(o) => Pin::new(o).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Resolves `HALF_CLOSE_LINGER` after the other direction ended.
@@ -424,6 +566,109 @@ mod tests {
         );
     }
 
+    fn other(io: impl Stream + 'static) -> Side {
+        Side {
+            io: Io::Other(Box::new(io)),
+            read: Bytes::new(),
+        }
+    }
+
+    /// Bytes read before the hand-over go first, and are seen, on sockets or not.
+    #[tokio::test]
+    async fn bytes_read_before_the_upgrade_are_relayed_first() {
+        #[derive(Default)]
+        struct Seen(Vec<u8>, Vec<u8>);
+        impl TunnelObserver for Seen {
+            fn server_bytes(&mut self, b: &[u8]) {
+                self.0.extend_from_slice(b);
+            }
+            fn client_bytes(&mut self, b: &[u8]) {
+                self.1.extend_from_slice(b);
+            }
+        }
+        async fn pair() -> (TcpStream, TcpStream) {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = TcpStream::connect(l.local_addr().unwrap());
+            let (a, b) = tokio::join!(a, l.accept());
+            (a.unwrap(), b.unwrap().0)
+        }
+        for tcp in [true, false] {
+            let (client, mut client_peer) = pair().await;
+            let (server, mut server_peer) = pair().await;
+            let io = |s: TcpStream| {
+                if tcp {
+                    Io::Tcp(s)
+                } else {
+                    Io::Other(Box::new(s))
+                }
+            };
+            let client = Side {
+                io: io(client),
+                read: Bytes::from_static(b"early from client|"),
+            };
+            let server = Side {
+                io: io(server),
+                read: Bytes::from_static(b"early from server|"),
+            };
+            let (_stop_tx, stop) = watch::channel(false);
+            let relay = tokio::spawn(async move {
+                let mut seen = Seen::default();
+                let how = relay(client, server, &mut seen, &stop).await;
+                (how, seen)
+            });
+            client_peer.write_all(b"later").await.unwrap();
+            server_peer.write_all(b"later").await.unwrap();
+            let mut got = [0u8; 23];
+            server_peer.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"early from client|later", "tcp {tcp}");
+            client_peer.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"early from server|later", "tcp {tcp}");
+            drop(client_peer);
+            drop(server_peer);
+            let (how, seen) = relay.await.unwrap();
+            assert!(matches!(how, Closed::Client | Closed::Server), "tcp {tcp}");
+            assert_eq!(seen.0, b"early from server|later");
+            assert_eq!(seen.1, b"early from client|later");
+        }
+    }
+
+    /// The stop and the linger are looked at only when their channels change: both
+    /// must still end a tunnel whose sides stay open and quiet.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_tunnel_ends_on_stop_and_after_a_half_close_linger() {
+        // a stop while nothing flows: both sides get a 1001
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (server, mut server_peer) = tokio::io::duplex(64);
+        let (stop_tx, stop) = watch::channel(false);
+        let relay_task = tokio::spawn(async move {
+            relay(other(client), other(server), &mut NoObserver, &stop).await
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!relay_task.is_finished(), "a quiet tunnel stays open");
+        stop_tx.send_replace(true);
+        let ended = tokio::time::timeout(Duration::from_secs(5), relay_task).await;
+        assert_eq!(ended.expect("the stop is seen").unwrap(), Closed::Shutdown);
+        let mut to_client = Vec::new();
+        client_peer.read_to_end(&mut to_client).await.unwrap();
+        assert_eq!(to_client, GOING_AWAY_TO_CLIENT);
+        let mut to_server = Vec::new();
+        server_peer.read_to_end(&mut to_server).await.unwrap();
+        assert_eq!(to_server.len(), 8);
+
+        // the client hangs up, the upstream never does: the tunnel ends after the linger
+        let (client, client_peer) = tokio::io::duplex(64);
+        let (server, _server_peer) = tokio::io::duplex(64);
+        let (_stop_tx, stop) = watch::channel(false);
+        let started = tokio::time::Instant::now();
+        let relay_task = tokio::spawn(async move {
+            relay(other(client), other(server), &mut NoObserver, &stop).await
+        });
+        drop(client_peer);
+        let ended = tokio::time::timeout(HALF_CLOSE_LINGER * 2, relay_task).await;
+        assert_eq!(ended.expect("the linger ends it").unwrap(), Closed::Client);
+        assert!(started.elapsed() >= HALF_CLOSE_LINGER);
+    }
+
     #[tokio::test]
     async fn a_side_that_hangs_up_ends_the_tunnel() {
         let (client, client_peer) = tokio::io::duplex(64);
@@ -431,7 +676,7 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let relay = tokio::spawn(async move {
             let mut seen = NoObserver;
-            relay(client, server, &mut seen, &stop).await
+            relay(other(client), other(server), &mut seen, &stop).await
         });
         drop(client_peer);
         let mut rest = Vec::new();

@@ -20,17 +20,18 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
 use super::headers::strip_hop_by_hop;
-use super::tunnel::{self, Closed, NoObserver, TunnelObserver};
+use super::tunnel::{self, Closed, Io, NoObserver, Side, TunnelObserver};
 use super::{Proxy, ResponseBody, TRACERESPONSE, Timing, path_and_query, prepare, request};
 use super::{respond, retry, send};
 use crate::call::{Call, Outcome};
 use crate::listener::ConnectionHold;
 use crate::observe::realtime::{RealtimeObserver, SessionEnd, is_realtime};
 use crate::telemetry::spans;
+use crate::upstream::UpgradedIo;
 
 /// True for an HTTP/1.1 request asking to switch to WebSocket.
 pub(super) fn is_websocket(parts: &http::request::Parts) -> bool {
@@ -223,8 +224,8 @@ impl Session {
         let how = match tokio::join!(client_side, server_side) {
             (Ok(c), Ok(s)) => {
                 tunnel::relay(
-                    TokioIo::new(c),
-                    TokioIo::new(s),
+                    client_side_io(c),
+                    server_side_io(s),
                     self.observer.as_mut(),
                     &self.stop,
                 )
@@ -241,5 +242,37 @@ impl Session {
         self.observer.closed(how, &mut self.call);
         self.call.duration = self.started.elapsed();
         self.recorder.record(self.call);
+    }
+}
+
+/// The client's side of a tunnel: its socket when it is a plain one of ours.
+fn client_side_io(up: Upgraded) -> Side {
+    match crate::listener::upgraded_socket(up) {
+        Ok((tcp, read)) => Side {
+            io: Io::Tcp(tcp),
+            read,
+        },
+        Err(up) => Side {
+            io: Io::Other(Box::new(TokioIo::new(up))),
+            read: Bytes::new(),
+        },
+    }
+}
+
+/// The upstream's side of a tunnel: its socket when the connection is plain TCP.
+fn server_side_io(up: Upgraded) -> Side {
+    match crate::upstream::upgraded_socket(up) {
+        UpgradedIo::Tcp(tcp, read) => Side {
+            io: Io::Tcp(tcp),
+            read,
+        },
+        UpgradedIo::Tls(tls, read) => Side {
+            io: Io::Other(tls),
+            read,
+        },
+        UpgradedIo::Other(up) => Side {
+            io: Io::Other(Box::new(TokioIo::new(up))),
+            read: Bytes::new(),
+        },
     }
 }

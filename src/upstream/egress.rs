@@ -62,6 +62,13 @@ pub(crate) struct Conn {
     proxied: bool,
 }
 
+impl Conn {
+    /// The socket (a relayed WebSocket goes on it directly).
+    pub(crate) fn into_tcp(self) -> TcpStream {
+        self.io.into_inner()
+    }
+}
+
 impl Connection for Conn {
     fn connected(&self) -> Connected {
         self.io.connected().proxy(self.proxied)
