@@ -25,6 +25,7 @@
 //! The body is read once, before routing, because its facts decide how the
 //! response is observed; a failure at any stage still records the call.
 
+mod both;
 mod headers;
 mod prepare;
 mod request;

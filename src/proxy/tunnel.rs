@@ -160,7 +160,7 @@ where
         stop.clone(),
         (&first, &ended_tx, ended_rx.clone()),
     );
-    tokio::join!(up, down);
+    super::both::both(up, down).await;
     first.get().copied().unwrap_or(Closed::Failed)
 }
 

@@ -1,0 +1,128 @@
+//! Two futures run together on one task, each polled only when its own waker fired.
+//!
+//! A tunnel's two directions share a task. `tokio::join!` polls every unfinished
+//! future on each wake-up, so each frame relayed one way also polled the idle
+//! other way (a read that returns `Pending`, ~400 instructions). Here each
+//! future gets a waker of its own that marks it before waking the task, and a
+//! wake-up polls only what was marked.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// The task's current waker, shared by both sides' wakers.
+type Parent = Arc<Mutex<Option<Waker>>>;
+
+/// One side's waker: marks the side, then wakes the task.
+struct Mark {
+    fired: AtomicBool,
+    parent: Parent,
+}
+
+impl Wake for Mark {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if let Some(w) = self.parent.lock().ok().as_deref().and_then(Option::as_ref) {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// Runs `a` and `b` to completion; each is polled once at first, then only
+/// after its own waker fired.
+pub(super) async fn both<A, B>(a: A, b: B)
+where
+    A: Future<Output = ()>,
+    B: Future<Output = ()>,
+{
+    let parent: Parent = Arc::new(Mutex::new(None));
+    let mark = || {
+        Arc::new(Mark {
+            fired: AtomicBool::new(true),
+            parent: parent.clone(),
+        })
+    };
+    let (mark_a, mark_b) = (mark(), mark());
+    let (waker_a, waker_b) = (Waker::from(mark_a.clone()), Waker::from(mark_b.clone()));
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut a_done, mut b_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        if let Ok(mut p) = parent.lock() {
+            if !p.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *p = Some(cx.waker().clone());
+            }
+        }
+        if !a_done && mark_a.fired.swap(false, Ordering::AcqRel) {
+            a_done = a
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker_a))
+                .is_ready();
+        }
+        if !b_done && mark_b.fired.swap(false, Ordering::AcqRel) {
+            b_done = b
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker_b))
+                .is_ready();
+        }
+        if a_done && b_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::Notify;
+
+    /// Waits for `n` notifications, counting its polls.
+    async fn counted(polls: &AtomicUsize, go: &Notify, n: usize) {
+        for _ in 0..n {
+            let notified = go.notified();
+            tokio::pin!(notified);
+            std::future::poll_fn(|cx| {
+                polls.fetch_add(1, Ordering::Relaxed);
+                notified.as_mut().poll(cx)
+            })
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_side_is_polled_only_when_its_own_waker_fired() {
+        let (polls_a, polls_b) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let (go_a, go_b) = (Notify::new(), Notify::new());
+        let run = both(counted(&polls_a, &go_a, 50), counted(&polls_b, &go_b, 1));
+        tokio::pin!(run);
+        let step = |run: Pin<&mut _>| {
+            let mut cx = Context::from_waker(Waker::noop());
+            Future::poll(run, &mut cx)
+        };
+        assert!(step(run.as_mut()).is_pending());
+        // fifty wake-ups of a: b is not polled again
+        for _ in 0..50 {
+            go_a.notify_one();
+            let _ = step(run.as_mut());
+        }
+        assert_eq!(
+            polls_b.load(Ordering::Relaxed),
+            1,
+            "b polled once, at first"
+        );
+        assert!(polls_a.load(Ordering::Relaxed) >= 50);
+        go_b.notify_one();
+        assert!(step(run.as_mut()).is_ready(), "both finished");
+        assert_eq!(polls_b.load(Ordering::Relaxed), 2);
+    }
+}
