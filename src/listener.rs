@@ -263,11 +263,11 @@ async fn drain(graceful: GracefulShutdown, grace: Option<Duration>) {
 pub(crate) fn upgraded_socket(
     up: hyper::upgrade::Upgraded,
 ) -> Result<(TcpStream, Bytes), hyper::upgrade::Upgraded> {
-    let up = match up.downcast::<TokioIo<TcpStream>>() {
+    let up = match auto::upgrade::downcast::<TokioIo<TcpStream>>(up) {
         Ok(p) => return Ok((p.io.into_inner(), p.read_buf)),
         Err(up) => up,
     };
-    up.downcast::<TokioIo<limits::Watched<TcpStream>>>()
+    auto::upgrade::downcast::<TokioIo<limits::Watched<TcpStream>>>(up)
         .map(|p| (p.io.into_inner().into_inner(), p.read_buf))
 }
 
@@ -277,12 +277,75 @@ mod tests {
     use http_body_util::{BodyExt as _, Empty};
     use hyper::service::service_fn;
     use hyper_util::client::legacy::Client;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::oneshot;
 
     type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
     fn client() -> TestClient {
         Client::builder(TokioExecutor::new()).build_http()
+    }
+
+    /// Found in review: the served socket sits in hyper-util's own wrapper, so a plain
+    /// `Upgraded::downcast` never matched and no tunnel was relayed on its socket.
+    /// With and without the per-connection deadlines, an upgraded connection gives its
+    /// socket back, and the bytes hyper read past the handshake come with it.
+    #[tokio::test]
+    async fn an_upgraded_connection_gives_back_its_socket_and_what_was_read() {
+        for limits in [
+            None,
+            Some(ConnectionLimits {
+                header_timeout: LONG,
+                idle_timeout: LONG,
+            }),
+        ] {
+            let (tx, rx) = oneshot::channel();
+            let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+            let service = service_fn(move |req: Request<Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let upgrading = hyper::upgrade::on(req);
+                    tokio::spawn(async move {
+                        let found = upgrading.await.map(upgraded_socket);
+                        if let Some(tx) = tx.lock().unwrap().take() {
+                            let _ = tx.send(found);
+                        }
+                    });
+                    Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "websocket")
+                        .body(Empty::<Bytes>::new())
+                }
+            });
+            let options = ServeOptions {
+                limits,
+                ..ServeOptions::default()
+            };
+            let (addr, _stop, _task) = start(service, options);
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            // the first frame's bytes in the same write as the handshake
+            c.write_all(
+                b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nEARLY",
+            )
+            .await
+            .unwrap();
+            let found = tokio::time::timeout(LONG, rx).await.unwrap().unwrap();
+            let (mut tcp, read) = found
+                .expect("upgraded")
+                .unwrap_or_else(|_| panic!("not given back as a socket (limits {limits:?})"));
+            let mut early = read.to_vec();
+            while early.len() < 5 {
+                let mut b = [0u8; 8];
+                let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut b))
+                    .await
+                    .expect("the early bytes are not lost")
+                    .unwrap();
+                assert!(n > 0);
+                early.extend_from_slice(&b[..n]);
+            }
+            assert_eq!(early, b"EARLY");
+        }
     }
 
     fn get(addr: SocketAddr) -> Request<Empty<Bytes>> {

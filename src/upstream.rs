@@ -199,3 +199,60 @@ fn build(
         cert_asked,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upgraded plain-HTTP upstream connection gives back its socket, and the bytes
+    /// hyper read past the `101` (here sent in the same write) come with it.
+    #[tokio::test]
+    async fn an_upgraded_upstream_connection_gives_back_its_socket_and_what_was_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).await.unwrap();
+                head.extend_from_slice(&b[..n]);
+            }
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nFIRST")
+                .await
+                .unwrap();
+            // keep the socket open until the test is done with it
+            let _ = s.read(&mut b).await;
+        });
+        let opts = Options {
+            connect_timeout: Duration::from_secs(5),
+            ca: Vec::new(),
+            identity: None,
+            proxies: None,
+        };
+        let client = http1_client(&opts, &[]).unwrap();
+        let req = Request::get(format!("http://{addr}/v1/realtime"))
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let up = hyper::upgrade::on(resp).await.unwrap();
+        let UpgradedIo::Tcp(mut tcp, read) = upgraded_socket(up) else {
+            panic!("not given back as a socket");
+        };
+        let mut first = read.to_vec();
+        while first.len() < 5 {
+            let mut b = [0u8; 8];
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut b))
+                .await
+                .expect("the first bytes are not lost")
+                .unwrap();
+            assert!(n > 0);
+            first.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(first, b"FIRST");
+    }
+}

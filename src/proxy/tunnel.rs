@@ -196,14 +196,17 @@ async fn pump<R, W>(
         // channel has changed (an atomic load each), not on every wake-up: polling
         // both cost as much as the read itself, on each direction, each wake-up.
         let (stop_seen, ended_seen) = (stop.clone(), other_ended.clone());
-        let halt = stopped(&mut stop);
+        // outside tokio's budget: a look refused for budget would neither see the channel
+        // nor register a waiter, and a flood of reads could then hide the stop for good
+        let halt = tokio::task::coop::unconstrained(stopped(&mut stop));
         tokio::pin!(halt);
-        let lingered = linger(&mut other_ended);
+        let lingered = tokio::task::coop::unconstrained(linger(&mut other_ended));
         tokio::pin!(lingered);
         let mut registered = false;
         loop {
-            // bytes ready are read first; a stop is still seen within tokio's budget
-            // of reads, which ends in a `Pending`
+            // bytes ready are read first; a stop is still seen when tokio's budget of
+            // reads runs out, which ends in a `Pending` (a sender gone counts as a change:
+            // a stop sent just before it went must not be missed)
             let n = std::future::poll_fn(|cx| {
                 let read = from.read_buf(&mut buf);
                 tokio::pin!(read);
@@ -212,12 +215,12 @@ async fn pump<R, W>(
                 }
                 let first = !registered;
                 registered = true;
-                if (first || stop_seen.has_changed().unwrap_or(false))
+                if (first || stop_seen.has_changed().unwrap_or(true))
                     && halt.as_mut().poll(cx).is_ready()
                 {
                     return Poll::Ready(Ok(None));
                 }
-                if (first || ended_seen.has_changed().unwrap_or(false))
+                if (first || ended_seen.has_changed().unwrap_or(true))
                     && lingered.as_mut().poll(cx).is_ready()
                 {
                     return Poll::Ready(Ok(Some(0)));
@@ -667,6 +670,70 @@ mod tests {
         let ended = tokio::time::timeout(HALF_CLOSE_LINGER * 2, relay_task).await;
         assert_eq!(ended.expect("the linger ends it").unwrap(), Closed::Client);
         assert!(started.elapsed() >= HALF_CLOSE_LINGER);
+    }
+
+    /// Always has bytes (empty frames) and spends tokio's budget as a socket does;
+    /// `left` reads, then quiet for ever.
+    struct Flood {
+        left: Option<usize>,
+    }
+
+    impl AsyncRead for Flood {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            match &mut self.left {
+                Some(0) => return Poll::Pending,
+                Some(k) => *k -= 1,
+                None => {}
+            }
+            let n = buf.remaining().min(4096) & !1;
+            buf.put_slice(&vec![0u8; n]);
+            coop.made_progress();
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// How a flooded tunnel ends when stopped, if it ends within five seconds.
+    async fn stop_a_flood(left: Option<usize>) -> Option<Closed> {
+        let client = tokio::io::join(Flood { left }, tokio::io::sink());
+        let (server, _server_peer) = tokio::io::duplex(64);
+        let server = tokio::io::join(server, tokio::io::sink());
+        let (stop_tx, stop) = watch::channel(false);
+        let relay_task = tokio::spawn(async move {
+            relay(other(client), other(server), &mut NoObserver, &stop).await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop_tx.send_replace(true);
+        let r = tokio::time::timeout(Duration::from_secs(5), relay_task).await;
+        r.ok().map(|j| j.unwrap())
+    }
+
+    /// Found in review: the stop, looked at only when a read is `Pending`, was refused by
+    /// the same exhausted budget that made the read `Pending`, or never registered.
+    #[tokio::test]
+    async fn a_stop_is_seen_while_bytes_keep_coming_and_after_a_burst() {
+        assert_eq!(stop_a_flood(None).await, Some(Closed::Shutdown));
+        assert_eq!(stop_a_flood(Some(300)).await, Some(Closed::Shutdown));
+    }
+
+    /// Found in review: a closed channel's `has_changed` is an error, which hid the change.
+    #[tokio::test]
+    async fn a_stop_sent_just_before_its_sender_went_still_stops() {
+        let (client, _client_peer) = tokio::io::duplex(64);
+        let (server, _server_peer) = tokio::io::duplex(64);
+        let (stop_tx, stop) = watch::channel(false);
+        let relay_task = tokio::spawn(async move {
+            relay(other(client), other(server), &mut NoObserver, &stop).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop_tx.send_replace(true);
+        drop(stop_tx);
+        let r = tokio::time::timeout(Duration::from_secs(5), relay_task).await;
+        assert_eq!(r.ok().map(|j| j.unwrap()), Some(Closed::Shutdown));
     }
 
     #[tokio::test]
