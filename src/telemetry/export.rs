@@ -491,6 +491,8 @@ mod tests {
         under_way: Arc<Mutex<(usize, usize)>>,
         release: Arc<tokio::sync::Notify>,
         exported: Arc<Mutex<usize>>,
+        /// Exported items when `shutdown` was called.
+        at_shutdown: Arc<Mutex<Option<usize>>>,
     }
 
     impl Sink<u32> for Held {
@@ -506,7 +508,40 @@ mod tests {
             *self.exported.lock().unwrap() += batch.len();
             Ok(())
         }
-        fn shutdown(&self) {}
+        fn shutdown(&self) {
+            *self.at_shutdown.lock().unwrap() = Some(*self.exported.lock().unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sink_is_shut_down_only_after_every_export_under_way() {
+        let sink = Held::default();
+        let q = Queue::start(
+            sink.clone(),
+            Arc::new(ExportHealth::new("test")),
+            Counter::default(),
+            Duration::from_secs(30),
+            2048,
+        );
+        let items = 3 * MAX_BATCH;
+        for i in 0..items as u32 {
+            q.push(i);
+        }
+        drop(q); // the queue closes: its task exports what it holds, then shuts down
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sink.under_way.lock().unwrap().0, 3);
+        assert_eq!(
+            *sink.at_shutdown.lock().unwrap(),
+            None,
+            "not while exports run"
+        );
+        while sink.at_shutdown.lock().unwrap().is_none() {
+            sink.release.notify_waiters();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*sink.at_shutdown.lock().unwrap(), Some(items));
     }
 
     #[tokio::test]
