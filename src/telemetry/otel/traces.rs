@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
-use opentelemetry_http::HttpClient;
+use opentelemetry_http::{HttpClient, ResponseBodyTooLarge};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
@@ -229,10 +229,15 @@ impl OtlpSpans {
                 for (k, v) in &self.headers {
                     req.headers_mut().insert(k.clone(), v.clone());
                 }
-                let resp = client
-                    .send_bytes(req)
-                    .await
-                    .map_err(|e| (Retry::Soon, format!("OTLP/HTTP export: {e}")))?;
+                let resp = client.send_bytes(req).await.map_err(|e| {
+                    // A reply too large, or cut while its body was read, means the collector
+                    // got the request: sent again, its spans could be stored twice. Only a
+                    // failure to send (or no head in time) is retried.
+                    let answered = e.downcast_ref::<ResponseBodyTooLarge>().is_some()
+                        || e.downcast_ref::<hyper::Error>().is_some();
+                    let retry = if answered { Retry::No } else { Retry::Soon };
+                    (retry, format!("OTLP/HTTP export: {e}"))
+                })?;
                 let status = resp.status();
                 if status.is_success() {
                     return Ok(());
@@ -336,8 +341,12 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    /// A collector answering each request with the next `(status, Retry-After)`; counts them.
-    async fn collector(script: Vec<(u16, Option<&'static str>)>) -> (String, Arc<Mutex<usize>>) {
+    /// A collector answering each request with the next `(status, Retry-After)`, each reply
+    /// carrying `body` bytes; counts the requests.
+    async fn collector_with_body(
+        script: Vec<(u16, Option<&'static str>)>,
+        body: usize,
+    ) -> (String, Arc<Mutex<usize>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -360,7 +369,7 @@ mod tests {
                             resp = resp.header(http::header::RETRY_AFTER, a);
                         }
                         let resp = resp
-                            .body(http_body_util::Full::new(Bytes::new()))
+                            .body(http_body_util::Full::new(Bytes::from(vec![0u8; body])))
                             .expect("response");
                         async move { Ok::<_, std::convert::Infallible>(resp) }
                     });
@@ -375,7 +384,14 @@ mod tests {
     }
 
     async fn export_to(script: Vec<(u16, Option<&'static str>)>) -> (bool, usize) {
-        let (url, seen) = collector(script).await;
+        export_with_replies_of(script, 0).await
+    }
+
+    async fn export_with_replies_of(
+        script: Vec<(u16, Option<&'static str>)>,
+        body: usize,
+    ) -> (bool, usize) {
+        let (url, seen) = collector_with_body(script, body).await;
         let timeout = Duration::from_secs(2);
         let client = super::super::transport::Transport::default()
             .http(timeout)
@@ -410,6 +426,26 @@ mod tests {
         );
         // four attempts at most
         assert_eq!(export_to(vec![(503, None)]).await, (false, 4));
+    }
+
+    /// A reply whose body is refused (over the client's 4 MiB) still means the collector
+    /// got the spans: not sent again, where a retry would store them twice.
+    #[tokio::test]
+    async fn a_request_the_collector_answered_is_not_sent_again() {
+        let big = 5 * 1024 * 1024;
+        assert_eq!(
+            export_with_replies_of(vec![(200, None)], big).await,
+            (false, 1)
+        );
+        assert_eq!(
+            export_with_replies_of(vec![(503, None)], big).await,
+            (false, 1)
+        );
+        // a small reply body is read as before
+        assert_eq!(
+            export_with_replies_of(vec![(200, None)], 64).await,
+            (true, 1)
+        );
     }
 
     fn table<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
