@@ -1340,10 +1340,11 @@ fn host_triple() -> String {
 }
 
 /// Checks a directory the way the Dockerfile's `cargo build --locked` sees it,
-/// without compiling: `cargo fetch --locked --offline` parses the manifest
-/// strictly (a declared target whose file is missing fails, as in a build),
-/// resolves against Cargo.lock without changing it, and finds every dependency
-/// of the host platform already downloaded. Returns the bin targets of the
+/// without compiling: `cargo fetch --locked` parses the manifest strictly (a
+/// declared target whose file is missing fails, as in a build), resolves against
+/// Cargo.lock without changing it, and has every dependency of the host platform,
+/// optional ones included (downloaded here if this machine's builds never needed
+/// them: an offline fetch failed on a fresh machine for the optional allocator). Returns the bin targets of the
 /// package (`cargo metadata --no-deps`), after checking it is this crate.
 fn bins_of(dir: &Path) -> Vec<String> {
     let manifest = dir.join("Cargo.toml");
@@ -1351,7 +1352,6 @@ fn bins_of(dir: &Path) -> Vec<String> {
         .args([
             "fetch",
             "--locked",
-            "--offline",
             "--target",
             &host_triple(),
             "--manifest-path",
