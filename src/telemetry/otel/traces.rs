@@ -6,8 +6,10 @@
 //! `/v1/traces` appended over HTTP), `…_INSECURE` for a gRPC endpoint without a scheme, the
 //! headers (`…_TRACES_HEADERS`, else `…_HEADERS`; values percent-decoded) and the
 //! compression. Failures that a retry can mend (gRPC `UNAVAILABLE` and kin, HTTP 429 and
-//! 502–504) are retried with a backoff while the export's time allows; the bytes are
-//! written once.
+//! 502–504) are retried with a backoff while the export's time allows, each attempt held
+//! to the time left; the bytes are written (and compressed) once. A request the collector
+//! answered is not sent again even when its reply could not be read, and errors name the
+//! collector without the credentials or query its URL may carry.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -31,6 +33,8 @@ const USER_AGENT: &str = concat!("tokentap/", env!("CARGO_PKG_VERSION"));
 /// The longest wait a server may ask for before a retry (`Retry-After`).
 const LONGEST_ASKED_WAIT: Duration = Duration::from_secs(600);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How tonic's `OUT_OF_RANGE` for a reply over its size limit begins (a test pins it).
+const TONIC_REPLY_TOO_LARGE: &str = "Error, decoded message length too large";
 
 /// Where variables are read from: the process environment, or a test's table.
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -123,7 +127,27 @@ fn http_url(env: Env<'_>) -> String {
 
 enum Wire {
     Grpc(tonic::client::Grpc<Channel>),
-    Http { client: Box<Https>, url: String },
+    Http {
+        client: Box<Https>,
+        url: String,
+        /// The URL as errors show it: without credentials or query.
+        shown: String,
+    },
+}
+
+/// `url` without what may be a secret in it (a user and password, the query).
+fn shown(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(u) => {
+            format!(
+                "{}://{}{}",
+                u.scheme_str().unwrap_or("http"),
+                u.host().unwrap_or_default(),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ) + u.path()
+        }
+        Err(_) => "the OTLP/HTTP endpoint".to_owned(),
+    }
 }
 
 /// Exports spans as OTLP, written by [`wire`].
@@ -163,9 +187,13 @@ impl OtlpSpans {
     /// Over OTLP/HTTP with protobuf bodies.
     pub(crate) fn http(client: Https, timeout: Duration) -> OtlpSpans {
         OtlpSpans::new(
-            Wire::Http {
-                client: Box::new(client),
-                url: http_url(&process_env),
+            {
+                let url = http_url(&process_env);
+                Wire::Http {
+                    client: Box::new(client),
+                    shown: shown(&url),
+                    url,
+                }
             },
             gzip_wanted(&process_env),
             timeout,
@@ -198,8 +226,12 @@ impl OtlpSpans {
                     .map(drop)
                     .map_err(|s| {
                         use tonic::Code::*;
-                        // as the OTLP crate classifies them when the server gives no RetryInfo
+                        // as the OTLP crate classifies them when the server gives no RetryInfo,
+                        // but for a reply over tonic's 4 MiB limit: the collector answered
                         let retry = match s.code() {
+                            OutOfRange if s.message().starts_with(TONIC_REPLY_TOO_LARGE) => {
+                                Retry::No
+                            }
                             Unavailable | Aborted | Cancelled | DeadlineExceeded | OutOfRange
                             | DataLoss => Retry::Soon,
                             _ => Retry::No,
@@ -207,23 +239,15 @@ impl OtlpSpans {
                         (retry, format!("OTLP/gRPC export: {s}"))
                     })
             }
-            Wire::Http { client, url } => {
+            Wire::Http { client, url, shown } => {
                 let mut req = http::Request::post(url.as_str())
                     .header(http::header::USER_AGENT, USER_AGENT)
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf");
-                let body = if self.gzip {
+                if self.gzip {
                     req = req.header(http::header::CONTENT_ENCODING, "gzip");
-                    let mut z =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                    z.write_all(body)
-                        .and_then(|()| z.finish())
-                        .map(Bytes::from)
-                        .map_err(|e| (Retry::No, format!("gzip: {e}")))?
-                } else {
-                    body.clone()
-                };
+                }
                 let mut req = req
-                    .body(body)
+                    .body(body.clone())
                     .map_err(|e| (Retry::No, format!("OTLP/HTTP request: {e}")))?;
                 // the configured headers last: theirs win, and a repeated one keeps its last value
                 for (k, v) in &self.headers {
@@ -253,7 +277,10 @@ impl OtlpSpans {
                     (429 | 502 | 503 | 504, _) => Retry::Soon,
                     _ => Retry::No,
                 };
-                Err((retry, format!("OTLP/HTTP export: {url} answered {status}")))
+                Err((
+                    retry,
+                    format!("OTLP/HTTP export: {shown} answered {status}"),
+                ))
             }
         }
     }
@@ -261,15 +288,32 @@ impl OtlpSpans {
 
 impl SpanExporter for OtlpSpans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = Bytes::from(wire::request(&self.resource, &batch));
+        let body = wire::request(&self.resource, &batch);
         drop(batch);
+        // over HTTP the body is compressed here, once for every attempt (tonic does it for gRPC)
+        let body = match &self.wire {
+            Wire::Http { .. } if self.gzip => gzip(&body).map_err(|e| {
+                OTelSdkError::InternalFailure(format!("OTLP/HTTP export: gzip: {e}"))
+            })?,
+            _ => Bytes::from(body),
+        };
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
+        let mut before = None;
         loop {
-            let (retry, why) = match self.send(&body).await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
+            // an attempt gets the time the export has left, no more
+            let left = self.timeout.saturating_sub(started.elapsed());
+            let (retry, why) = match tokio::time::timeout(left, self.send(&body)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    let why = match before {
+                        Some(why) => format!("{why}; the export's time ran out on the next try"),
+                        None => "OTLP export: timed out".to_owned(),
+                    };
+                    return Err(OTelSdkError::InternalFailure(why));
+                }
             };
             let wait = match retry {
                 Retry::Soon => backoff,
@@ -283,12 +327,19 @@ impl SpanExporter for OtlpSpans {
             tokio::time::sleep(wait).await;
             backoff *= 2;
             attempt += 1;
+            before = Some(why);
         }
     }
 
     fn set_resource(&mut self, resource: &Resource) {
         self.resource = wire::resource(resource);
     }
+}
+
+fn gzip(body: &[u8]) -> std::io::Result<Bytes> {
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(body)?;
+    z.finish().map(Bytes::from)
 }
 
 /// Whether a failed export may be tried again.
@@ -337,192 +388,4 @@ impl Decoder for Discard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// A collector answering each request with the next `(status, Retry-After)`, each reply
-    /// carrying `body` bytes; counts the requests.
-    async fn collector_with_body(
-        script: Vec<(u16, Option<&'static str>)>,
-        body: usize,
-    ) -> (String, Arc<Mutex<usize>>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
-        let seen = Arc::new(Mutex::new(0usize));
-        let count = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                let (count, script) = (count.clone(), script.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |_req| {
-                        let n = {
-                            let mut c = count.lock().expect("count");
-                            *c += 1;
-                            *c - 1
-                        };
-                        let (status, after) = script[n.min(script.len() - 1)];
-                        let mut resp = http::Response::builder().status(status);
-                        if let Some(a) = after {
-                            resp = resp.header(http::header::RETRY_AFTER, a);
-                        }
-                        let resp = resp
-                            .body(http_body_util::Full::new(Bytes::from(vec![0u8; body])))
-                            .expect("response");
-                        async move { Ok::<_, std::convert::Infallible>(resp) }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(sock);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                });
-            }
-        });
-        (url, seen)
-    }
-
-    async fn export_to(script: Vec<(u16, Option<&'static str>)>) -> (bool, usize) {
-        export_with_replies_of(script, 0).await
-    }
-
-    async fn export_with_replies_of(
-        script: Vec<(u16, Option<&'static str>)>,
-        body: usize,
-    ) -> (bool, usize) {
-        let (url, seen) = collector_with_body(script, body).await;
-        let timeout = Duration::from_secs(2);
-        let client = super::super::transport::Transport::default()
-            .http(timeout)
-            .expect("client");
-        let e = OtlpSpans {
-            wire: Wire::Http {
-                client: Box::new(client),
-                url,
-            },
-            headers: http::HeaderMap::new(),
-            gzip: false,
-            timeout,
-            resource: wire::resource(&Resource::builder_empty().build()),
-        };
-        let ok = e.export(Vec::new()).await.is_ok();
-        let n = *seen.lock().expect("count");
-        (ok, n)
-    }
-
-    #[tokio::test]
-    async fn retries_what_a_retry_can_mend_and_waits_as_asked_only_when_time_allows() {
-        assert_eq!(
-            export_to(vec![(503, None), (502, None), (200, None)]).await,
-            (true, 3)
-        );
-        assert_eq!(export_to(vec![(400, None)]).await, (false, 1));
-        // asked to wait longer than the export may take: not retried
-        assert_eq!(export_to(vec![(429, Some("5"))]).await, (false, 1));
-        assert_eq!(
-            export_to(vec![(429, Some("0")), (200, None)]).await,
-            (true, 2)
-        );
-        // four attempts at most
-        assert_eq!(export_to(vec![(503, None)]).await, (false, 4));
-    }
-
-    /// A reply whose body is refused (over the client's 4 MiB) still means the collector
-    /// got the spans: not sent again, where a retry would store them twice.
-    #[tokio::test]
-    async fn a_request_the_collector_answered_is_not_sent_again() {
-        let big = 5 * 1024 * 1024;
-        assert_eq!(
-            export_with_replies_of(vec![(200, None)], big).await,
-            (false, 1)
-        );
-        assert_eq!(
-            export_with_replies_of(vec![(503, None)], big).await,
-            (false, 1)
-        );
-        // a small reply body is read as before
-        assert_eq!(
-            export_with_replies_of(vec![(200, None)], 64).await,
-            (true, 1)
-        );
-    }
-
-    fn table<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
-
-    #[test]
-    fn endpoints_headers_and_compression_read_as_the_otlp_crate_reads_them() {
-        let none = table(&[]);
-        assert_eq!(grpc_endpoint(&none), "http://localhost:4317");
-        assert_eq!(http_url(&none), "http://localhost:4318/v1/traces");
-        assert!(headers(&none).is_empty() && !gzip_wanted(&none));
-
-        let general = table(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
-            (
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                " a = 1 ,b=x%20y,=no,c=,bad%zz=%zz",
-            ),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "GZIP"),
-        ]);
-        assert_eq!(http_url(&general), "http://c:4318/v1/traces");
-        assert_eq!(grpc_endpoint(&general), "http://c:4318/");
-        assert!(gzip_wanted(&general));
-        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
-        };
-        let read = |env: &dyn Fn(&str) -> Option<String>| -> Vec<(String, String)> {
-            headers(env)
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").to_owned()))
-                .collect()
-        };
-        assert_eq!(
-            read(&general),
-            pairs(&[("a", "1"), ("b", "x y"), ("bad%zz", "%zz")])
-        );
-
-        // the traces variables win and are used as they are
-        let own = table(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:1/custom"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
-            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "t=2"),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
-        ]);
-        assert_eq!(http_url(&own), "http://t:1/custom");
-        assert_eq!(grpc_endpoint(&own), "http://t:1/custom");
-        assert_eq!(read(&own), pairs(&[("t", "2")]));
-        assert!(!gzip_wanted(&own));
-
-        // a gRPC endpoint without a scheme: TLS unless insecure
-        let bare = [("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317")];
-        assert_eq!(grpc_endpoint(&table(&bare)), "https://c:4317");
-        let insecure = [bare[0], ("OTEL_EXPORTER_OTLP_INSECURE", "True")];
-        assert_eq!(grpc_endpoint(&table(&insecure)), "http://c:4317");
-        let path = [("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317/p://q")];
-        assert_eq!(grpc_endpoint(&table(&path)), "https://c:4317/p://q");
-
-        // set but empty: the traces headers and insecure flag are that (none, false); an
-        // empty or unknown compression is passed over for the general one
-        let empty = table(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317"),
-            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", ""),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
-            ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", ""),
-            ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
-            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip "),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-        ]);
-        assert!(headers(&empty).is_empty());
-        assert_eq!(grpc_endpoint(&empty), "https://c:4317");
-        assert!(gzip_wanted(&empty));
-    }
-}
+mod tests;
