@@ -291,19 +291,21 @@ async fn run<T: Send + 'static, S: Sink<T>>(
         while !batch.is_empty() {
             let n = batch.len().min(MAX_BATCH);
             let chunk: Vec<T> = batch.drain(..n).collect();
+            // counted as dropped unless exported: a failed batch is lost like a dropped one (no
+            // retry buffer to grow), and so is one whose export panicked or was cancelled
+            let unsent = Unsent(n as u64, dropped.clone());
             // waits while MAX_IN_FLIGHT exports are under way; the queue holds what comes
             let Ok(slot) = slots.clone().acquire_owned().await else {
-                break; // never closed
+                continue; // never closed; were it, the batch would count as dropped
             };
-            let (sink, health, dropped) = (sink.clone(), health.clone(), dropped.clone());
+            let (sink, health) = (sink.clone(), health.clone());
             tokio::spawn(async move {
                 let result = match tokio::time::timeout(timeout, sink.export(chunk)).await {
                     Ok(r) => r,
                     Err(_) => Err(OTelSdkError::Timeout(timeout)),
                 };
-                if result.is_err() {
-                    // a failed batch is lost like a dropped one (no retry buffer to grow)
-                    dropped.inc_by(n as u64);
+                if result.is_ok() {
+                    unsent.exported();
                 }
                 health.report(&result);
                 drop(slot);
@@ -318,6 +320,23 @@ async fn run<T: Send + 'static, S: Sink<T>>(
     }
     settle(&slots).await;
     sink.shutdown();
+}
+
+/// A batch on its way out: counted as dropped when this goes before it was exported.
+struct Unsent(u64, Counter);
+
+impl Unsent {
+    fn exported(mut self) {
+        self.0 = 0;
+    }
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            self.1.inc_by(self.0);
+        }
+    }
 }
 
 /// Waits until every export started so far has ended.
@@ -433,22 +452,42 @@ mod tests {
         fn shutdown(&self) {}
     }
 
-    fn queue(sink: &Recording, capacity: usize) -> (Queue<u32>, Counter) {
+    fn queue<S: Sink<u32>>(sink: S, capacity: usize, timeout: Duration) -> (Queue<u32>, Counter) {
         let dropped = Counter::default();
         let q = Queue::start(
-            sink.clone(),
+            sink,
             Arc::new(ExportHealth::new("test")),
             dropped.clone(),
-            Duration::from_secs(1),
+            timeout,
             capacity,
         );
         (q, dropped)
     }
 
+    /// An export that panics.
+    struct Panics;
+
+    impl Sink<u32> for Panics {
+        async fn export(&self, batch: Vec<u32>) -> OTelSdkResult {
+            panic!("an exporter's defect ({} items)", batch.len());
+        }
+        fn shutdown(&self) {}
+    }
+
+    #[tokio::test]
+    async fn items_whose_export_panicked_are_counted_as_dropped() {
+        let (q, dropped) = queue(Panics, 2048, Duration::from_secs(1));
+        for i in 0..300 {
+            q.push(i);
+        }
+        assert!(q.flush(Duration::from_secs(5)).await);
+        assert_eq!(dropped.get(), 300);
+    }
+
     #[tokio::test]
     async fn flushes_answer_after_everything_queued_before_them() {
         let sink = Recording::default();
-        let (q, dropped) = queue(&sink, 2048);
+        let (q, dropped) = queue(sink.clone(), 2048, Duration::from_secs(1));
         for i in 0..1000 {
             q.push(i);
         }
@@ -474,7 +513,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_without_waiting() {
         let sink = Recording::default();
-        let (q, dropped) = queue(&sink, 8);
+        let (q, dropped) = queue(sink.clone(), 8, Duration::from_secs(1));
         // nothing drains the queue before this loop ends (same thread, no await)
         for i in 0..20 {
             q.push(i);
@@ -516,13 +555,7 @@ mod tests {
     #[tokio::test]
     async fn the_sink_is_shut_down_only_after_every_export_under_way() {
         let sink = Held::default();
-        let q = Queue::start(
-            sink.clone(),
-            Arc::new(ExportHealth::new("test")),
-            Counter::default(),
-            Duration::from_secs(30),
-            2048,
-        );
+        let (q, _) = queue(sink.clone(), 2048, Duration::from_secs(30));
         let items = 3 * MAX_BATCH;
         for i in 0..items as u32 {
             q.push(i);
@@ -547,14 +580,7 @@ mod tests {
     #[tokio::test]
     async fn slow_exports_go_several_at_once_and_a_flush_waits_for_all() {
         let sink = Held::default();
-        let dropped = Counter::default();
-        let q = Queue::start(
-            sink.clone(),
-            Arc::new(ExportHealth::new("test")),
-            dropped.clone(),
-            Duration::from_secs(30),
-            2048,
-        );
+        let (q, dropped) = queue(sink.clone(), 2048, Duration::from_secs(30));
         let items = (MAX_IN_FLIGHT + 2) * MAX_BATCH;
         for i in 0..items as u32 {
             q.push(i);
