@@ -4,7 +4,9 @@
 //! future on each wake-up, so each frame relayed one way also polled the idle
 //! other way (a read that returns `Pending`, ~400 instructions). Here each
 //! future gets a waker of its own that marks it before waking the task, and a
-//! wake-up polls only what was marked.
+//! wake-up polls only what was marked. The two take turns at going first, as
+//! with `join!`: the first may spend the task's whole budget (tokio's coop), and a
+//! side always second could then be held back for as long as the other had bytes.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,23 +54,21 @@ where
     let mut a = std::pin::pin!(a);
     let mut b = std::pin::pin!(b);
     let (mut a_done, mut b_done) = (false, false);
+    let mut b_first = false;
     std::future::poll_fn(|cx| {
         if let Ok(mut p) = parent.lock() {
             if !p.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *p = Some(cx.waker().clone());
             }
         }
-        if !a_done && mark_a.fired.swap(false, Ordering::AcqRel) {
-            a_done = a
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker_a))
-                .is_ready();
-        }
-        if !b_done && mark_b.fired.swap(false, Ordering::AcqRel) {
-            b_done = b
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker_b))
-                .is_ready();
+        // the side polled first may spend the task's whole budget: they take turns
+        b_first = !b_first;
+        for b_turn in [b_first, !b_first] {
+            if b_turn {
+                poll_side(b.as_mut(), &mut b_done, &mark_b, &waker_b);
+            } else {
+                poll_side(a.as_mut(), &mut a_done, &mark_a, &waker_a);
+            }
         }
         if a_done && b_done {
             Poll::Ready(())
@@ -77,6 +77,18 @@ where
         }
     })
     .await;
+}
+
+/// Polls `side` if it is not done and its waker fired.
+fn poll_side<F: Future<Output = ()>>(
+    side: std::pin::Pin<&mut F>,
+    done: &mut bool,
+    mark: &Mark,
+    waker: &Waker,
+) {
+    if !*done && mark.fired.swap(false, Ordering::AcqRel) {
+        *done = side.poll(&mut Context::from_waker(waker)).is_ready();
+    }
 }
 
 #[cfg(test)]

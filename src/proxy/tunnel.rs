@@ -14,11 +14,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -109,18 +108,27 @@ pub(crate) async fn relay(
         (Io::Tcp(mut c), Io::Tcp(mut s)) => {
             let (c_rd, c_wr) = c.split();
             let (s_rd, s_wr) = s.split();
-            let client = (Prefixed::new(client.read, c_rd), c_wr);
-            let server = (Prefixed::new(server.read, s_rd), s_wr);
+            let client = (prefixed(client.read, c_rd), c_wr);
+            let server = (prefixed(server.read, s_rd), s_wr);
             relay_halves(client, server, observer, stop).await
         }
         (c, s) => {
-            let (c_rd, c_wr) = tokio::io::split(c);
-            let (s_rd, s_wr) = tokio::io::split(s);
-            let client = (Prefixed::new(client.read, c_rd), c_wr);
-            let server = (Prefixed::new(server.read, s_rd), s_wr);
+            let boxed = |io| match io {
+                Io::Tcp(t) => Box::new(t) as Box<dyn Stream>,
+                Io::Other(o) => o,
+            };
+            let (c_rd, c_wr) = tokio::io::split(boxed(c));
+            let (s_rd, s_wr) = tokio::io::split(boxed(s));
+            let client = (prefixed(client.read, c_rd), c_wr);
+            let server = (prefixed(server.read, s_rd), s_wr);
             relay_halves(client, server, observer, stop).await
         }
     }
+}
+
+/// `rd` after the bytes read from it before the upgrade.
+fn prefixed<R: AsyncRead>(read: Bytes, rd: R) -> tokio::io::Chain<std::io::Cursor<Bytes>, R> {
+    AsyncReadExt::chain(std::io::Cursor::new(read), rd)
 }
 
 async fn relay_halves<R, W>(
@@ -195,7 +203,9 @@ async fn pump<R, W>(
         // their waiters stay registered, so they are polled again only when their
         // channel has changed (an atomic load each), not on every wake-up: polling
         // both cost as much as the read itself, on each direction, each wake-up.
-        let (stop_seen, ended_seen) = (stop.clone(), other_ended.clone());
+        let (mut stop_seen, ended_seen) = (stop.clone(), other_ended.clone());
+        // the stop is looked at once at first, to register
+        stop_seen.mark_changed();
         // outside tokio's budget: a look refused for budget would neither see the channel
         // nor register a waiter, and a flood of reads could then hide the stop for good
         let halt = tokio::task::coop::unconstrained(stopped(&mut stop));
@@ -213,13 +223,15 @@ async fn pump<R, W>(
                 if let Poll::Ready(r) = read.poll(cx) {
                     return Poll::Ready(r.map(Some));
                 }
-                let first = !registered;
-                registered = true;
-                if (first || stop_seen.has_changed().unwrap_or(true))
-                    && halt.as_mut().poll(cx).is_ready()
-                {
+                // marked seen before the look, which reads the value itself: a change
+                // after the mark is both seen by the look and marks the channel again
+                if looks_changed(&mut stop_seen) && halt.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ok(None));
                 }
+                // once the other way ended, the linger's own timer wakes this: its channel
+                // stays "changed" for that (and the look costs only during the linger)
+                let first = !registered;
+                registered = true;
                 if (first || ended_seen.has_changed().unwrap_or(true))
                     && lingered.as_mut().poll(cx).is_ready()
                 {
@@ -291,72 +303,12 @@ async fn pump<R, W>(
     done.send_replace(true);
 }
 
-/// A reader that first gives out bytes read before it was handed over.
-struct Prefixed<R> {
-    read: Bytes,
-    inner: R,
-}
-
-impl<R> Prefixed<R> {
-    fn new(read: Bytes, inner: R) -> Prefixed<R> {
-        Prefixed { read, inner }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.read.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.read.len().min(buf.remaining());
-        buf.put_slice(&self.read[..n]);
-        self.read.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(t) => Pin::new(t).poll_read(cx, buf),
-            Io::Other(o) => Pin::new(o).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(t) => Pin::new(t).poll_write(cx, buf),
-            Io::Other(o) => Pin::new(o).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(t) => Pin::new(t).poll_flush(cx),
-            Io::Other(o) => Pin::new(o).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(t) => Pin::new(t).poll_shutdown(cx),
-            Io::Other(o) => Pin::new(o).poll_shutdown(cx),
-        }
-    }
+/// Whether `seen`'s channel changed since this last said so (a sender gone counts as a
+/// change: a stop sent just before it went must not be missed).
+fn looks_changed(seen: &mut watch::Receiver<bool>) -> bool {
+    let changed = seen.has_changed().unwrap_or(true);
+    seen.mark_unchanged();
+    changed
 }
 
 /// Resolves `HALF_CLOSE_LINGER` after the other direction ended.
@@ -495,7 +447,9 @@ impl Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use std::pin::Pin;
+    use std::task::Context;
+    use tokio::io::ReadBuf;
 
     fn frame(masked: bool, len: usize) -> Vec<u8> {
         let mut f = vec![0x82];
@@ -718,6 +672,25 @@ mod tests {
     async fn a_stop_is_seen_while_bytes_keep_coming_and_after_a_burst() {
         assert_eq!(stop_a_flood(None).await, Some(Closed::Shutdown));
         assert_eq!(stop_a_flood(Some(300)).await, Some(Closed::Shutdown));
+    }
+
+    /// Found in review: a client sending without pause must not hold back the way down (the
+    /// side polled first spent the task's whole budget, every time).
+    #[tokio::test]
+    async fn a_flood_up_does_not_starve_the_way_down() {
+        let (client_w, mut client_peer) = tokio::io::duplex(1024);
+        let client = tokio::io::join(Flood { left: None }, client_w);
+        let (server_r, mut server_peer) = tokio::io::duplex(64);
+        let server = tokio::io::join(server_r, tokio::io::sink());
+        let (_stop_tx, stop) = watch::channel(false);
+        let _relay = tokio::spawn(async move {
+            relay(other(client), other(server), &mut NoObserver, &stop).await
+        });
+        server_peer.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        let r = tokio::time::timeout(Duration::from_secs(3), client_peer.read_exact(&mut got));
+        assert!(r.await.is_ok(), "the way down starved by a flood up");
+        assert_eq!(&got, b"hello");
     }
 
     /// Found in review: a closed channel's `has_changed` is an error, which hid the change.

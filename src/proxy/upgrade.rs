@@ -252,10 +252,7 @@ fn client_side_io(up: Upgraded) -> Side {
             io: Io::Tcp(tcp),
             read,
         },
-        Err(up) => Side {
-            io: Io::Other(Box::new(TokioIo::new(up))),
-            read: Bytes::new(),
-        },
+        Err(up) => as_handed_over(up),
     }
 }
 
@@ -270,9 +267,14 @@ fn server_side_io(up: Upgraded) -> Side {
             io: Io::Other(tls),
             read,
         },
-        UpgradedIo::Other(up) => Side {
-            io: Io::Other(Box::new(TokioIo::new(up))),
-            read: Bytes::new(),
-        },
+        UpgradedIo::Other(up) => as_handed_over(up),
+    }
+}
+
+/// A side of any other kind, as hyper hands it over (it gives out what it read first).
+fn as_handed_over(up: Upgraded) -> Side {
+    Side {
+        io: Io::Other(Box::new(TokioIo::new(up))),
+        read: Bytes::new(),
     }
 }

@@ -382,12 +382,12 @@ impl Receiver {
         format!("https://localhost:{}", self.addr.port())
     }
 
-    /// How many OTLP/HTTP requests (or gRPC trace exports) arrived gzip-compressed.
     /// Headers (gRPC metadata) trace exports carried, names lower-case.
     pub fn trace_headers(&self) -> Vec<(String, String)> {
         lock(&self.store).trace_headers.clone()
     }
 
+    /// How many OTLP/HTTP requests (or gRPC trace exports) arrived gzip-compressed.
     pub fn gzip_requests(&self) -> usize {
         lock(&self.store).gzip_requests
     }
