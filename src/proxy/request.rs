@@ -53,6 +53,10 @@ pub(super) fn build(
 /// encoded slash: forwarded, it could climb out of the upstream's path prefix
 /// (`/v1/../../admin`), so such requests are refused, never normalised.
 pub(super) fn has_dot_segments(path: &str) -> bool {
+    // almost every path: nothing that could spell a dot (and no copy to find that out)
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     let lower = path.to_ascii_lowercase();
     let decoded = lower
         .replace("%2e", ".")
