@@ -8,6 +8,7 @@ pub mod attribution;
 pub mod azure;
 pub mod chunk;
 pub mod chunk_head;
+mod chunk_shape;
 pub mod content;
 pub mod decode;
 pub mod details;

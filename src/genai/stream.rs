@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::chunk::{self, FROM_CHOICES};
 use super::chunk_head::ChunkHead;
+use super::chunk_shape::ChunkShape;
 use super::content::{OutputChoice, output_from_value, output_json, push_capped};
 use super::lenient::{FromJson, Lenient, Str, members, object_from_slice};
 use super::request::Operation;
@@ -46,6 +47,8 @@ pub struct StreamAccumulator {
     capture: Option<Vec<(u64, OutputChoice)>>,
     /// The chunks' repeated head, and where a chunk's rest is read from.
     head: ChunkHead,
+    /// The content chunks' repeated shape past the head.
+    shape: ChunkShape,
     scratch: Vec<u8>,
 }
 
@@ -107,6 +110,7 @@ impl StreamAccumulator {
             invalid_events: 0,
             capture: None,
             head: ChunkHead::default(),
+            shape: ChunkShape::default(),
             scratch: Vec::new(),
         }
     }
@@ -177,16 +181,23 @@ impl StreamAccumulator {
 
     /// A chunk, read from its `choices` on when it repeats the stream's head.
     fn chunk_from(&mut self, data: &[u8], scratch: &mut Vec<u8>) -> Option<EventInfo> {
-        let (json, head) = match self.head.rest(data) {
-            Some(rest) => {
-                scratch.clear();
-                scratch.extend_from_slice(FROM_CHOICES);
-                scratch.extend_from_slice(rest);
-                (&scratch[..], data.len() - rest.len())
-            }
-            None => (data, 0),
+        let rest = self.head.rest(data);
+        let head = rest.map_or(0, |r| data.len() - r.len());
+        // a rest in the last content chunk's shape is read without the parser
+        let (c, usage_at) = match rest.and_then(|r| self.shape.read(r)) {
+            Some(read) => read,
+            None => match rest {
+                Some(rest) => {
+                    scratch.clear();
+                    scratch.extend_from_slice(FROM_CHOICES);
+                    scratch.extend_from_slice(rest);
+                    let (c, at) = chunk::read(scratch)?;
+                    self.shape.learn(rest, scratch, &c, at);
+                    (c, at)
+                }
+                None => chunk::read(data)?,
+            },
         };
-        let (c, usage_at) = chunk::read(json)?;
         if head == 0 {
             self.head.learn(data);
         } else if [&c.id, &c.model, &c.system_fingerprint, &c.service_tier]
@@ -649,6 +660,15 @@ mod tests {
         let crafted = [
             format!(r#"{head}[{{"index":0,"delta":{{"role":"assistant","content":""}},"finish_reason":null}}],"usage":null}}"#),
             format!(r#"{head}[{{"index":0,"delta":{{"content":"a"}},"finish_reason":null}}],"usage":null}}"#),
+            // the content shape (chunk_shape): plain texts, then what it must leave to the parser
+            format!(r#"{head}[{{"index":0,"delta":{{"content":"plain"}},"finish_reason":null}}],"usage":null}}"#),
+            format!(r#"{head}[{{"index":0,"delta":{{"content":"é 中"}},"finish_reason":null}}],"usage":null}}"#),
+            format!(r#"{head}[{{"index":0,"delta":{{"content":""}},"finish_reason":null}}],"usage":null}}"#),
+            format!(r#"{head}[{{"index":0,"delta":{{"content":"q \" \\ \u00e9"}},"finish_reason":null}}],"usage":null}}"#),
+            format!(r#"{head}[{{"index":0,"delta":{{"content":"a"}},"finish_reason":null}}],"usage":null,"x":1}}"#),
+            format!(r#"{head}[{{"index":0,"delta":{{"content":"b"}},"finish_reason":null}}],"usage":null,"x":1}}"#),
+            format!(r#"{head}[{{"index":0,"delta":{{"content":"c"}},"finish_reason":"length"}}],"usage":null}}"#),
+            format!(r#"{head}[{{"index":0,"delta":{{"content":"d"}},"finish_reason":null}}],"usage":{{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}}}"#),
             // later members that repeat a head member: the last one is read
             format!(r#"{head}[{{"index":1,"delta":{{"content":"b"}}}}],"model":"other","system_fingerprint":"fp_2"}}"#),
             format!(r#"{head}[{{"index":0,"delta":{{}},"finish_reason":"stop"}}],"error":{{"type":"server_error"}}}}"#),
@@ -687,6 +707,11 @@ mod tests {
             });
             // (the last stream changes its head until the reader gives up)
             assert!(i == 4 || skipped > 0, "the head was never skipped");
+            // content chunks are read by their shape (n = 2 interleaves two shapes)
+            assert!(
+                !matches!(i, 0 | 3) || skipping.shape.hits.get() > 0,
+                "no shape read"
+            );
             assert_eq!(skipping.facts(), whole.facts());
             assert_eq!(skipping.finish, whole.finish);
             assert_eq!(skipping.invalid_events(), whole.invalid_events());
