@@ -1,36 +1,56 @@
 //! The part of a content chunk that repeats around its text, read once per stream.
 //!
 //! Past its repeated head ([`super::chunk_head`]), an OpenAI content chunk is the
-//! same bytes every time but for the text:
-//! `[{"index":0,"delta":{"content":"…"},"logprobs":null,"finish_reason":null}],"usage":null}`.
-//! Parsing that rest was still most of what reading a chunk cost (~4.2k of ~7k
+//! same bytes every time but for its text and, by default, a random padding string:
+//! `[{"index":0,"delta":{"content":"…"},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"…"}`.
+//! Parsing that rest was still most of what reading a chunk cost (~4.9k of ~7k
 //! instructions, issue 16, 1,000 streams under callgrind). So once a rest has been
-//! read whole and said nothing but one choice's content, the bytes before and after
-//! that string are kept; a later rest made of exactly those bytes around a *plain*
-//! string (no quote, backslash or control character, and UTF-8) says the same with
-//! that text. JSON's grammar cannot read the same bytes around a string literal
-//! differently because the literal's plain content changed, so nothing is guessed:
-//! anything else (an escape, another member, a finish reason, usage) is parsed.
+//! read whole and said nothing but one choice's content, it is kept as fixed bytes
+//! around *slots*: the content string, and the string values of top-level members
+//! the chunk parser skips (`obfuscation`). A later rest made of exactly those bytes
+//! around *plain* slot strings (no quote, backslash or control byte; the content
+//! UTF-8) says the same with that text: JSON's grammar cannot read the bytes around
+//! a string literal differently because its plain content changed, and a skipped
+//! value is never read. Nothing is guessed: anything else (an escape, another
+//! member, a finish reason, usage) is parsed, and a chunk that only needed an
+//! escape leaves the shape in place.
 
 use std::borrow::Cow;
 
 use super::chunk::{Choice, Chunk, Delta, FROM_CHOICES};
 use super::lenient::{Count, Lenient, Str};
+use super::scan::Members;
 
-/// Longest shape kept (the bytes around the text): OpenAI's are ~80 bytes.
-const MAX_AROUND: usize = 1024;
+/// Longest shape kept (its fixed bytes): OpenAI's are ~100 bytes.
+const MAX_FIXED: usize = 1024;
+/// Slots per shape: the content and up to three skipped strings.
+const MAX_SLOTS: usize = 4;
 /// Shapes learnt per stream: one whose chunks keep changing stops trying.
 const MAX_LEARNT: u8 = 8;
+/// Top-level members the chunk parser reads ([`super::chunk`]): never slots.
+const READ: [&[u8]; 7] = [
+    b"id",
+    b"model",
+    b"system_fingerprint",
+    b"service_tier",
+    b"choices",
+    b"usage",
+    b"error",
+];
 
 /// A stream's repeated content-chunk shape; see the module docs.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ChunkShape {
-    before: Vec<u8>,
-    after: Vec<u8>,
+    /// The fixed parts, one more than the slots, one after the other.
+    fixed: Vec<u8>,
+    /// Where each fixed part ends in `fixed`.
+    ends: Vec<usize>,
+    /// Which slot is the content.
+    content: usize,
     /// The choice's `index`, when the chunk had one.
     index: Option<u64>,
-    /// Where the chunk's `"usage":null` value is, when it had one.
-    usage: Option<Place>,
+    /// The `usage` value (`null`), as (fixed part, start and end in it), when there is one.
+    usage: Option<(usize, usize, usize)>,
     kept: bool,
     learnt: u8,
     /// Rests read here (tests check the path is taken).
@@ -38,34 +58,24 @@ pub(super) struct ChunkShape {
     pub(super) hits: std::cell::Cell<usize>,
 }
 
-/// A position in a rest: before the text, from the rest's start; after it, from its end.
-#[derive(Debug, Clone, Copy)]
-enum Place {
-    FromStart(usize, usize),
-    FromEnd(usize, usize),
+/// A rest matched against a shape: where its fixed parts start and its content is.
+struct Matched {
+    starts: [usize; MAX_SLOTS + 1],
+    content: (usize, usize),
+    /// Every slot plain: the rest can be read here.
+    plain: bool,
 }
 
 impl ChunkShape {
     /// Reads `rest` (a chunk from its `choices` value on) when it is the kept shape
-    /// around a plain string: the chunk as the parser would give it, and where its
+    /// around plain strings: the chunk as the parser would give it, and where its
     /// `usage` value is in `FROM_CHOICES` + `rest` (as [`super::chunk::read`] gives it).
     pub(super) fn read<'a>(&self, rest: &'a [u8]) -> Option<(Chunk<'a>, Option<(usize, usize)>)> {
-        if !self.kept {
-            return None;
-        }
-        let text = rest
-            .strip_prefix(self.before.as_slice())?
-            .strip_suffix(self.after.as_slice())?;
-        if text.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
-            return None;
-        }
-        let text = std::str::from_utf8(text).ok()?;
-        let usage_at = self.usage.map(|p| {
-            let (s, e) = match p {
-                Place::FromStart(s, e) => (s, e),
-                Place::FromEnd(s, e) => (rest.len() - s, rest.len() - e),
-            };
-            (s + FROM_CHOICES.len(), e + FROM_CHOICES.len())
+        let m = self.matched(rest).filter(|m| m.plain)?;
+        let text = std::str::from_utf8(&rest[m.content.0..m.content.1]).ok()?;
+        let usage_at = self.usage.map(|(part, s, e)| {
+            let at = m.starts[part] + FROM_CHOICES.len();
+            (at + s, at + e)
         });
         let choice = Choice {
             index: self
@@ -86,9 +96,43 @@ impl ChunkShape {
         Some((chunk, usage_at))
     }
 
+    /// `rest` as the kept fixed parts around string slots, plain or not.
+    fn matched(&self, rest: &[u8]) -> Option<Matched> {
+        if !self.kept {
+            return None;
+        }
+        let mut m = Matched {
+            starts: [0; MAX_SLOTS + 1],
+            content: (0, 0),
+            plain: true,
+        };
+        let (mut pos, mut from) = (0, 0);
+        for (part, &end) in self.ends.iter().enumerate() {
+            let fixed = &self.fixed[from..end];
+            from = end;
+            if !rest.get(pos..)?.starts_with(fixed) {
+                return None;
+            }
+            m.starts[part] = pos;
+            pos += fixed.len();
+            if part + 1 == self.ends.len() {
+                return (pos == rest.len()).then_some(m);
+            }
+            // a slot: a string's content, up to its closing quote (the next part's first byte)
+            let (len, plain) = string_content(&rest[pos..])?;
+            if part == self.content {
+                m.content = (pos, pos + len);
+            }
+            m.plain &= plain;
+            pos += len;
+        }
+        None
+    }
+
     /// After `c` was read whole from `json` (`FROM_CHOICES` + `rest`): keeps its shape
     /// when it said nothing but one choice's content, written without escapes;
-    /// otherwise keeps none (the next rest is parsed, and may teach one).
+    /// otherwise keeps none (the next rest is parsed, and may teach one). A rest in
+    /// the kept shape whose strings were not plain leaves it as it is.
     pub(super) fn learn(
         &mut self,
         rest: &[u8],
@@ -96,6 +140,9 @@ impl ChunkShape {
         c: &Chunk<'_>,
         usage_at: Option<(usize, usize)>,
     ) {
+        if self.matched(rest).is_some() {
+            return;
+        }
         self.kept = false;
         if self.learnt >= MAX_LEARNT {
             return;
@@ -111,11 +158,29 @@ impl ChunkShape {
             return;
         };
         let end = start + text.len();
-        let quoted =
-            start > 0 && rest.get(start - 1) == Some(&b'"') && rest.get(end) == Some(&b'"');
-        if !quoted || start + (rest.len() - end) > MAX_AROUND {
+        if start == 0 || rest.get(start - 1) != Some(&b'"') || rest.get(end) != Some(&b'"') {
             return;
         }
+        // the slots: the content (inside `choices`), and skipped strings
+        let mut slots = vec![(start, end)];
+        for (key, m) in Members::after(json, FROM_CHOICES.len()).skip(1) {
+            let Some(key) = key else { return };
+            let skipped = !key.contains(&b'\\') && !READ.contains(&key);
+            if skipped && json.get(m.value_start) == Some(&b'"') && slots.len() < MAX_SLOTS {
+                let Some(s) = (m.value_start + 1).checked_sub(FROM_CHOICES.len()) else {
+                    return;
+                };
+                slots.push((s, m.value_end - 1 - FROM_CHOICES.len()));
+            }
+        }
+        // in order of position (a skipped string may come before a later `choices`)
+        slots.sort_unstable();
+        if slots.windows(2).any(|w| w[1].0 < w[0].1) {
+            return;
+        }
+        let Some(content) = slots.iter().position(|&slot| slot == (start, end)) else {
+            return;
+        };
         let usage = match usage_at {
             None => None,
             Some((s, e)) => {
@@ -125,24 +190,55 @@ impl ChunkShape {
                 ) else {
                     return;
                 };
-                if e <= start {
-                    Some(Place::FromStart(s, e))
-                } else if s >= end && e <= rest.len() {
-                    Some(Place::FromEnd(rest.len() - s, rest.len() - e))
-                } else {
+                // the fixed part holding it: after the slots that end before it
+                let part = slots.iter().take_while(|&&(_, se)| se <= s).count();
+                let part_start = if part == 0 { 0 } else { slots[part - 1].1 };
+                if slots.get(part).is_some_and(|&(ss, _)| ss < e) {
                     return;
                 }
+                Some((part, s - part_start, e - part_start))
             }
         };
-        self.before.clear();
-        self.before.extend_from_slice(&rest[..start]);
-        self.after.clear();
-        self.after.extend_from_slice(&rest[end..]);
+        self.fixed.clear();
+        self.ends.clear();
+        let mut from = 0;
+        for &(s, e) in &slots {
+            self.fixed.extend_from_slice(&rest[from..s]);
+            self.ends.push(self.fixed.len());
+            from = e;
+        }
+        self.fixed.extend_from_slice(&rest[from..]);
+        self.ends.push(self.fixed.len());
+        if self.fixed.len() > MAX_FIXED {
+            return;
+        }
+        self.content = content;
         self.index = index;
         self.usage = usage;
         self.kept = true;
         self.learnt += 1;
     }
+}
+
+/// The length of the string content at the start of `b` (up to its closing quote),
+/// and whether it is plain: no escape, no control byte.
+fn string_content(b: &[u8]) -> Option<(usize, bool)> {
+    let mut plain = true;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => return Some((i, plain)),
+            b'\\' => {
+                plain = false;
+                i += 2;
+            }
+            c => {
+                plain &= c >= 0x20;
+                i += 1;
+            }
+        }
+    }
+    None
 }
 
 /// The choice index and text of a chunk that says nothing else: no head member, no
@@ -211,16 +307,26 @@ mod tests {
     }
 
     /// Rests around a string literal: `{}` is where it goes.
-    const SHAPES: [&str; 5] = [
-        r#"[{"index":0,"delta":{"content":{}},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+    const SHAPES: [&str; 6] = [
+        r#"[{"index":0,"delta":{"content":{}},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"{o}"}"#,
         r#"[{"index":1,"delta":{"role":"assistant","content":{}}}]}"#,
-        r#"[{"delta":{"content":{}},"finish_reason":null}], "usage" : null , "obfuscation":"xyz"}"#,
+        r#"[{"delta":{"content":{}},"finish_reason":null}], "usage" : null , "obfuscation":"{o}", "p":"{o}"}"#,
         r#"[ { "index" : 0 , "delta" : { "content" : {} } } ] , "usage":null }"#,
-        r#"[{"index":0,"delta":{"content":{},"content":"dup"}}],"usage":null}"#,
+        // `usage` before the text (a second `choices`, the one read)
+        r#"[],"usage":null,"o":"{o}","choices":[{"index":0,"delta":{"content":{}}}],"x":"{o}"}"#,
+        // a repeated key: the text read is the last one
+        r#"[{"index":0,"delta":{"content":"first","content":{}}}],"usage":null}"#,
     ];
 
     fn rest(shape: &str, literal: &str) -> Vec<u8> {
-        shape.replacen("{}", literal, 1).into_bytes()
+        rest_with(shape, literal, "pad")
+    }
+
+    fn rest_with(shape: &str, literal: &str, pad: &str) -> Vec<u8> {
+        shape
+            .replacen("{}", literal, 1)
+            .replace("{o}", pad)
+            .into_bytes()
     }
 
     #[test]
@@ -228,7 +334,7 @@ mod tests {
         for (template, kept) in [
             (rest(SHAPES[0], r#""a""#), true),
             // a repeated key: the shape is around the text read, the last one
-            (rest(SHAPES[4], r#""a""#), true),
+            (rest(SHAPES[5], r#""a""#), true),
             (
                 br#"[{"index":0,"delta":{"content":"a","content":"d\u0075p"}}]}"#.to_vec(),
                 false,
@@ -267,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_shape_reads_what_the_parser_reads() {
-        for s in SHAPES.iter().take(4) {
+        for s in SHAPES {
             let shape = learnt(&rest(s, r#""x""#));
             for lit in [r#""Hello""#, r#""""#, r#""é 中 🎉""#, r#"" a b ""#] {
                 let r = rest(s, lit);
@@ -293,7 +399,30 @@ mod tests {
             assert!(both(&shape, &bad).0.is_none());
             assert!(both(&shape, &rest(s, r#""a","x":1,"y":"b""#)).0.is_none());
             assert!(both(&shape, &rest(s, r#"5"#)).0.is_none());
+            // padding of another length is read; padding that is not plain is parsed
+            let padded = rest_with(s, r#""y""#, "a much longer padding");
+            let (fast, slow) = both(&shape, &padded);
+            assert!(fast.is_some() && fast == slow, "{s}");
+            if s.contains("{o}") {
+                assert!(both(&shape, &rest_with(s, r#""y""#, r#"a\"b"#)).0.is_none());
+                assert!(both(&shape, &rest_with(s, r#""y""#, "a\tb")).0.is_none());
+            }
         }
+        // a member whose name is escaped is no slot (the name could spell one that is read,
+        // as `mod\u0065l` is `model`): its value stays fixed
+        let escaped = r#"[{"index":0,"delta":{"content":{}}}],"x\u0079z":"{o}"}"#;
+        let shape = learnt(&rest(escaped, r#""x""#));
+        assert!(both(&shape, &rest(escaped, r#""y""#)).0.is_some());
+        assert!(
+            both(&shape, &rest_with(escaped, r#""y""#, "other"))
+                .0
+                .is_none()
+        );
+        let model = r#"[{"index":0,"delta":{"content":{}}}],"mod\u0065l":"{o}"}"#;
+        assert!(
+            !learnt(&rest(model, r#""x""#)).kept,
+            "a model member: not content only"
+        );
     }
 
     proptest! {
@@ -302,13 +431,18 @@ mod tests {
         /// Any text, written as serde_json writes it: read by the shape exactly when it
         /// needs no escape, and then as the parser reads it.
         #[test]
-        fn any_text_is_read_as_the_parser_reads_it(text in any::<String>(), which in 0usize..4) {
+        fn any_text_is_read_as_the_parser_reads_it(
+            text in any::<String>(),
+            pad in "[ -~]{0,16}",
+            which in 0usize..SHAPES.len(),
+        ) {
             let s = SHAPES[which];
             let shape = learnt(&rest(s, r#""x""#));
             let literal = serde_json::to_string(&text).expect("json");
-            let (fast, slow) = both(&shape, &rest(s, &literal));
+            let (fast, slow) = both(&shape, &rest_with(s, &literal, &pad));
             let plain = literal.len() == text.len() + 2;
-            prop_assert_eq!(fast.is_some(), plain);
+            let pad_plain = !s.contains("{o}") || !pad.contains(['"', '\\']);
+            prop_assert_eq!(fast.is_some(), plain && pad_plain);
             if fast.is_some() {
                 prop_assert_eq!(fast, slow);
             }

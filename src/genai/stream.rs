@@ -718,4 +718,38 @@ mod tests {
             assert_eq!(skipping.output_messages(), whole.output_messages());
         }
     }
+
+    /// Found in review: texts that need an escape (every newline) and OpenAI's random
+    /// padding must not switch the shape off; a stream read by it is read as whole.
+    #[test]
+    fn escaped_texts_and_random_padding_keep_the_content_shape() {
+        let head = r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":"#;
+        let chunk = |text: &str, pad: &str| {
+            format!(
+                r#"{head}[{{"index":0,"delta":{{"content":{}}},"finish_reason":null}}],"usage":null,"obfuscation":"{pad}"}}"#,
+                serde_json::to_string(text).expect("json")
+            )
+        };
+        let mut events = vec![chunk("", "a")];
+        for i in 0..20 {
+            events.push(chunk("word", &"p".repeat(i % 7)));
+            events.push(chunk("\n\n", "q"));
+        }
+        events.extend((0..100).map(|i| chunk("c", &"r".repeat(i % 11))));
+        let stream = events.join("\n\n") + "\n\n";
+        let mut shaped = StreamAccumulator::new(Operation::ChatCompletions).capturing(true);
+        let mut whole = StreamAccumulator::new(Operation::ChatCompletions).capturing(true);
+        whole.head = ChunkHead::never();
+        SseDecoder::new().feed(stream.as_bytes(), |e| {
+            let a = shaped.on_event(e.event, e.data);
+            assert_eq!(EventInfo { head: 0, ..a }, whole.on_event(e.event, e.data));
+        });
+        assert!(
+            shaped.shape.hits.get() >= 119,
+            "{}",
+            shaped.shape.hits.get()
+        );
+        assert_eq!(shaped.output_messages(), whole.output_messages());
+        assert_eq!(shaped.facts(), whole.facts());
+    }
 }
