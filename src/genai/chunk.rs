@@ -83,6 +83,7 @@ fn span_in(outer: &[u8], inner: &[u8]) -> Option<(usize, usize)> {
 impl<'de, U: Default + Deserialize<'de>> FromJson<'de> for Chunk<'de, U> {
     fn object<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
         let mut c = Chunk::<U>::default();
+        // every member named here is in `chunk_shape::READ` (a member not read may vary)
         members!(map {
             "id" => c.id,
             "model" => c.model,

@@ -13,18 +13,15 @@
 //! a string literal differently because its plain content changed, and a skipped
 //! value is never read. Nothing is guessed: anything else (an escape, another
 //! member, a finish reason, usage) is parsed, and a chunk that only needed an
-//! escape leaves the shape in place.
+//! escape leaves the shape in place. The matching is [`super::shape`]'s.
 
 use std::borrow::Cow;
 
 use super::chunk::{Choice, Chunk, Delta, FROM_CHOICES};
 use super::lenient::{Count, Lenient, Str};
 use super::scan::Members;
+use super::shape::{MAX_SLOTS, Shape};
 
-/// Longest shape kept (its fixed bytes): OpenAI's are ~100 bytes.
-const MAX_FIXED: usize = 1024;
-/// Slots per shape: the content and up to three skipped strings.
-const MAX_SLOTS: usize = 4;
 /// Shapes learnt per stream: one whose chunks keep changing stops trying.
 const MAX_LEARNT: u8 = 8;
 /// Top-level members the chunk parser reads ([`super::chunk`]): never slots.
@@ -41,29 +38,17 @@ const READ: [&[u8]; 7] = [
 /// A stream's repeated content-chunk shape; see the module docs.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ChunkShape {
-    /// The fixed parts, one more than the slots, one after the other.
-    fixed: Vec<u8>,
-    /// Where each fixed part ends in `fixed`.
-    ends: Vec<usize>,
+    shape: Shape,
     /// Which slot is the content.
     content: usize,
     /// The choice's `index`, when the chunk had one.
     index: Option<u64>,
     /// The `usage` value (`null`), as (fixed part, start and end in it), when there is one.
     usage: Option<(usize, usize, usize)>,
-    kept: bool,
     learnt: u8,
     /// Rests read here (tests check the path is taken).
     #[cfg(test)]
     pub(super) hits: std::cell::Cell<usize>,
-}
-
-/// A rest matched against a shape: where its fixed parts start and its content is.
-struct Matched {
-    starts: [usize; MAX_SLOTS + 1],
-    content: (usize, usize),
-    /// Every slot plain: the rest can be read here.
-    plain: bool,
 }
 
 impl ChunkShape {
@@ -71,8 +56,9 @@ impl ChunkShape {
     /// around plain strings: the chunk as the parser would give it, and where its
     /// `usage` value is in `FROM_CHOICES` + `rest` (as [`super::chunk::read`] gives it).
     pub(super) fn read<'a>(&self, rest: &'a [u8]) -> Option<(Chunk<'a>, Option<(usize, usize)>)> {
-        let m = self.matched(rest).filter(|m| m.plain)?;
-        let text = std::str::from_utf8(&rest[m.content.0..m.content.1]).ok()?;
+        let m = self.shape.matched(rest).filter(|m| m.plain)?;
+        let (s, e) = m.slots[self.content];
+        let text = std::str::from_utf8(&rest[s..e]).ok()?;
         let usage_at = self.usage.map(|(part, s, e)| {
             let at = m.starts[part] + FROM_CHOICES.len();
             (at + s, at + e)
@@ -96,39 +82,6 @@ impl ChunkShape {
         Some((chunk, usage_at))
     }
 
-    /// `rest` as the kept fixed parts around string slots, plain or not.
-    fn matched(&self, rest: &[u8]) -> Option<Matched> {
-        if !self.kept {
-            return None;
-        }
-        let mut m = Matched {
-            starts: [0; MAX_SLOTS + 1],
-            content: (0, 0),
-            plain: true,
-        };
-        let (mut pos, mut from) = (0, 0);
-        for (part, &end) in self.ends.iter().enumerate() {
-            let fixed = &self.fixed[from..end];
-            from = end;
-            if !rest.get(pos..)?.starts_with(fixed) {
-                return None;
-            }
-            m.starts[part] = pos;
-            pos += fixed.len();
-            if part + 1 == self.ends.len() {
-                return (pos == rest.len()).then_some(m);
-            }
-            // a slot: a string's content, up to its closing quote (the next part's first byte)
-            let (len, plain) = string_content(&rest[pos..])?;
-            if part == self.content {
-                m.content = (pos, pos + len);
-            }
-            m.plain &= plain;
-            pos += len;
-        }
-        None
-    }
-
     /// After `c` was read whole from `json` (`FROM_CHOICES` + `rest`): keeps its shape
     /// when it said nothing but one choice's content, written without escapes;
     /// otherwise keeps none (the next rest is parsed, and may teach one). A rest in
@@ -140,10 +93,10 @@ impl ChunkShape {
         c: &Chunk<'_>,
         usage_at: Option<(usize, usize)>,
     ) {
-        if self.matched(rest).is_some() {
+        if self.shape.matched(rest).is_some() {
             return;
         }
-        self.kept = false;
+        self.shape.forget();
         if self.learnt >= MAX_LEARNT {
             return;
         }
@@ -157,12 +110,8 @@ impl ChunkShape {
         else {
             return;
         };
-        let end = start + text.len();
-        if start == 0 || rest.get(start - 1) != Some(&b'"') || rest.get(end) != Some(&b'"') {
-            return;
-        }
         // the slots: the content (inside `choices`), and skipped strings
-        let mut slots = vec![(start, end)];
+        let mut slots = vec![(start, start + text.len())];
         for (key, m) in Members::after(json, FROM_CHOICES.len()).skip(1) {
             let Some(key) = key else { return };
             let skipped = !key.contains(&b'\\') && !READ.contains(&key);
@@ -175,10 +124,7 @@ impl ChunkShape {
         }
         // in order of position (a skipped string may come before a later `choices`)
         slots.sort_unstable();
-        if slots.windows(2).any(|w| w[1].0 < w[0].1) {
-            return;
-        }
-        let Some(content) = slots.iter().position(|&slot| slot == (start, end)) else {
+        let Some(content) = slots.iter().position(|&(s, _)| s == start) else {
             return;
         };
         let usage = match usage_at {
@@ -199,46 +145,14 @@ impl ChunkShape {
                 Some((part, s - part_start, e - part_start))
             }
         };
-        self.fixed.clear();
-        self.ends.clear();
-        let mut from = 0;
-        for &(s, e) in &slots {
-            self.fixed.extend_from_slice(&rest[from..s]);
-            self.ends.push(self.fixed.len());
-            from = e;
-        }
-        self.fixed.extend_from_slice(&rest[from..]);
-        self.ends.push(self.fixed.len());
-        if self.fixed.len() > MAX_FIXED {
-            return;
-        }
-        self.content = content;
-        self.index = index;
-        self.usage = usage;
-        self.kept = true;
+        // counted kept or not (a shape too long would otherwise be tried on every chunk)
         self.learnt += 1;
-    }
-}
-
-/// The length of the string content at the start of `b` (up to its closing quote),
-/// and whether it is plain: no escape, no control byte.
-fn string_content(b: &[u8]) -> Option<(usize, bool)> {
-    let mut plain = true;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => return Some((i, plain)),
-            b'\\' => {
-                plain = false;
-                i += 2;
-            }
-            c => {
-                plain &= c >= 0x20;
-                i += 1;
-            }
+        if self.shape.keep(rest, &slots) {
+            self.content = content;
+            self.index = index;
+            self.usage = usage;
         }
     }
-    None
 }
 
 /// The choice index and text of a chunk that says nothing else: no head member, no
@@ -307,7 +221,7 @@ mod tests {
     }
 
     /// Rests around a string literal: `{}` is where it goes.
-    const SHAPES: [&str; 6] = [
+    const SHAPES: [&str; 7] = [
         r#"[{"index":0,"delta":{"content":{}},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"{o}"}"#,
         r#"[{"index":1,"delta":{"role":"assistant","content":{}}}]}"#,
         r#"[{"delta":{"content":{}},"finish_reason":null}], "usage" : null , "obfuscation":"{o}", "p":"{o}"}"#,
@@ -316,6 +230,8 @@ mod tests {
         r#"[],"usage":null,"o":"{o}","choices":[{"index":0,"delta":{"content":{}}}],"x":"{o}"}"#,
         // a repeated key: the text read is the last one
         r#"[{"index":0,"delta":{"content":"first","content":{}}}],"usage":null}"#,
+        // `usage` after a slot: its place moves with the padding's length
+        r#"[{"index":0,"delta":{"content":{}}}],"obfuscation":"{o}","usage":null}"#,
     ];
 
     fn rest(shape: &str, literal: &str) -> Vec<u8> {
@@ -367,7 +283,12 @@ mod tests {
             ),
         ] {
             let shape = learnt(&template);
-            assert_eq!(shape.kept, kept, "{}", String::from_utf8_lossy(&template));
+            assert_eq!(
+                !shape.shape.is_empty(),
+                kept,
+                "{}",
+                String::from_utf8_lossy(&template)
+            );
         }
     }
 
@@ -406,6 +327,19 @@ mod tests {
             if s.contains("{o}") {
                 assert!(both(&shape, &rest_with(s, r#""y""#, r#"a\"b"#)).0.is_none());
                 assert!(both(&shape, &rest_with(s, r#""y""#, "a\tb")).0.is_none());
+                // a value that is no longer a string
+                let number = rest(s, r#""y""#);
+                let number = String::from_utf8(number)
+                    .expect("utf8")
+                    .replace(r#""pad""#, "5");
+                assert!(both(&shape, number.as_bytes()).0.is_none());
+                // bytes that are not UTF-8 in a skipped string: serde_json skips them
+                // unchecked, the shape leaves them to it (stricter, never different)
+                let mut bad = rest_with(s, r#""y""#, "pad");
+                let at = bad.windows(3).position(|w| w == b"pad").expect("pad");
+                bad[at] = 0xff;
+                let (fast, slow) = both(&shape, &bad);
+                assert!(fast.is_none() && slow.is_some(), "{s}");
             }
         }
         // a member whose name is escaped is no slot (the name could spell one that is read,
@@ -420,7 +354,7 @@ mod tests {
         );
         let model = r#"[{"index":0,"delta":{"content":{}}}],"mod\u0065l":"{o}"}"#;
         assert!(
-            !learnt(&rest(model, r#""x""#)).kept,
+            learnt(&rest(model, r#""x""#)).shape.is_empty(),
             "a model member: not content only"
         );
     }

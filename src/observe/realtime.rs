@@ -26,6 +26,7 @@ use crate::genai::attribution::Attribution;
 use crate::genai::provider::Provider;
 use crate::genai::query;
 use crate::genai::realtime::{Event, ResponseDone, add_usage};
+use crate::genai::realtime_shape::DeltaShapes;
 use crate::genai::request::{Operation, RequestFacts};
 use crate::genai::response::{ResponseFacts, Usage};
 use crate::telemetry::Recorder;
@@ -91,6 +92,8 @@ pub struct RealtimeObserver {
     server: Option<Reader>,
     client: Option<Reader>,
     upgraded: bool,
+    /// The session's repeated delta events, read without the parser.
+    deltas: DeltaShapes,
     turn: Turn,
     /// When the last turn ended (a turn without a start starts here).
     idle_since: (Instant, SystemTime),
@@ -151,6 +154,7 @@ impl RealtimeObserver {
             server: None,
             client: None,
             upgraded: false,
+            deltas: DeltaShapes::default(),
             turn: Turn::default(),
             idle_since: (Instant::now(), start),
             usage: None,
@@ -267,9 +271,16 @@ impl RealtimeObserver {
             Message::TooLarge => return self.note(ParseFailure::TooLarge),
             Message::Broken(why) => return self.note(broken(why)),
         };
-        let event = match Event::parse(&text) {
-            Ok(e) => e,
-            Err(_) => return self.note(ParseFailure::InvalidJson),
+        // a delta shaped as one before is known without reading it
+        let event = match self.deltas.read(&text) {
+            Some(e) => e,
+            None => match Event::parse(&text) {
+                Ok(e) => {
+                    self.deltas.learn(&text, &e);
+                    e
+                }
+                Err(_) => return self.note(ParseFailure::InvalidJson),
+            },
         };
         drop(text);
         let now = Instant::now();

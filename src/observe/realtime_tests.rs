@@ -179,6 +179,8 @@ fn each_turn_is_a_call_and_the_session_sums_them() {
             for piece in bytes.chunks(split) {
                 obs.server_bytes(piece);
             }
+            // the second transcript delta was known by its shape (realtime_shape)
+            assert_eq!(obs.deltas.hits.get(), 1);
             // each turn was recorded as it ended; the session span is still open
             let spans = rig.spans();
             assert_eq!(spans.len(), 2, "deflate {deflate} split {split}");

@@ -1,0 +1,177 @@
+//! A message kept as fixed bytes around string slots, for streams that repeat one.
+//!
+//! Streamed chunks and Realtime deltas repeat the same bytes message after message
+//! but for a few strings (the text, ids, a random padding). Reading them whole was
+//! most of what observing one cost (issues 14 and 16). So a message that was read
+//! whole can be kept as fixed bytes around the strings that may change, and a later
+//! message made of exactly those bytes around *plain* strings (no quote, backslash
+//! or control byte) is that message with other strings: JSON's grammar cannot read
+//! the same bytes around a string literal differently because the literal's plain
+//! content changed. What each slot may be, and what a match means, is the user's
+//! ([`super::chunk_shape`], [`super::realtime_shape`]).
+
+/// Slots per shape.
+pub const MAX_SLOTS: usize = 8;
+/// Longest shape kept (its fixed bytes).
+const MAX_FIXED: usize = 1024;
+
+/// Fixed bytes around string slots; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    /// The fixed parts, one more than the slots, one after the other.
+    fixed: Vec<u8>,
+    /// Where each fixed part ends in `fixed`; empty when nothing is kept.
+    ends: Vec<usize>,
+}
+
+/// A text matched against a [`Shape`].
+pub struct Matched {
+    /// Where each fixed part starts in the text.
+    pub starts: [usize; MAX_SLOTS + 1],
+    /// Each slot's string content, as a range of the text.
+    pub slots: [(usize, usize); MAX_SLOTS],
+    /// Every slot plain (and UTF-8): the text says what the kept one said.
+    pub plain: bool,
+}
+
+impl Shape {
+    /// Keeps `text` around `slots` (the contents of string literals, in order, apart);
+    /// keeps nothing when they are not that or the shape is too long.
+    pub fn keep(&mut self, text: &[u8], slots: &[(usize, usize)]) -> bool {
+        self.forget();
+        let quoted = slots
+            .iter()
+            .all(|&(s, e)| s > 0 && text.get(s - 1) == Some(&b'"') && text.get(e) == Some(&b'"'));
+        let apart = slots.windows(2).all(|w| w[0].1 < w[1].0);
+        if !quoted || !apart || slots.len() > MAX_SLOTS {
+            return false;
+        }
+        let mut from = 0;
+        for &(s, e) in slots {
+            self.fixed.extend_from_slice(&text[from..s]);
+            self.ends.push(self.fixed.len());
+            from = e;
+        }
+        self.fixed.extend_from_slice(&text[from..]);
+        self.ends.push(self.fixed.len());
+        if self.fixed.len() > MAX_FIXED {
+            self.forget();
+            return false;
+        }
+        true
+    }
+
+    /// Whether nothing is kept.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Keeps nothing.
+    pub fn forget(&mut self) {
+        self.fixed.clear();
+        self.ends.clear();
+    }
+
+    /// `text` as the kept fixed parts around string slots, plain or not.
+    pub fn matched(&self, text: &[u8]) -> Option<Matched> {
+        let parts = self.ends.len();
+        let mut m = Matched {
+            starts: [0; MAX_SLOTS + 1],
+            slots: [(0, 0); MAX_SLOTS],
+            plain: parts > 0,
+        };
+        let (mut pos, mut from) = (0, 0);
+        for (part, &end) in self.ends.iter().enumerate() {
+            let fixed = &self.fixed[from..end];
+            from = end;
+            if !text.get(pos..)?.starts_with(fixed) {
+                return None;
+            }
+            m.starts[part] = pos;
+            pos += fixed.len();
+            if part + 1 == parts {
+                return (pos == text.len()).then_some(m);
+            }
+            // a slot: a string's content, up to its closing quote (the next part's first byte)
+            let (len, plain) = string_content(&text[pos..])?;
+            m.slots[part] = (pos, pos + len);
+            m.plain &= plain;
+            pos += len;
+        }
+        None
+    }
+}
+
+/// The length of the string content at the start of `b` (up to its closing quote),
+/// and whether it is plain: no escape, no control byte, UTF-8.
+fn string_content(b: &[u8]) -> Option<(usize, bool)> {
+    let mut plain = true;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => return Some((i, plain && std::str::from_utf8(&b[..i]).is_ok())),
+            b'\\' => {
+                plain = false;
+                i += 2;
+            }
+            c => {
+                plain &= c >= 0x20;
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_slots_match_and_anything_else_does_not() {
+        let text = br#"{"a":"one","b":[1,"two"],"c":"three"}"#;
+        let at = |s: &str| {
+            let i = text
+                .windows(s.len())
+                .position(|w| w == s.as_bytes())
+                .expect("in");
+            (i, i + s.len())
+        };
+        let mut shape = Shape::default();
+        assert!(shape.keep(text, &[at("one"), at("three")]));
+        let m = shape
+            .matched(r#"{"a":"","b":[1,"two"],"c":"é x"}"#.as_bytes())
+            .expect("matched");
+        assert!(m.plain);
+        assert_eq!((m.slots[0], m.slots[1]), ((6, 6), (27, 31)));
+        assert_eq!(m.starts[..3], [0, 6, 31]);
+        // an escape or a control byte: matched, not plain; bytes not UTF-8: not plain
+        for t in [
+            &br#"{"a":"\"","b":[1,"two"],"c":"x"}"#[..],
+            b"{\"a\":\"\t\",\"b\":[1,\"two\"],\"c\":\"x\"}",
+        ] {
+            assert!(!shape.matched(t).expect("matched").plain);
+        }
+        assert!(
+            !shape
+                .matched(b"{\"a\":\"\xff\",\"b\":[1,\"two\"],\"c\":\"x\"}")
+                .expect("m")
+                .plain
+        );
+        // fixed bytes changed, a slot not a string, a trailing byte, a cut text
+        for t in [
+            &br#"{"a":"x","b":[1,"tw"],"c":"x"}"#[..],
+            br#"{"a":5,"b":[1,"two"],"c":"x"}"#,
+            br#"{"a":"x","b":[1,"two"],"c":"x"} "#,
+            br#"{"a":"x","b":[1,"two"],"c":"x"#,
+            br#"{"a":"x\"#,
+        ] {
+            assert!(shape.matched(t).is_none(), "{}", String::from_utf8_lossy(t));
+        }
+        // slots that are not string contents, or overlap: nothing kept
+        assert!(!shape.keep(text, &[(1, 2)]));
+        assert!(shape.matched(text).is_none());
+        assert!(!shape.keep(text, &[at("one"), at("one")]));
+    }
+}
