@@ -5,9 +5,10 @@
 //! "item_id":"…","output_index":0,"content_index":0,"delta":"…"}`. Each was read
 //! for its `type` and proven to be JSON (~2.8k of the ~4.4k instructions observing
 //! a frame cost, issue 14). So once a delta has been read, it is kept as fixed
-//! bytes around the string values of its top-level members other than `type`
-//! ([`super::shape`]); a later event made of exactly those bytes around plain
-//! strings is a delta too, and is valid JSON, so nothing is read or proven. A
+//! bytes around the string and integer values of its top-level members other than
+//! `type` ([`super::shape`]); a later event made of exactly those bytes around plain
+//! strings and integers is a delta too, and is valid JSON, so nothing is read or
+//! proven. A
 //! member whose name is escaped keeps its value fixed (the name could spell
 //! `type`). Two shapes are kept, for sessions that interleave two kinds of delta
 //! (audio and its transcript).
@@ -17,7 +18,7 @@ use super::scan::{Members, skip_ws};
 use super::shape::{MAX_SLOTS, Shape};
 
 /// Shapes learnt per session: one whose deltas keep changing stops trying.
-const MAX_LEARNT: u16 = 64;
+const MAX_LEARNT: u8 = 8;
 
 /// A session's repeated delta shapes; see the module docs.
 #[derive(Debug, Default)]
@@ -25,7 +26,7 @@ pub struct DeltaShapes {
     shapes: [Shape; 2],
     /// Which shape the next one learnt replaces.
     next: usize,
-    learnt: u16,
+    learnt: u8,
     /// Events read here (tests check the path is taken).
     #[cfg(test)]
     pub hits: std::cell::Cell<usize>,
@@ -61,14 +62,20 @@ impl DeltaShapes {
         let mut slots = Vec::new();
         for (key, m) in members {
             let Some(key) = key else { return };
-            let named = key != b"type" && !key.contains(&b'\\');
-            if named && text.get(m.value_start) == Some(&b'"') && slots.len() < MAX_SLOTS {
+            if key == b"type" || key.contains(&b'\\') || slots.len() == MAX_SLOTS {
+                continue;
+            }
+            let value = &text[m.value_start..m.value_end];
+            if value.first() == Some(&b'"') {
                 slots.push((m.value_start + 1, m.value_end - 1));
+            } else if value.iter().all(u8::is_ascii_digit) {
+                slots.push((m.value_start, m.value_end));
             }
         }
+        // counted kept or not: a session whose deltas never repeat stops trying
+        self.learnt += 1;
         if self.shapes[self.next].keep(text, &slots) {
             self.next = 1 - self.next;
-            self.learnt += 1;
         }
     }
 }
@@ -125,6 +132,16 @@ mod tests {
         );
         let other = escaped.replace("response.text.delta", "response.done");
         assert_eq!(d.read(other.as_bytes()), None);
+        // integers (a counter, a timestamp) may change too; a leading zero is not JSON
+        let numbered = |n: &str| format!(r#"{{"type":"{text}","t_ns":{n},"delta":"x"}}"#);
+        let d = learnt(&[numbered("1")]);
+        assert_eq!(
+            d.read(numbered("1764638400123456789").as_bytes()),
+            Some(Event::OutputDelta)
+        );
+        for n in ["012", "-1", "1.5", "\"1\""] {
+            assert_eq!(d.read(numbered(n).as_bytes()), None, "{n}");
+        }
         // only deltas teach a shape
         let d = learnt(&[r#"{"type":"response.created","response":{"id":"r"}}"#.to_owned()]);
         assert!(d.shapes.iter().all(Shape::is_empty));
