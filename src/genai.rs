@@ -23,7 +23,7 @@ pub mod realtime_shape;
 pub mod request;
 pub mod response;
 pub mod scan;
-mod shape;
+pub mod shape;
 pub mod sse;
 pub mod stream;
 pub mod wellformed;

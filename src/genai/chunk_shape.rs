@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use super::chunk::{Choice, Chunk, Delta, FROM_CHOICES};
 use super::lenient::{Count, Lenient, Str};
 use super::scan::Members;
-use super::shape::{MAX_SLOTS, Shape};
+use super::shape::{MAX_SLOTS, Miss, Shape, value_slot};
 
 /// Shapes learnt per stream: one whose chunks keep changing stops trying.
 const MAX_LEARNT: u8 = 8;
@@ -34,6 +34,9 @@ const READ: [&[u8]; 7] = [
     b"usage",
     b"error",
 ];
+
+/// A chunk, and where its `usage` value is (as [`super::chunk::read`] gives them).
+type Read<'a> = (Chunk<'a>, Option<(usize, usize)>);
 
 /// A stream's repeated content-chunk shape; see the module docs.
 #[derive(Debug, Clone, Default)]
@@ -54,11 +57,12 @@ pub(super) struct ChunkShape {
 impl ChunkShape {
     /// Reads `rest` (a chunk from its `choices` value on) when it is the kept shape
     /// around plain strings: the chunk as the parser would give it, and where its
-    /// `usage` value is in `FROM_CHOICES` + `rest` (as [`super::chunk::read`] gives it).
-    pub(super) fn read<'a>(&self, rest: &'a [u8]) -> Option<(Chunk<'a>, Option<(usize, usize)>)> {
-        let m = self.shape.matched(rest).filter(|m| m.plain)?;
+    /// `usage` value is in `FROM_CHOICES` + `rest` (as [`super::chunk::read`] gives it);
+    /// else why not.
+    pub(super) fn read<'a>(&self, rest: &'a [u8]) -> Result<Read<'a>, Miss> {
+        let m = self.shape.plain(rest)?;
         let (s, e) = m.slots[self.content];
-        let text = std::str::from_utf8(&rest[s..e]).ok()?;
+        let text = std::str::from_utf8(&rest[s..e]).map_err(|_| Miss::InShape)?;
         let usage_at = self.usage.map(|(part, s, e)| {
             let at = m.starts[part] + FROM_CHOICES.len();
             (at + s, at + e)
@@ -79,13 +83,14 @@ impl ChunkShape {
         };
         #[cfg(test)]
         self.hits.set(self.hits.get() + 1);
-        Some((chunk, usage_at))
+        Ok((chunk, usage_at))
     }
 
     /// After `c` was read whole from `json` (`FROM_CHOICES` + `rest`): keeps its shape
     /// when it said nothing but one choice's content, written without escapes;
-    /// otherwise keeps none (the next rest is parsed, and may teach one). A rest in
-    /// the kept shape whose strings were not plain leaves it as it is.
+    /// otherwise keeps none (the next rest is parsed, and may teach one). Called only
+    /// for a rest [`ChunkShape::read`] missed as [`Miss::Other`]: one in the kept shape
+    /// whose strings were not plain leaves it as it is.
     pub(super) fn learn(
         &mut self,
         rest: &[u8],
@@ -93,9 +98,6 @@ impl ChunkShape {
         c: &Chunk<'_>,
         usage_at: Option<(usize, usize)>,
     ) {
-        if self.shape.matched(rest).is_some() {
-            return;
-        }
         self.shape.forget();
         if self.learnt >= MAX_LEARNT {
             return;
@@ -115,11 +117,13 @@ impl ChunkShape {
         for (key, m) in Members::after(json, FROM_CHOICES.len()).skip(1) {
             let Some(key) = key else { return };
             let skipped = !key.contains(&b'\\') && !READ.contains(&key);
-            if skipped && json.get(m.value_start) == Some(&b'"') && slots.len() < MAX_SLOTS {
-                let Some(s) = (m.value_start + 1).checked_sub(FROM_CHOICES.len()) else {
+            if let Some((s, e)) = value_slot(json, &m, false).filter(|_| skipped) {
+                let Some(s) = s.checked_sub(FROM_CHOICES.len()) else {
                     return;
                 };
-                slots.push((s, m.value_end - 1 - FROM_CHOICES.len()));
+                if slots.len() < MAX_SLOTS {
+                    slots.push((s, e - FROM_CHOICES.len()));
+                }
             }
         }
         // in order of position (a skipped string may come before a later `choices`)
@@ -200,7 +204,7 @@ mod tests {
     /// The shape's read of `rest`, else the parser's, as (index, text, usage place) when
     /// the chunk says only content, with whether the shape read it.
     fn both(shape: &ChunkShape, rest: &[u8]) -> (Option<Facts>, Option<Facts>) {
-        let fast = shape.read(rest).map(|(c, at)| facts(&c, at));
+        let fast = shape.read(rest).ok().map(|(c, at)| facts(&c, at));
         let json = [FROM_CHOICES, rest].concat();
         let slow = chunk::read(&json).map(|(c, at)| facts(&c, at));
         (fast, slow)

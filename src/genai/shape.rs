@@ -11,6 +11,8 @@
 //! values that are counters or timestamps. What each slot may be, and what a match
 //! means, is the user's ([`super::chunk_shape`], [`super::realtime_shape`]).
 
+use super::scan::Member;
+
 /// Slots per shape.
 pub const MAX_SLOTS: usize = 8;
 /// Longest shape kept (its fixed bytes).
@@ -25,6 +27,27 @@ pub struct Shape {
     ends: Vec<usize>,
     /// Which slots are integers (the others are string contents).
     integers: Vec<bool>,
+}
+
+/// Why a text was not read by its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// In the kept shape, but a slot is not plain: the shape stays as it is.
+    InShape,
+    /// Not in the kept shape: the reader may learn this text's.
+    Other,
+}
+
+/// Where a member's value is a slot: a string's content, or (`integers`) an integer.
+pub fn value_slot(text: &[u8], m: &Member, integers: bool) -> Option<(usize, usize)> {
+    let value = text.get(m.value_start..m.value_end)?;
+    if value.first() == Some(&b'"') {
+        Some((m.value_start + 1, m.value_end - 1))
+    } else if integers && value.iter().all(u8::is_ascii_digit) {
+        Some((m.value_start, m.value_end))
+    } else {
+        None
+    }
 }
 
 /// A text matched against a [`Shape`].
@@ -87,7 +110,16 @@ impl Shape {
         self.integers.clear();
     }
 
-    /// `text` as the kept fixed parts around string slots, plain or not.
+    /// `text` as the kept fixed parts around plain slots, or why not.
+    pub fn plain(&self, text: &[u8]) -> Result<Matched, Miss> {
+        match self.matched(text) {
+            Some(m) if m.plain => Ok(m),
+            Some(_) => Err(Miss::InShape),
+            None => Err(Miss::Other),
+        }
+    }
+
+    /// `text` as the kept fixed parts around slots, plain or not.
     pub fn matched(&self, text: &[u8]) -> Option<Matched> {
         let parts = self.ends.len();
         let mut m = Matched {

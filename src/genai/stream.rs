@@ -15,6 +15,7 @@ use super::content::{OutputChoice, output_from_value, output_json, push_capped};
 use super::lenient::{FromJson, Lenient, Str, members, object_from_slice};
 use super::request::Operation;
 use super::response::{Common, RawUsage, ResponseFacts, error_type, responses_finish_reason};
+use super::shape::Miss;
 
 /// What one event was, as far as the caller cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -184,19 +185,19 @@ impl StreamAccumulator {
         let rest = self.head.rest(data);
         let head = rest.map_or(0, |r| data.len() - r.len());
         // a rest in the last content chunk's shape is read without the parser
-        let (c, usage_at) = match rest.and_then(|r| self.shape.read(r)) {
-            Some(read) => read,
-            None => match rest {
-                Some(rest) => {
-                    scratch.clear();
-                    scratch.extend_from_slice(FROM_CHOICES);
-                    scratch.extend_from_slice(rest);
-                    let (c, at) = chunk::read(scratch)?;
+        let (c, usage_at) = match rest.map(|r| (r, self.shape.read(r))) {
+            Some((_, Ok(read))) => read,
+            Some((rest, Err(miss))) => {
+                scratch.clear();
+                scratch.extend_from_slice(FROM_CHOICES);
+                scratch.extend_from_slice(rest);
+                let (c, at) = chunk::read(scratch)?;
+                if miss == Miss::Other {
                     self.shape.learn(rest, scratch, &c, at);
-                    (c, at)
                 }
-                None => chunk::read(data)?,
-            },
+                (c, at)
+            }
+            None => chunk::read(data)?,
         };
         if head == 0 {
             self.head.learn(data);

@@ -29,6 +29,7 @@ use crate::genai::realtime::{Event, ResponseDone, add_usage};
 use crate::genai::realtime_shape::DeltaShapes;
 use crate::genai::request::{Operation, RequestFacts};
 use crate::genai::response::{ResponseFacts, Usage};
+use crate::genai::shape::Miss;
 use crate::telemetry::Recorder;
 use crate::telemetry::names::{attr, value};
 use crate::telemetry::spans;
@@ -273,10 +274,12 @@ impl RealtimeObserver {
         };
         // a delta shaped as one before is known without reading it
         let event = match self.deltas.read(&text) {
-            Some(e) => e,
-            None => match Event::parse(&text) {
+            Ok(e) => e,
+            Err(miss) => match Event::parse(&text) {
                 Ok(e) => {
-                    self.deltas.learn(&text, &e);
+                    if miss == Miss::Other {
+                        self.deltas.learn(&text, &e);
+                    }
                     e
                 }
                 Err(_) => return self.note(ParseFailure::InvalidJson),
