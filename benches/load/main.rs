@@ -38,9 +38,6 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
-#[path = "../../tests/support/otlp.rs"]
-mod otlp;
-
 mod build;
 mod client;
 mod floor;
