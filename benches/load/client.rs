@@ -1,7 +1,8 @@
 //! The load generator: raw hyper HTTP/1.1 connections, one request at a time on each.
 //!
 //! Everything here runs on the harness's single-threaded runtime (core 0), except the
-//! open-loop pacer: a thread that sleeps until 350 µs before each slot and spins the rest
+//! open-loop pacer: a thread that sleeps until 350 µs before each slot and spins the rest,
+//! yielding the core to the runtime thread whenever that has responses to read
 //! (tokio's timer has 1 ms granularity, too coarse for 500 µs slots, and a thread that
 //! sleeps to the slot pays the vCPU wake-up latency).
 
@@ -270,8 +271,14 @@ pub async fn open_loop(
                 if intended > now + SPIN_WINDOW {
                     std::thread::sleep(intended - now - SPIN_WINDOW);
                 }
+                // Yielding, not a bare spin: the harness's runtime thread shares this core
+                // and reads the responses. A spinning thread is never woken, so the
+                // kernel let it finish its slice while a response waited, and every
+                // response slower than the sleep before the spin (~150 µs at 2,000/s)
+                // was read only after the slot's send: latencies piled up at one slot
+                // (docs/benchmarks.md, round seven).
                 while Instant::now() < intended {
-                    std::hint::spin_loop();
+                    std::thread::yield_now();
                 }
                 if tx.send(intended).is_err() {
                     break;
