@@ -147,17 +147,38 @@ impl ExportThread {
 
 /// Something a queue task can export batches to.
 pub trait Sink<T>: Send + Sync + 'static {
-    fn export(&self, batch: Vec<T>) -> impl Future<Output = OTelSdkResult> + Send;
+    /// `gentle`: the queue is keeping up (nothing more than this batch waits, no flush is
+    /// pending), so the export may give the core to the request path while it works. A
+    /// queue that is backing up needs its export's full share of the CPU, or it drops.
+    fn export(&self, batch: Vec<T>, gentle: bool) -> impl Future<Output = OTelSdkResult> + Send;
     fn shutdown(&self);
 }
+
+/// A span exporter that can export gently (see [`Sink::export`]); by default it can't.
+pub trait GentleSpanExporter: SpanExporter {
+    fn export_gently(
+        &self,
+        batch: Vec<SpanData>,
+        gentle: bool,
+    ) -> impl Future<Output = OTelSdkResult> + Send {
+        let _ = gentle;
+        self.export(batch)
+    }
+}
+
+impl GentleSpanExporter for opentelemetry_stdout::SpanExporter {}
 
 /// Spans to a `SpanExporter`.
 #[derive(Debug)]
 pub struct SpanSink<E>(pub E);
 
-impl<E: SpanExporter + 'static> Sink<SpanData> for SpanSink<E> {
-    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        self.0.export(batch)
+impl<E: GentleSpanExporter + 'static> Sink<SpanData> for SpanSink<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+        gentle: bool,
+    ) -> impl Future<Output = OTelSdkResult> + Send {
+        self.0.export_gently(batch, gentle)
     }
     fn shutdown(&self) {
         let _ = self.0.shutdown();
@@ -171,7 +192,7 @@ pub struct LogSink<E>(pub E);
 type LogItem = (SdkLogRecord, InstrumentationScope);
 
 impl<E: LogExporter + 'static> Sink<LogItem> for LogSink<E> {
-    async fn export(&self, batch: Vec<LogItem>) -> OTelSdkResult {
+    async fn export(&self, batch: Vec<LogItem>, _gentle: bool) -> OTelSdkResult {
         let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
             batch.iter().map(|(r, s)| (r, s)).collect();
         self.0.export(LogBatch::new(&refs)).await
@@ -298,9 +319,11 @@ async fn run<T: Send + 'static, S: Sink<T>>(
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 continue; // never closed; were it, the batch would count as dropped
             };
+            // gentle only while the queue keeps up: no more than this batch waits, no flush
+            let gentle = batch.is_empty() && flush_replies.is_empty() && rx.len() < MAX_BATCH;
             let (sink, health) = (sink.clone(), health.clone());
             tokio::spawn(async move {
-                let result = match tokio::time::timeout(timeout, sink.export(chunk)).await {
+                let result = match tokio::time::timeout(timeout, sink.export(chunk, gentle)).await {
                     Ok(r) => r,
                     Err(_) => Err(OTelSdkError::Timeout(timeout)),
                 };
@@ -445,11 +468,49 @@ mod tests {
     struct Recording(Arc<Mutex<Vec<Vec<u32>>>>);
 
     impl Sink<u32> for Recording {
-        async fn export(&self, batch: Vec<u32>) -> OTelSdkResult {
+        async fn export(&self, batch: Vec<u32>, _gentle: bool) -> OTelSdkResult {
             self.0.lock().unwrap().push(batch);
             Ok(())
         }
         fn shutdown(&self) {}
+    }
+
+    /// Remembers each batch's length and whether it was to be exported gently.
+    #[derive(Clone, Default)]
+    struct Manners(Arc<Mutex<Vec<(usize, bool)>>>);
+
+    impl Sink<u32> for Manners {
+        async fn export(&self, batch: Vec<u32>, gentle: bool) -> OTelSdkResult {
+            self.0.lock().unwrap().push((batch.len(), gentle));
+            Ok(())
+        }
+        fn shutdown(&self) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exports_are_gentle_only_while_the_queue_keeps_up() {
+        let sink = Manners::default();
+        let (q, _) = queue(sink.clone(), 4096, Duration::from_secs(5));
+        for i in 0..3 * MAX_BATCH as u32 {
+            q.push(i);
+        }
+        for _ in 0..100 {
+            if sink.0.lock().unwrap().len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // behind the first two batches a whole batch still waited; behind the last, nothing
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            [(MAX_BATCH, false), (MAX_BATCH, false), (MAX_BATCH, true)]
+        );
+        // a lone item goes after the batch delay, gently; one a flush asks for, at once
+        q.push(1);
+        tokio::time::sleep(BATCH_DELAY * 2).await;
+        q.push(2);
+        assert!(q.flush(Duration::from_secs(5)).await);
+        assert_eq!(sink.0.lock().unwrap()[3..], [(1, true), (1, false)]);
     }
 
     fn queue<S: Sink<u32>>(sink: S, capacity: usize, timeout: Duration) -> (Queue<u32>, Counter) {
@@ -468,7 +529,7 @@ mod tests {
     struct Panics;
 
     impl Sink<u32> for Panics {
-        async fn export(&self, batch: Vec<u32>) -> OTelSdkResult {
+        async fn export(&self, batch: Vec<u32>, _gentle: bool) -> OTelSdkResult {
             panic!("an exporter's defect ({} items)", batch.len());
         }
         fn shutdown(&self) {}
@@ -535,7 +596,7 @@ mod tests {
     }
 
     impl Sink<u32> for Held {
-        async fn export(&self, batch: Vec<u32>) -> OTelSdkResult {
+        async fn export(&self, batch: Vec<u32>, _gentle: bool) -> OTelSdkResult {
             {
                 let mut u = self.under_way.lock().unwrap();
                 u.0 += 1;

@@ -19,11 +19,11 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
 use opentelemetry_sdk::runtime;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use super::export::{
-    ExportHealth, ExportThread, GuardedMetricExporter, LogSink, QUEUE_CAPACITY, Queue,
-    QueueLogProcessor, QueueSpanProcessor, SpanSink, log_with_resource, with_resource,
+    ExportHealth, ExportThread, GentleSpanExporter, GuardedMetricExporter, LogSink, QUEUE_CAPACITY,
+    Queue, QueueLogProcessor, QueueSpanProcessor, SpanSink, log_with_resource, with_resource,
 };
 use super::names::{signal, span};
 
@@ -376,7 +376,7 @@ pub(crate) fn build(settings: &OtelSettings, drops: &DropCounters) -> Result<Pro
 }
 
 /// A span queue exporting to `e`.
-fn span_queue<E: SpanExporter + 'static>(
+fn span_queue<E: GentleSpanExporter + 'static>(
     e: E,
     r: &Resource,
     drops: &DropCounters,

@@ -255,7 +255,19 @@ pub(crate) fn resource(r: &Resource) -> (Vec<u8>, String) {
 
 /// An `ExportTraceServiceRequest` of `spans` under `resource` (from [`resource`]), spans
 /// grouped by instrumentation scope in the order the scopes first appear.
+#[cfg(test)]
 pub(crate) fn request(resource: &(Vec<u8>, String), spans: &[SpanData]) -> Vec<u8> {
+    request_paced(resource, spans, usize::MAX, || {})
+}
+
+/// [`request`], calling `pace` after every `every` spans written (the exporter lets
+/// requests sharing its core run there: `OtlpSpans::export`).
+pub(crate) fn request_paced(
+    resource: &(Vec<u8>, String),
+    spans: &[SpanData],
+    every: usize,
+    mut pace: impl FnMut(),
+) -> Vec<u8> {
     let mut scopes: Vec<(&InstrumentationScope, Vec<&SpanData>)> = Vec::new();
     for s in spans {
         match scopes
@@ -267,6 +279,7 @@ pub(crate) fn request(resource: &(Vec<u8>, String), spans: &[SpanData]) -> Vec<u
         }
     }
     let (mut one, mut scratch) = (Vec::new(), Vec::new());
+    let mut written = 0usize;
     let bodies: Vec<Vec<u8>> = scopes
         .into_iter()
         .map(|(sc, group)| {
@@ -276,6 +289,10 @@ pub(crate) fn request(resource: &(Vec<u8>, String), spans: &[SpanData]) -> Vec<u
                 one.clear();
                 span(&mut one, s, &mut scratch);
                 bytes(&mut ss, 2, &one);
+                written += 1;
+                if written % every == 0 {
+                    pace();
+                }
             }
             bytes_if_any(&mut ss, 3, sc.schema_url().unwrap_or_default().as_bytes());
             ss
@@ -436,5 +453,12 @@ mod tests {
         assert_eq!(decoded, theirs);
         // byte for byte too: the same fields, in the same order, as prost writes them
         assert_eq!(ours, theirs.encode_to_vec());
+        // paced, across both scopes: the same bytes, and a pause after every `every` spans
+        for every in [1, 5, 12, 13] {
+            let mut paused = 0;
+            let paced = request_paced(&super::resource(&resource), &spans, every, || paused += 1);
+            assert_eq!(paced, ours, "every {every}");
+            assert_eq!(paused, spans.len() / every, "every {every}");
+        }
     }
 }
