@@ -247,6 +247,8 @@ pub struct OpenOutcome {
 
 /// How long before each slot the pacer stops sleeping and spins.
 const SPIN_WINDOW: Duration = Duration::from_micros(350);
+/// How long before each slot the pacer stops yielding the core while it spins.
+const YIELD_UNTIL: Duration = Duration::from_micros(40);
 
 pub async fn open_loop(
     conns: Vec<Conn>,
@@ -271,14 +273,18 @@ pub async fn open_loop(
                 if intended > now + SPIN_WINDOW {
                     std::thread::sleep(intended - now - SPIN_WINDOW);
                 }
-                // Yielding, not a bare spin: the harness's runtime thread shares this core
-                // and reads the responses. A spinning thread is never woken, so the
+                // Yielding, then a bare spin: the harness's runtime thread shares this
+                // core and reads the responses. A spinning thread is never woken, so the
                 // kernel let it finish its slice while a response waited, and every
                 // response slower than the sleep before the spin (~150 µs at 2,000/s)
                 // was read only after the slot's send: latencies piled up at one slot
-                // (docs/benchmarks.md, round seven).
-                while Instant::now() < intended {
+                // (docs/benchmarks.md, round seven). The last YIELD_UNTIL is spun bare, so
+                // a yield never hands the slot itself to the idle-class OTLP receiver.
+                while Instant::now() + YIELD_UNTIL < intended {
                     std::thread::yield_now();
+                }
+                while Instant::now() < intended {
+                    std::hint::spin_loop();
                 }
                 if tx.send(intended).is_err() {
                     break;

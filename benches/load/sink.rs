@@ -2,15 +2,15 @@
 //! runtime, named `otlp-receiver` so its CPU time can be told apart from the load
 //! generator's, in the idle scheduling class.
 //!
-//! It shares core 0 with the load generator, whose pacer spins before each send. A
-//! spinning thread is never woken, so the kernel never preempts an idle-class thread
-//! for it: whatever the receiver does per export runs as a slice the generator waits
-//! out. Decoding a batch of 512 spans is milliseconds of work, and the fixed-rate
-//! scenario charged it to the proxy as late sends (its p99 moved by 1.5–2.5 ms with
-//! tokentap's telemetry on and off). So the receiver only counts: it walks each
-//! request's protobuf to the spans and log records without decoding them, and decodes
-//! only metric exports (a few a run) for their names. The test suite's receiver
-//! (`tests/support/otlp.rs`) decodes everything; here only the counts are needed.
+//! It shares core 0 with the load generator, whose pacer spins before each send (and
+//! yields while it spins, until the last 40 µs). A thread that is not woken never
+//! preempts an idle-class one, so whatever the receiver does per export can run as a
+//! slice the pacer waits out. Decoding a batch of 512 spans is milliseconds of work, and
+//! the fixed-rate scenario charged it to the proxy as late sends (its p99 moved by
+//! 1.5–2.5 ms with tokentap's telemetry on and off). So the receiver only counts: it
+//! walks each request's protobuf to the spans and log records without decoding them,
+//! and decodes only metric exports (a few a run) for their names. The test suite's
+//! receiver (`tests/support/otlp.rs`) decodes everything; here only the counts are needed.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -175,9 +175,19 @@ async fn export(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    // one gRPC message: a compression flag (tokentap's bench exports uncompressed), a
-    // length, the protobuf
-    let msg = body.get(5..).unwrap_or_default();
+    // one gRPC message: a compression flag, a length, the protobuf. The bench's tokentap
+    // exports uncompressed (its environment is cleared); a compressed or cut message is
+    // not counted, and says so, rather than counted wrong.
+    let declared = body
+        .get(1..5)
+        .map_or(0, |l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize);
+    let msg = match (body.first(), body.get(5..)) {
+        (Some(0), Some(m)) if m.len() == declared => m,
+        _ => {
+            eprintln!("load: the OTLP receiver got a message it cannot count ({path})");
+            &[]
+        }
+    };
     if let Ok(mut c) = counts.lock() {
         if path.ends_with("TraceService/Export") {
             // ExportTraceServiceRequest.resource_spans(1) → ResourceSpans.scope_spans(2)

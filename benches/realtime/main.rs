@@ -33,9 +33,6 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
-#[path = "../../tests/support/otlp.rs"]
-mod otlp;
-
 #[path = "../load/build.rs"]
 mod build;
 // Shared with benches/load, which uses all of it; this harness uses the child guards,

@@ -319,8 +319,10 @@ async fn run<T: Send + 'static, S: Sink<T>>(
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 continue; // never closed; were it, the batch would count as dropped
             };
-            // gentle only while the queue keeps up: no more than this batch waits, no flush
-            let gentle = batch.is_empty() && flush_replies.is_empty() && rx.len() < MAX_BATCH;
+            // gentle only while the queue keeps up: no flush, the queue not closing, and
+            // less than a batch (or a quarter of a small queue) waiting behind this one
+            let keeping_up = rx.len() < MAX_BATCH.min(rx.max_capacity() / 4);
+            let gentle = batch.is_empty() && flush_replies.is_empty() && open && keeping_up;
             let (sink, health) = (sink.clone(), health.clone());
             tokio::spawn(async move {
                 let result = match tokio::time::timeout(timeout, sink.export(chunk, gentle)).await {
@@ -588,6 +590,8 @@ mod tests {
     /// Holds every export until released, counting how many are under way at once.
     #[derive(Clone, Default)]
     struct Held {
+        /// Whether each export, in the order they started, was to be gentle.
+        gentle: Arc<Mutex<Vec<bool>>>,
         under_way: Arc<Mutex<(usize, usize)>>,
         release: Arc<tokio::sync::Notify>,
         exported: Arc<Mutex<usize>>,
@@ -596,7 +600,8 @@ mod tests {
     }
 
     impl Sink<u32> for Held {
-        async fn export(&self, batch: Vec<u32>, _gentle: bool) -> OTelSdkResult {
+        async fn export(&self, batch: Vec<u32>, gentle: bool) -> OTelSdkResult {
+            self.gentle.lock().unwrap().push(gentle);
             {
                 let mut u = self.under_way.lock().unwrap();
                 u.0 += 1;
@@ -611,6 +616,33 @@ mod tests {
         fn shutdown(&self) {
             *self.at_shutdown.lock().unwrap() = Some(*self.exported.lock().unwrap());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_small_queue_that_fills_is_not_exported_gently() {
+        let sink = Held::default();
+        let capacity = 100;
+        let (q, _) = queue(sink.clone(), capacity, Duration::from_secs(30));
+        // four exports under way and held, and a fifth batch waiting for a slot
+        for _ in 0..=MAX_IN_FLIGHT {
+            for i in 0..capacity as u32 {
+                q.push(i);
+            }
+            tokio::time::sleep(BATCH_DELAY * 2).await;
+        }
+        assert_eq!(sink.under_way.lock().unwrap().0, MAX_IN_FLIGHT);
+        // the queue fills behind it (less than a whole batch, but all the queue holds)
+        for i in 0..capacity as u32 {
+            q.push(i);
+        }
+        sink.release.notify_waiters();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let gentle = sink.gentle.lock().unwrap().clone();
+        assert_eq!(gentle.len(), MAX_IN_FLIGHT + 1, "{gentle:?}");
+        assert!(gentle[..MAX_IN_FLIGHT].iter().all(|g| *g), "{gentle:?}");
+        assert!(!gentle[MAX_IN_FLIGHT], "a full queue behind it: {gentle:?}");
     }
 
     #[tokio::test]

@@ -319,7 +319,7 @@ pub(crate) fn request_paced(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::borrow::Cow;
     use std::time::Duration;
@@ -373,7 +373,7 @@ mod tests {
         ]
     }
 
-    fn span(n: u64, scope: &InstrumentationScope) -> SpanData {
+    pub(crate) fn span(n: u64, scope: &InstrumentationScope) -> SpanData {
         let t0 = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789 + n);
         let mut events = SpanEvents::default();
         let mut links = SpanLinks::default();

@@ -282,3 +282,31 @@ fn endpoints_headers_and_compression_read_as_the_otlp_crate_reads_them() {
     assert_eq!(grpc_endpoint(&empty), "https://c:4317");
     assert!(gzip_wanted(&empty));
 }
+
+static YIELDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_yield() {
+    YIELDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[tokio::test]
+async fn a_gentle_export_yields_every_few_spans_and_no_other_export_does() {
+    let (url, seen) = collector_with_body(vec![(200, None)], 0, Duration::ZERO).await;
+    let mut e = http_exporter(url, Duration::from_secs(2));
+    e.yield_core = count_yield;
+    let scope = opentelemetry::InstrumentationScope::builder("t").build();
+    let spans = |n| {
+        (0..n)
+            .map(|i| wire::tests::span(i, &scope))
+            .collect::<Vec<_>>()
+    };
+    let yields = || YIELDS.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(e.export_gently(spans(40), false).await.is_ok());
+    assert_eq!(yields(), 0);
+    // 40 spans written, then dropped: a yield after every 16 of either
+    assert!(e.export_gently(spans(40), true).await.is_ok());
+    assert_eq!(yields(), 4);
+    assert!(e.export(spans(40)).await.is_ok());
+    assert_eq!(yields(), 4, "the SDK's own export call is never gentle");
+    assert_eq!(*seen.lock().expect("count"), 3);
+}
