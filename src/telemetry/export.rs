@@ -147,9 +147,10 @@ impl ExportThread {
 
 /// Something a queue task can export batches to.
 pub trait Sink<T>: Send + Sync + 'static {
-    /// `gentle`: the queue is keeping up (nothing more than this batch waits, no flush is
-    /// pending), so the export may give the core to the request path while it works. A
-    /// queue that is backing up needs its export's full share of the CPU, or it drops.
+    /// `gentle`: the queue is keeping up (less than a batch, or a quarter of a small queue,
+    /// waits behind this one; no flush is pending), so the export may give the core to the
+    /// request path while it works. A queue that is backing up needs its export's full
+    /// share of the CPU, or it drops.
     fn export(&self, batch: Vec<T>, gentle: bool) -> impl Future<Output = OTelSdkResult> + Send;
     fn shutdown(&self);
 }
