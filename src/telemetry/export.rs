@@ -320,10 +320,11 @@ async fn run<T: Send + 'static, S: Sink<T>>(
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 continue; // never closed; were it, the batch would count as dropped
             };
-            // gentle only while the queue keeps up: no flush, the queue not closing, and
+            // gentle only while the queue keeps up: no flush (without one, a gathered batch
+            // is never over MAX_BATCH, so nothing of it waits), the queue not closing, and
             // less than a batch (or a quarter of a small queue) waiting behind this one
             let keeping_up = rx.len() < MAX_BATCH.min(rx.max_capacity() / 4);
-            let gentle = batch.is_empty() && flush_replies.is_empty() && open && keeping_up;
+            let gentle = flush_replies.is_empty() && open && keeping_up;
             let (sink, health) = (sink.clone(), health.clone());
             tokio::spawn(async move {
                 let result = match tokio::time::timeout(timeout, sink.export(chunk, gentle)).await {

@@ -309,7 +309,7 @@ impl GentleSpanExporter for OtlpSpans {
         let body = wire::request_paced(&self.resource, &batch, PACE_EVERY, pace);
         for (i, span) in batch.into_iter().enumerate() {
             drop(span);
-            if i % PACE_EVERY == PACE_EVERY - 1 {
+            if (i + 1) % PACE_EVERY == 0 {
                 pace();
             }
         }
