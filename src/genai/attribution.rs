@@ -10,7 +10,10 @@
 //! `tokentap key-id` to tell keys apart. Baggage is read only for keys the
 //! operator listed: it is caller-controlled and can hold anything.
 
-use http::HeaderMap;
+use std::cell::RefCell;
+use std::hash::{BuildHasher, RandomState};
+
+use http::{HeaderMap, HeaderName};
 
 use super::query::percent_decode;
 
@@ -19,6 +22,11 @@ use super::query::percent_decode;
 pub const MAX_VALUE: usize = 256;
 /// Most baggage entries read from one request (the header is caller-controlled).
 const MAX_BAGGAGE_ENTRIES: usize = 180;
+
+// Named once: a name given as text is parsed on every lookup (~400 instructions).
+const OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
+const OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+const API_KEY: HeaderName = HeaderName::from_static("api-key");
 
 /// What a call says about who made it; every field optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,7 +46,7 @@ impl Attribution {
     /// (`Authorization: Bearer …`, else `api-key`), and the `baggage` entries
     /// whose keys are in `baggage_keys`. `user` comes from the body, later.
     pub fn from_headers(headers: &HeaderMap, baggage_keys: &[String]) -> Attribution {
-        let text = |name: &str| {
+        let text = |name: &HeaderName| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
@@ -47,9 +55,9 @@ impl Attribution {
                 .map(bounded)
         };
         Attribution {
-            project: text("openai-project"),
-            organization: text("openai-organization"),
-            key_id: api_key(headers).map(key_id),
+            project: text(&OPENAI_PROJECT),
+            organization: text(&OPENAI_ORGANIZATION),
+            key_id: api_key(headers).map(remembered_key_id),
             user: None,
             baggage: if baggage_keys.is_empty() {
                 Vec::new()
@@ -78,7 +86,7 @@ pub fn api_key(headers: &HeaderMap) -> Option<&str> {
     bearer
         .or_else(|| {
             headers
-                .get("api-key")
+                .get(API_KEY)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         })
@@ -102,6 +110,33 @@ pub fn key_id(key: &str) -> String {
         id.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     id
+}
+
+/// [`key_id`] of `key`, remembered for the key this thread saw last: a sidecar
+/// sees one key or a few, and a SHA-256 on every call was ~2 % of a proxied
+/// call's instructions (docs/benchmarks.md, load round eight). The key itself is
+/// not kept: the memo holds a 64-bit SipHash of it under a key drawn per thread,
+/// so another key takes its id only by a 2^-64 chance that no caller can steer.
+fn remembered_key_id(key: &str) -> String {
+    thread_local! {
+        static LAST: RefCell<(RandomState, Option<(u64, String)>)> =
+            RefCell::new((RandomState::new(), None));
+    }
+    let remembered = LAST.try_with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        let (hasher, seen) = &mut *last;
+        let hash = hasher.hash_one(key);
+        match seen {
+            Some((h, id)) if *h == hash => Some(id.clone()),
+            _ => {
+                let id = key_id(key);
+                *seen = Some((hash, id.clone()));
+                Some(id)
+            }
+        }
+    });
+    // a thread ending (or the memo in use) computes it, as without a memo
+    remembered.ok().flatten().unwrap_or_else(|| key_id(key))
 }
 
 /// The allow-listed entries of every `baggage` header (W3C: `k=v;props, …`),
@@ -215,6 +250,20 @@ mod tests {
             h.append(*k, HeaderValue::from_str(v).expect("valid"));
         }
         h
+    }
+
+    #[test]
+    fn a_remembered_key_id_is_always_the_id_of_the_key_given() {
+        let keys = ["sk-test", "sk-test2", "sk-test2", "sk-test", "", "sk-test"];
+        for key in keys {
+            assert_eq!(remembered_key_id(key), key_id(key), "{key}");
+        }
+        // and on another thread, with its own memo
+        let other = std::thread::spawn(|| remembered_key_id("sk-test2"))
+            .join()
+            .expect("thread");
+        assert_eq!(other, key_id("sk-test2"));
+        assert_eq!(remembered_key_id("sk-test"), "f3abf2a6cc4f");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::sync::atomic::AtomicU64;
 use super::names::{Metric, Unit, kind, label, metric, value};
 use super::series::{BoundedLabels, SeriesCache, Slot};
 use super::sink::{CallSink, Recorded};
+use super::spans;
 use crate::call::Call;
 use crate::genai::request::Operation;
 
@@ -235,8 +236,8 @@ impl CallSink for Metrics {
         // the sampled trace of the call, attached to its duration samples
         let exemplar = r.span.is_sampled().then(|| {
             vec![
-                ("trace_id", r.span.trace_id().to_string()),
-                ("span_id", r.span.span_id().to_string()),
+                ("trace_id", spans::lower_hex(&r.span.trace_id().to_bytes())),
+                ("span_id", spans::lower_hex(&r.span.span_id().to_bytes())),
             ]
         });
         c.requests
