@@ -23,10 +23,11 @@ pub const MAX_VALUE: usize = 256;
 /// Most baggage entries read from one request (the header is caller-controlled).
 const MAX_BAGGAGE_ENTRIES: usize = 180;
 
-// Named once: a name given as text is parsed on every lookup (~400 instructions).
-const OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
-const OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
-const API_KEY: HeaderName = HeaderName::from_static("api-key");
+// Named once (a name given as text is parsed on every lookup, ~400 instructions), in
+// statics (each use of a `const` name would make and drop a copy).
+static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
+static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+static API_KEY: HeaderName = HeaderName::from_static("api-key");
 
 /// What a call says about who made it; every field optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,7 +87,7 @@ pub fn api_key(headers: &HeaderMap) -> Option<&str> {
     bearer
         .or_else(|| {
             headers
-                .get(API_KEY)
+                .get(&API_KEY)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         })

@@ -7,7 +7,8 @@
 use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// A `static`, not a `const`: each use of a `const` array of names makes and drops a copy.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
