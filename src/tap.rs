@@ -232,8 +232,7 @@ mod tests {
 
     use super::*;
     use crate::genai::pricing::PriceTable;
-    use crate::genai::provider::Provider;
-    use crate::genai::request::{Operation, RequestFacts};
+    use crate::genai::request::Operation;
     use crate::telemetry::otel::Providers;
     use crate::telemetry::{RecorderOptions, Telemetry};
 
@@ -259,26 +258,13 @@ mod tests {
                 recent_calls: 0,
             },
             |_| {
-                Ok(Providers {
-                    tracer_provider: SdkTracerProvider::builder().build(),
-                    meter_provider: None,
-                    logger_provider: None,
-                    span_queue: None,
-                    log_queue: None,
-                    export_thread: None,
-                })
+                Ok(Providers::tracing_only(
+                    SdkTracerProvider::builder().build(),
+                ))
             },
         )
         .expect("telemetry");
-        let call = Call::new(
-            Some(Operation::ChatCompletions),
-            RequestFacts::default(),
-            "POST".to_owned(),
-            "/v1/chat/completions".to_owned(),
-            Provider::default(),
-            "api.openai.com".to_owned(),
-            443,
-        );
+        let call = crate::telemetry::series::tests::chat("gpt-4o");
         let observer = Observer::new(
             Some(Operation::ChatCompletions),
             true,

@@ -33,14 +33,9 @@ impl Rig {
                 recent_calls: 1000,
             },
             move |_| {
-                Ok(Providers {
-                    tracer_provider: SdkTracerProvider::builder().with_simple_exporter(e).build(),
-                    meter_provider: None,
-                    logger_provider: None,
-                    span_queue: None,
-                    log_queue: None,
-                    export_thread: None,
-                })
+                Ok(Providers::tracing_only(
+                    SdkTracerProvider::builder().with_simple_exporter(e).build(),
+                ))
             },
         )
         .expect("telemetry");

@@ -432,6 +432,19 @@ fn meter_provider<E: PushMetricExporter>(
 }
 
 impl Providers {
+    /// Spans from `tracer_provider` alone: no metrics or logs, nothing queued or exported
+    /// by tokentap (the provider's own processors still run). For embedding and tests.
+    pub fn tracing_only(tracer_provider: SdkTracerProvider) -> Providers {
+        Providers {
+            tracer_provider,
+            meter_provider: None,
+            logger_provider: None,
+            span_queue: None,
+            log_queue: None,
+            export_thread: None,
+        }
+    }
+
     pub(crate) fn tracer(&self) -> SdkTracer {
         self.tracer_provider.tracer(span::INSTRUMENTATION_SCOPE)
     }

@@ -89,14 +89,9 @@ pub async fn start_traced_proxy(cfg: Config) -> (Running, InMemorySpanExporter) 
     let e = exporter.clone();
     let telemetry =
         Telemetry::with_providers(app::recorder_options(&cfg).expect("options"), move |_| {
-            Ok(Providers {
-                tracer_provider: SdkTracerProvider::builder().with_simple_exporter(e).build(),
-                meter_provider: None,
-                logger_provider: None,
-                span_queue: None,
-                log_queue: None,
-                export_thread: None,
-            })
+            Ok(Providers::tracing_only(
+                SdkTracerProvider::builder().with_simple_exporter(e).build(),
+            ))
         })
         .expect("telemetry");
     let proxy = app::start_with(cfg, telemetry)
