@@ -57,7 +57,10 @@
 //! - [`websocket`]: a bounded, pure reader of WebSocket messages from copied bytes
 //!   (fragments, control frames, `permessage-deflate`), for observing tunnels
 //!
-//! No module imports one that imports it back; `genai` imports none of the others.
+//! - `hex`: bytes as lower-case hex (ids, fingerprints, tokens); imports nothing
+//!
+//! No module imports one that imports it back; `genai` imports none of the others but
+//! the leaf `hex`.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
@@ -69,6 +72,7 @@ pub mod config;
 pub mod demo;
 pub(crate) mod error;
 pub mod genai;
+pub(crate) mod hex;
 pub(crate) mod inbound;
 pub(crate) mod listener;
 pub(crate) mod live;

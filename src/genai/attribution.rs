@@ -103,14 +103,8 @@ pub fn api_key(headers: &HeaderMap) -> Option<&str> {
 /// assert_ne!(key_id("sk-test"), key_id("sk-test2"));
 /// ```
 pub fn key_id(key: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    let mut id = String::with_capacity(12);
-    for b in &digest.as_ref()[..6] {
-        id.push(char::from(HEX[usize::from(b >> 4)]));
-        id.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    id
+    crate::hex::lower(&digest.as_ref()[..6])
 }
 
 /// [`key_id`] of `key`, remembered for the key this thread saw last: a sidecar

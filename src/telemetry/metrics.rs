@@ -18,9 +18,9 @@ use std::sync::atomic::AtomicU64;
 use super::names::{Metric, Unit, kind, label, metric, value};
 use super::series::{BoundedLabels, SeriesCache, Slot};
 use super::sink::{CallSink, Recorded};
-use super::spans;
 use crate::call::Call;
 use crate::genai::request::Operation;
+use crate::hex;
 
 type Labels = Vec<(&'static str, String)>;
 /// Exemplar labels: the trace (and span) a sample came from, so dashboards link to it.
@@ -236,8 +236,8 @@ impl CallSink for Metrics {
         // the sampled trace of the call, attached to its duration samples
         let exemplar = r.span.is_sampled().then(|| {
             vec![
-                ("trace_id", spans::lower_hex(&r.span.trace_id().to_bytes())),
-                ("span_id", spans::lower_hex(&r.span.span_id().to_bytes())),
+                ("trace_id", hex::lower(&r.span.trace_id().to_bytes())),
+                ("span_id", hex::lower(&r.span.span_id().to_bytes())),
             ]
         });
         c.requests

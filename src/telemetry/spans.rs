@@ -25,6 +25,7 @@ use super::names::attr;
 use super::sink::{CallSink, Recorded};
 use crate::call::Call;
 use crate::genai::attribution::Attribution;
+use crate::hex;
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
@@ -85,38 +86,12 @@ pub fn inject(cx: &Context, headers: &mut HeaderMap) {
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// `bytes` in lower-case hex, as trace and span ids are written (the ids'
-/// `Display` goes through the formatter: ~1k instructions for the two of a call).
-pub fn lower_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    out
-}
-
 /// `00-{trace id}-{span id}-{flags}` in lower-case hex (W3C Trace Context).
 fn traceparent(sc: &SpanContext, flags: u8) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 55];
-    let mut at = 0;
-    let mut put = |bytes: &[u8], dash: bool| {
-        for b in bytes {
-            out[at] = HEX[usize::from(b >> 4)];
-            out[at + 1] = HEX[usize::from(b & 0x0f)];
-            at += 2;
-        }
-        if dash {
-            out[at] = b'-';
-            at += 1;
-        }
-    };
-    put(&[0], true);
-    put(&sc.trace_id().to_bytes(), true);
-    put(&sc.span_id().to_bytes(), true);
-    put(&[flags], false);
+    let mut out = *b"00-________________________________-________________-__";
+    hex::write_lower(&mut out[3..35], &sc.trace_id().to_bytes());
+    hex::write_lower(&mut out[36..52], &sc.span_id().to_bytes());
+    hex::write_lower(&mut out[53..], &[flags]);
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(""))
 }
 
@@ -443,9 +418,8 @@ mod tests {
     fn ids_in_lower_hex_read_as_their_display() {
         let t = TraceId::from_bytes([0xab, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0xff]);
         let s = SpanId::from_bytes([0, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0xfe]);
-        assert_eq!(lower_hex(&t.to_bytes()), t.to_string());
-        assert_eq!(lower_hex(&s.to_bytes()), s.to_string());
-        assert_eq!(lower_hex(&[]), "");
+        assert_eq!(crate::hex::lower(&t.to_bytes()), t.to_string());
+        assert_eq!(crate::hex::lower(&s.to_bytes()), s.to_string());
     }
 
     #[test]

@@ -212,7 +212,7 @@ fn new_token() -> String {
             .unwrap_or_default();
         bytes = (nanos ^ u128::from(std::process::id())).to_le_bytes();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::lower(&bytes)
 }
 
 /// A held conversation: extended while alive, released when dropped.
