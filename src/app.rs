@@ -76,6 +76,7 @@ impl Running {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.task).await;
+        self.recorder.settle();
         if let Some(p) = self.providers.take() {
             p.shutdown(TELEMETRY_FLUSH_DEADLINE).await;
         }
@@ -140,6 +141,7 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
         recorder,
         providers,
     } = telemetry;
+    recorder.record_later();
     let pricing = Arc::new(load_pricing(&cfg)?);
     let routes = Routes::new(&cfg, upstream.clone()).map_err(StartError::Config)?;
     // one stop signal: the listener stops accepting, open tunnels close

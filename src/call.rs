@@ -80,6 +80,8 @@ pub struct Call {
     /// The response was an event stream.
     pub streamed: bool,
     pub duration: Duration,
+    /// When the call ended, if it is recorded later than that (a response body's end).
+    pub ended: Option<std::time::SystemTime>,
     pub time_to_first_chunk: Option<Duration>,
     /// Seconds between consecutive output chunks (after the first).
     pub chunk_gaps: Vec<f32>,
@@ -127,6 +129,7 @@ impl Call {
             response: ResponseFacts::default(),
             streamed: false,
             duration: Duration::ZERO,
+            ended: None,
             time_to_first_chunk: None,
             chunk_gaps: Vec::new(),
             request_id: None,

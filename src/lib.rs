@@ -19,7 +19,7 @@
 //!              agent (lab API) ── calls the model through the same proxy stages
 //!
 //! exactly once per call — end, error, or client gone — a call::Call goes to
-//! telemetry::Recorder: priced, labels bounded once, then handed to each
+//! telemetry::Recorder (a tapped one once its response has left): priced, labels bounded once, then handed to each
 //! CallSink in order: Prometheus metrics → OTel instruments → log line → span
 //! ```
 //!

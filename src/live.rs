@@ -212,7 +212,7 @@ impl CallSink for Live {
         let Some(op) = call.operation else {
             return; // not a model call: not in llm_requests_total, not here either
         };
-        let at = SystemTime::now();
+        let at = call.ended.unwrap_or_else(SystemTime::now);
         let attributes = spans::shared_attributes(call, r);
         let usage = call.usage();
         let entry = Entry {

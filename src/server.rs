@@ -100,7 +100,10 @@ impl Server {
                 }
                 None => Box::pin(self.proxy.forward(req)).await,
             },
-            Target::Live(route) => self.live.handle(route, &req, &self.access),
+            Target::Live(route) => {
+                self.recorder.settle(); // calls whose responses have left are in the view
+                self.live.handle(route, &req, &self.access)
+            }
             Target::Proxy => Box::pin(self.proxy.forward(req)).await,
         }
     }
@@ -112,6 +115,7 @@ impl Server {
             .get(http::header::ACCEPT)
             .and_then(|v| v.to_str().ok());
         let format = Format::from_accept(accept);
+        self.recorder.settle(); // every call whose response has left is counted
         match self.recorder.metrics.encode(format) {
             Ok(page) => full_response(StatusCode::OK, format.content_type(), Bytes::from(page)),
             Err(_) => full_response(

@@ -9,6 +9,9 @@
 //! in an `Option` that is taken, so no path can record a call twice. hyper
 //! may stop polling once `is_end_stream()` is true, so the end is also
 //! detected right after the last frame rather than only on a final `None`.
+//! Finishing only stamps the end; reading the response (its JSON) and
+//! recording are deferred (`telemetry::later`), since hyper writes that last
+//! frame only after this poll returns it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use tokio::time::Sleep;
 use crate::call::{Call, Outcome};
 use crate::observe::{Observer, Pass};
 use crate::telemetry::Recorder;
+use crate::telemetry::later::Deferred;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,16 +40,37 @@ impl std::fmt::Display for IdleTimeout {
 }
 impl std::error::Error for IdleTimeout {}
 
+/// The call until it ends; boxed once, so that it moves as a pointer and is
+/// handed as it is to be recorded later.
 struct Pending {
     call: Call,
     observer: Observer,
-    recorder: Arc<Recorder>,
     started: Instant,
+    /// The call ended as completed (read when it is recorded).
+    completed: bool,
+}
+
+impl Deferred for Pending {
+    /// The response's own reading (its JSON, its last event) and the recording,
+    /// both after the response has left.
+    fn run(self: Box<Self>, recorder: &Recorder) {
+        let Pending {
+            mut call,
+            observer,
+            completed,
+            ..
+        } = *self;
+        let work = Instant::now();
+        observer.finish_into(&mut call, completed);
+        call.overhead += work.elapsed();
+        recorder.record(call);
+    }
 }
 
 pub struct Tap<B> {
     inner: B,
-    pending: Option<Pending>,
+    pending: Option<Box<Pending>>,
+    recorder: Arc<Recorder>,
     edits: bool,
     /// Fires no later than `read_timeout` after the last frame. It is moved only when
     /// it fires with a frame seen since: moving it on every frame cost a deadline
@@ -72,12 +97,13 @@ impl<B: Body> Tap<B> {
         let empty = inner.is_end_stream();
         let mut tap = Tap {
             inner,
-            pending: Some(Pending {
+            pending: Some(Box::new(Pending {
                 call,
                 observer,
-                recorder,
                 started,
-            }),
+                completed: false,
+            })),
+            recorder,
             edits,
             idle: Box::pin(tokio::time::sleep(read_timeout)),
             last_frame: tokio::time::Instant::now(),
@@ -92,19 +118,12 @@ impl<B: Body> Tap<B> {
 
 impl<B> Tap<B> {
     fn finish(&mut self, outcome: Outcome) {
-        if let Some(p) = self.pending.take() {
-            let Pending {
-                mut call,
-                observer,
-                recorder,
-                started,
-            } = p;
-            call.outcome = outcome;
-            call.duration = started.elapsed();
-            let work = Instant::now();
-            observer.finish_into(&mut call, outcome == Outcome::Completed);
-            call.overhead += work.elapsed();
-            recorder.record(call);
+        if let Some(mut p) = self.pending.take() {
+            p.call.outcome = outcome;
+            p.call.duration = p.started.elapsed();
+            p.call.ended = Some(std::time::SystemTime::now());
+            p.completed = outcome == Outcome::Completed;
+            self.recorder.defer(p);
         }
     }
 }
@@ -227,7 +246,7 @@ mod tests {
 
     use http_body_util::BodyExt;
     use http_body_util::StreamBody;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
     use tokio::sync::mpsc;
 
     use super::*;
@@ -249,6 +268,15 @@ mod tests {
     }
 
     fn tap(timeout: Duration) -> (mpsc::Sender<Bytes>, Tap<Frames>) {
+        let (tx, tap, _) = traced_tap(timeout, SdkTracerProvider::builder().build());
+        (tx, tap)
+    }
+
+    /// A chat call's tap whose call has a span of `tp`, and its recorder.
+    fn traced_tap(
+        timeout: Duration,
+        tp: SdkTracerProvider,
+    ) -> (mpsc::Sender<Bytes>, Tap<Frames>, Arc<Recorder>) {
         let telemetry = Telemetry::with_providers(
             RecorderOptions {
                 pricing: PriceTable::default(),
@@ -257,14 +285,17 @@ mod tests {
                 metric_dimensions: Vec::new(),
                 recent_calls: 0,
             },
-            |_| {
-                Ok(Providers::tracing_only(
-                    SdkTracerProvider::builder().build(),
-                ))
-            },
+            |_| Ok(Providers::tracing_only(tp)),
         )
         .expect("telemetry");
-        let call = crate::telemetry::series::tests::chat("gpt-4o");
+        let recorder = telemetry.recorder;
+        let mut call = crate::telemetry::series::tests::chat("gpt-4o");
+        call.trace = Some(crate::telemetry::spans::start(
+            recorder.tracer(),
+            &opentelemetry::Context::new(),
+            &call,
+            std::time::SystemTime::now(),
+        ));
         let observer = Observer::new(
             Some(Operation::ChatCompletions),
             true,
@@ -278,11 +309,73 @@ mod tests {
             body,
             call,
             observer,
-            telemetry.recorder.clone(),
+            recorder.clone(),
             Instant::now(),
             timeout,
         );
-        (tx, tap)
+        (tx, tap, recorder)
+    }
+
+    /// `llm_requests_total`, summed over its series.
+    fn requests(recorder: &Recorder) -> f64 {
+        let page = recorder
+            .metrics
+            .encode(crate::telemetry::metrics::Format::PrometheusText)
+            .expect("page");
+        page.lines()
+            .filter(|l| l.starts_with("llm_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_is_recorded_after_its_last_frame_has_left_and_its_span_ends_then() {
+        let spans = InMemorySpanExporter::default();
+        let tp = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let (tx, mut tap, recorder) = traced_tap(Duration::from_secs(60), tp);
+        recorder.record_later();
+        let event = Bytes::from_static(
+            b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[]}\n\n",
+        );
+        tx.send(event.clone()).await.expect("sent");
+        drop(tx);
+        let first = tap.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().ok(), Some(event));
+        assert!(tap.frame().await.is_none(), "the body's end");
+        let ended = std::time::SystemTime::now();
+        // the body has ended, and this task has not let go of the core since
+        assert_eq!(
+            requests(&recorder),
+            0.0,
+            "recorded before the response left"
+        );
+        assert!(spans.get_finished_spans().expect("spans").is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        for _ in 0..100 {
+            if requests(&recorder) > 0.0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(requests(&recorder), 1.0, "recorded once, by the task");
+        let done = spans.get_finished_spans().expect("spans");
+        assert_eq!(done.len(), 1);
+        // the span ends when the body ended, not when the call was recorded 30 ms later
+        assert!(
+            done[0].end_time <= ended,
+            "{:?} > {ended:?}",
+            done[0].end_time
+        );
+        assert!(done[0].end_time >= done[0].start_time);
+        drop(tap);
+        recorder.settle();
+        assert_eq!(
+            requests(&recorder),
+            1.0,
+            "dropping the ended body records nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,8 +4,9 @@
 //! prices the call, bounds its label values once (a `series::Series`), then
 //! hands it to each output registered at start, in order: Prometheus, the OTel
 //! instruments, the log line, the call's span (see `sink`). Recording is a
-//! few atomic updates and a queue push, cheap enough for the request path;
-//! everything that touches the network runs in the export tasks.
+//! few atomic updates and a queue push, and a proxied call is recorded just
+//! after its response has left (`later`); everything that touches the network
+//! runs in the export tasks.
 //!
 //! ```text
 //! Recorder ── prices the call, bounds its labels once ──► series (LabelGuard, cache, slots)
@@ -22,6 +23,7 @@ pub(crate) mod bounded;
 pub(crate) mod export;
 pub(crate) mod instruments;
 pub(crate) mod labels;
+pub(crate) mod later;
 pub(crate) mod log;
 pub(crate) mod metrics;
 pub(crate) mod names;
@@ -53,9 +55,27 @@ pub struct Recorder {
     /// The live view's ring (also one of the sinks); `None` with `--recent-calls 0`.
     pub(crate) live: Option<Arc<crate::live::Live>>,
     tracer: SdkTracer,
+    /// Calls recorded after their response has left (`later`).
+    later: Arc<later::Later>,
 }
 
 impl Recorder {
+    /// Records `job` once the current task has let its response go (see `later`).
+    pub(crate) fn defer(&self, job: Box<dyn later::Deferred>) {
+        self.later.defer(job, self);
+    }
+
+    /// Records every call still waiting; whatever reads recorded calls calls this first.
+    pub fn settle(&self) {
+        self.later.settle(self);
+    }
+
+    /// From now on, calls finished by a response body are recorded by a task of
+    /// their own, after the response has left (inside the tokio runtime).
+    pub fn record_later(self: &Arc<Self>) {
+        later::Later::start(self);
+    }
+
     pub(crate) fn tracer(&self) -> &SdkTracer {
         &self.tracer
     }
@@ -165,6 +185,7 @@ impl Telemetry {
             sinks,
             live,
             tracer: providers.tracer(),
+            later: Arc::default(),
         };
         Ok(Telemetry {
             recorder: Arc::new(recorder),

@@ -380,13 +380,21 @@ pub fn shared_attributes<'a>(call: &Call, r: &'a Recorded) -> Ref<'a, [KeyValue]
 }
 
 /// Sets `attributes` and the call's status on its span and ends it.
-fn finish(cx: &Context, attributes: Vec<KeyValue>, error_type: Option<&str>) {
+fn finish(
+    cx: &Context,
+    attributes: Vec<KeyValue>,
+    error_type: Option<&str>,
+    ended: Option<std::time::SystemTime>,
+) {
     let span = cx.span();
     span.set_attributes(attributes);
     if let Some(e) = error_type {
         span.set_status(Status::error(bounded::cut(e).into_owned()));
     }
-    span.end();
+    match ended {
+        Some(at) => span.end_with_timestamp(at),
+        None => span.end(),
+    }
 }
 
 /// The call's span as an output: finished with the call's attributes. Registered
@@ -405,7 +413,7 @@ impl CallSink for EndSpan {
         // built by an earlier output (the live view), or now
         let taken = r.attributes.borrow_mut().take();
         let attributes = taken.unwrap_or_else(|| attributes(call, r.error_type.as_deref()));
-        finish(cx, attributes, r.error_type.as_deref());
+        finish(cx, attributes, r.error_type.as_deref(), call.ended);
     }
 }
 
