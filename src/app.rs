@@ -141,7 +141,6 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
         recorder,
         providers,
     } = telemetry;
-    recorder.record_later();
     let pricing = Arc::new(load_pricing(&cfg)?);
     let routes = Routes::new(&cfg, upstream.clone()).map_err(StartError::Config)?;
     // one stop signal: the listener stops accepting, open tunnels close
@@ -173,6 +172,7 @@ pub async fn start_with(cfg: Config, telemetry: Telemetry) -> Result<Running, St
         }),
         max_connections: Some(cfg.max_connections as usize),
     };
+    recorder.record_later();
     let task = tokio::spawn(server::serve(listener, server, rx, options));
     Ok(Running {
         addr,

@@ -19,8 +19,9 @@
 //!              agent (lab API) ── calls the model through the same proxy stages
 //!
 //! exactly once per call — end, error, or client gone — a call::Call goes to
-//! telemetry::Recorder (a tapped one once its response has left): priced, labels bounded once, then handed to each
-//! CallSink in order: Prometheus metrics → OTel instruments → log line → span
+//! telemetry::Recorder (a tapped one just after its response has left): priced,
+//! labels bounded once, then handed to each CallSink in order:
+//! Prometheus metrics → OTel instruments → log line → live view → span
 //! ```
 //!
 //! # Module map

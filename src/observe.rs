@@ -268,6 +268,18 @@ impl Observer {
         }
     }
 
+    /// At the body's end, before the call waits to be recorded: lets go of the
+    /// decompressor (only bytes still to come needed it) and says how many bytes
+    /// of the response it still holds.
+    pub fn settled(&mut self) -> usize {
+        self.decoder = None;
+        match &self.mode {
+            Mode::Json { buf, .. } => buf.capacity(),
+            Mode::Sse { decoder, .. } => decoder.buffered(),
+            Mode::Ignore => 0,
+        }
+    }
+
     /// Whether an event stream reached its proper end (`[DONE]`, or a terminal
     /// Responses event): a client may leave right after it, before the body's end.
     pub fn stream_done(&self) -> bool {

@@ -101,7 +101,9 @@ impl Server {
                 None => Box::pin(self.proxy.forward(req)).await,
             },
             Target::Live(route) => {
-                self.recorder.settle(); // calls whose responses have left are in the view
+                if matches!(route, LiveRoute::Calls | LiveRoute::Summary) {
+                    self.recorder.settle(); // calls whose responses have left are in them
+                }
                 self.live.handle(route, &req, &self.access)
             }
             Target::Proxy => Box::pin(self.proxy.forward(req)).await,

@@ -48,9 +48,15 @@ struct Pending {
     started: Instant,
     /// The call ended as completed (read when it is recorded).
     completed: bool,
+    /// Bytes of the response the observer still holds.
+    held: usize,
 }
 
 impl Deferred for Pending {
+    fn held(&self) -> usize {
+        std::mem::size_of::<Pending>() + self.held
+    }
+
     /// The response's own reading (its JSON, its last event) and the recording,
     /// both after the response has left.
     fn run(self: Box<Self>, recorder: &Recorder) {
@@ -102,6 +108,7 @@ impl<B: Body> Tap<B> {
                 observer,
                 started,
                 completed: false,
+                held: 0,
             })),
             recorder,
             edits,
@@ -123,6 +130,7 @@ impl<B> Tap<B> {
             p.call.duration = p.started.elapsed();
             p.call.ended = Some(std::time::SystemTime::now());
             p.completed = outcome == Outcome::Completed;
+            p.held = p.observer.settled();
             self.recorder.defer(p);
         }
     }
@@ -268,7 +276,7 @@ mod tests {
     }
 
     fn tap(timeout: Duration) -> (mpsc::Sender<Bytes>, Tap<Frames>) {
-        let (tx, tap, _) = traced_tap(timeout, SdkTracerProvider::builder().build());
+        let (tx, tap, _) = traced_tap(timeout, SdkTracerProvider::builder().build(), 0);
         (tx, tap)
     }
 
@@ -276,6 +284,7 @@ mod tests {
     fn traced_tap(
         timeout: Duration,
         tp: SdkTracerProvider,
+        recent_calls: usize,
     ) -> (mpsc::Sender<Bytes>, Tap<Frames>, Arc<Recorder>) {
         let telemetry = Telemetry::with_providers(
             RecorderOptions {
@@ -283,7 +292,7 @@ mod tests {
                 max_label_values: 10,
                 max_label_length: 100,
                 metric_dimensions: Vec::new(),
-                recent_calls: 0,
+                recent_calls,
             },
             |_| Ok(Providers::tracing_only(tp)),
         )
@@ -328,17 +337,34 @@ mod tests {
             .sum()
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_call_is_recorded_after_its_last_frame_has_left_and_its_span_ends_then() {
+    /// Yields until `llm_requests_total` is not 0 (the task has run), at most 100 times.
+    async fn recorded(recorder: &Recorder) -> f64 {
+        for _ in 0..100 {
+            if requests(recorder) > 0.0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        requests(recorder)
+    }
+
+    fn traced() -> (InMemorySpanExporter, SdkTracerProvider) {
         let spans = InMemorySpanExporter::default();
         let tp = SdkTracerProvider::builder()
             .with_simple_exporter(spans.clone())
             .build();
-        let (tx, mut tap, recorder) = traced_tap(Duration::from_secs(60), tp);
+        (spans, tp)
+    }
+
+    const CHUNK: &[u8] =
+        b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[]}\n\n";
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_call_is_recorded_after_its_last_frame_has_left_and_dated_when_it_ended() {
+        let (spans, tp) = traced();
+        let (tx, mut tap, recorder) = traced_tap(Duration::from_secs(60), tp, 8);
         recorder.record_later();
-        let event = Bytes::from_static(
-            b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[]}\n\n",
-        );
+        let event = Bytes::from_static(CHUNK);
         tx.send(event.clone()).await.expect("sent");
         drop(tx);
         let first = tap.frame().await.expect("a frame").expect("data");
@@ -353,22 +379,21 @@ mod tests {
         );
         assert!(spans.get_finished_spans().expect("spans").is_empty());
         std::thread::sleep(Duration::from_millis(30));
-        for _ in 0..100 {
-            if requests(&recorder) > 0.0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(requests(&recorder), 1.0, "recorded once, by the task");
+        assert_eq!(recorded(&recorder).await, 1.0, "recorded once, by the task");
         let done = spans.get_finished_spans().expect("spans");
         assert_eq!(done.len(), 1);
-        // the span ends when the body ended, not when the call was recorded 30 ms later
+        // the span and the live view's entry are dated when the body ended, not when
+        // the call was recorded 30 ms later
         assert!(
             done[0].end_time <= ended,
             "{:?} > {ended:?}",
             done[0].end_time
         );
         assert!(done[0].end_time >= done[0].start_time);
+        let live = recorder.live.as_ref().expect("live view on");
+        let entries = live.newest_first();
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].at <= ended, "{:?} > {ended:?}", entries[0].at);
         drop(tap);
         recorder.settle();
         assert_eq!(
@@ -376,6 +401,30 @@ mod tests {
             1.0,
             "dropping the ended body records nothing"
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_gone_mid_stream_is_recorded_later_as_cancelled() {
+        let (spans, tp) = traced();
+        let (tx, mut tap, recorder) = traced_tap(Duration::from_secs(60), tp, 0);
+        recorder.record_later();
+        tx.send(Bytes::from_static(CHUNK)).await.expect("sent");
+        tap.frame().await.expect("a frame").expect("data");
+        drop(tap); // what hyper does when the client goes away
+        let gone = std::time::SystemTime::now();
+        assert_eq!(requests(&recorder), 0.0);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(recorded(&recorder).await, 1.0);
+        let done = spans.get_finished_spans().expect("spans");
+        assert_eq!(done.len(), 1);
+        assert!(done[0].end_time <= gone);
+        let error = done[0]
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "error.type")
+            .map(|kv| kv.value.to_string());
+        assert_eq!(error.as_deref(), Some("cancelled"));
+        drop(tx);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,21 +1,26 @@
 //! Recording a proxied call after its response has left.
 //!
 //! A call's last frame used to wait for the call to be read and recorded (the
-//! response's JSON, the metrics, the live view, the span: ~55k instructions),
-//! because the body's last poll is where its end is seen, and hyper buffers that
-//! frame and drops the body before it writes anything to the socket. Handing
-//! the finished call to one long-lived task instead lets the connection task
-//! flush the response first; the task then records every call waiting, in
-//! arrival order, in one go.
+//! response's JSON, the metrics, the live view, the span: ~40k instructions
+//! for a chat completion), because the body's last poll is where its end is
+//! seen, and hyper writes that frame to the socket only after the poll returns
+//! it. Handing the finished call to one long-lived task instead lets the
+//! connection task flush the response first; the task then records the calls
+//! waiting, in arrival order, in one go.
 //!
 //! Nothing is lost and nothing grows without bound: the queue holds at most
-//! [`CAPACITY`] calls, and a call that finds it full is recorded where it is,
-//! as before. Anything that reads what calls recorded (`/metrics`, the live
-//! view's API, the shutdown flush) settles the queue first ([`Later::settle`]),
-//! so a call whose response a client has received is always counted there.
-//! Until [`Later::start`] is called (a recorder used without an app: the unit
-//! tests) calls are recorded where they finish.
+//! [`CAPACITY`] calls and [`MAX_BYTES`] of what they still hold (a JSON body
+//! kept for its usage), and a call that does not fit is recorded where it is,
+//! as before (so, only then, a later call can reach the live view's ring
+//! before earlier ones). Anything that reads what calls recorded (`/metrics`,
+//! the live view's API, the shutdown flush) settles the queue first
+//! ([`Later::settle`]), so a call whose response a client has received is
+//! always counted there. Until [`Later::start`] runs (a recorder used without
+//! an app: the unit tests) calls are recorded where they finish. Calls whose
+//! bodies are dropped with the runtime itself (connections still open when it
+//! stops, after the grace period and the flush) are not recorded.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
@@ -23,27 +28,51 @@ use tokio::sync::Notify;
 
 use super::Recorder;
 
-/// Calls that may wait to be recorded; one more is recorded in place. At ~2 KiB
-/// a call, 2 MiB at most; at ~40k instructions a call, a settle that finds a
-/// full batch running waits ~10 ms.
-pub(crate) const CAPACITY: usize = 1024;
+/// Calls that may wait to be recorded. A settle that finds a full batch being
+/// recorded waits for it: at ~40k instructions a call, a few milliseconds.
+pub(crate) const CAPACITY: usize = 256;
+
+/// Bytes the waiting calls may hold besides their own size (their kept bodies).
+pub(crate) const MAX_BYTES: usize = 4 << 20;
 
 /// A finished call, recorded later by `run`.
 pub(crate) trait Deferred: Send {
+    /// Bytes it holds while it waits.
+    fn held(&self) -> usize;
     fn run(self: Box<Self>, recorder: &Recorder);
 }
 
 type Job = Box<dyn Deferred>;
 
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    held: usize,
+}
+
 /// The queue of finished calls and the task that records them.
 pub(crate) struct Later {
     cap: usize,
-    queue: Mutex<Vec<Job>>,
-    /// Held while calls taken from the queue are recorded, so a settle that
-    /// finds the queue empty waits for them; holds the spare vector.
+    max_bytes: usize,
+    queue: Mutex<Queue>,
+    /// Held while a batch taken from the queue is recorded, so a settle that
+    /// finds the queue empty waits for it; holds the spare vector.
     running: Mutex<Vec<Job>>,
     wake: Notify,
     on: AtomicBool,
+}
+
+impl Default for Later {
+    fn default() -> Later {
+        Later {
+            cap: CAPACITY,
+            max_bytes: MAX_BYTES,
+            queue: Mutex::default(),
+            running: Mutex::default(),
+            wake: Notify::new(),
+            on: AtomicBool::new(false),
+        }
+    }
 }
 
 impl std::fmt::Debug for Later {
@@ -51,18 +80,6 @@ impl std::fmt::Debug for Later {
         f.debug_struct("Later")
             .field("on", &self.on.load(Ordering::Relaxed))
             .finish_non_exhaustive()
-    }
-}
-
-impl Default for Later {
-    fn default() -> Later {
-        Later {
-            cap: CAPACITY,
-            queue: Mutex::default(),
-            running: Mutex::default(),
-            wake: Notify::new(),
-            on: AtomicBool::new(false),
-        }
     }
 }
 
@@ -75,10 +92,12 @@ impl Later {
     /// later or the queue is full.
     pub(crate) fn defer(&self, job: Job, recorder: &Recorder) {
         if self.on.load(Ordering::Relaxed) {
+            let held = job.held();
             let mut queue = lock(&self.queue);
-            if queue.len() < self.cap {
-                let first = queue.is_empty();
-                queue.push(job);
+            if queue.jobs.len() < self.cap && queue.held + held <= self.max_bytes {
+                let first = queue.jobs.is_empty();
+                queue.jobs.push(job);
+                queue.held += held;
                 drop(queue);
                 if first {
                     self.wake.notify_one();
@@ -86,20 +105,20 @@ impl Later {
                 return;
             }
         }
-        job.run(recorder);
+        run(job, recorder);
     }
 
-    /// Records every call waiting, and waits for those being recorded.
+    /// Records every call that waited when it was called, and waits for those
+    /// already being recorded. Calls deferred meanwhile are left to the task.
     pub(crate) fn settle(&self, recorder: &Recorder) {
         let mut batch = lock(&self.running);
-        loop {
-            std::mem::swap(&mut *batch, &mut *lock(&self.queue));
-            if batch.is_empty() {
-                return;
-            }
-            for job in batch.drain(..) {
-                job.run(recorder);
-            }
+        {
+            let mut queue = lock(&self.queue);
+            std::mem::swap(&mut *batch, &mut queue.jobs);
+            queue.held = 0;
+        }
+        for job in batch.drain(..) {
+            run(job, recorder);
         }
     }
 
@@ -108,15 +127,26 @@ impl Later {
     pub(crate) fn start(recorder: &Arc<Recorder>) {
         let weak: Weak<Recorder> = Arc::downgrade(recorder);
         let later = recorder.later.clone();
-        later.on.store(true, Ordering::Relaxed);
+        let task = later.clone();
         tokio::spawn(async move {
             loop {
                 // a push while the last batch ran left a permit: no call waits unseen
-                later.wake.notified().await;
+                task.wake.notified().await;
                 let Some(r) = weak.upgrade() else { return };
-                later.settle(&r);
+                task.settle(&r);
+                drop(r);
+                // the others' turn (a wake-up is not counted against the task's budget)
+                tokio::task::yield_now().await;
             }
         });
+        later.on.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs one job; a panic costs that call's telemetry, not the others'.
+fn run(job: Job, recorder: &Recorder) {
+    if catch_unwind(AssertUnwindSafe(|| job.run(recorder))).is_err() {
+        tracing::error!("recording a call panicked; its telemetry is lost");
     }
 }
 
@@ -145,23 +175,29 @@ mod tests {
         .recorder
     }
 
-    /// A job that counts its runs, and the order it ran in.
+    /// A job that notes its number when it runs.
     struct Count(usize, Arc<Mutex<Vec<usize>>>);
 
     impl Deferred for Count {
+        fn held(&self) -> usize {
+            0
+        }
         fn run(self: Box<Self>, _: &Recorder) {
             lock(&self.1).push(self.0);
+        }
+    }
+
+    fn on() -> Later {
+        Later {
+            on: AtomicBool::new(true),
+            ..Later::default()
         }
     }
 
     #[test]
     fn a_full_queue_records_in_place_and_a_settle_records_the_rest_in_order() {
         let r = recorder();
-        let later = Later {
-            cap: 3,
-            on: AtomicBool::new(true),
-            ..Later::default()
-        };
+        let later = Later { cap: 3, ..on() };
         let ran = Arc::new(Mutex::new(Vec::new()));
         for i in 0..5 {
             later.defer(Box::new(Count(i, ran.clone())), &r);
@@ -210,5 +246,136 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(*lock(&ran), [0, 1, 2, 3]);
+    }
+
+    /// A job that defers another like it when it runs, `left` times.
+    struct Again(usize, Arc<Later>, Arc<Mutex<Vec<usize>>>);
+
+    impl Deferred for Again {
+        fn held(&self) -> usize {
+            0
+        }
+        fn run(self: Box<Self>, r: &Recorder) {
+            lock(&self.2).push(self.0);
+            if self.0 > 0 {
+                self.1.defer(
+                    Box::new(Again(self.0 - 1, self.1.clone(), self.2.clone())),
+                    r,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_settle_records_what_waited_when_it_began_not_what_comes_after() {
+        let r = recorder();
+        let later = Arc::new(on());
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        later.defer(Box::new(Again(1000, later.clone(), ran.clone())), &r);
+        later.settle(&r);
+        // a settle under a steady flow of calls ends: one batch each
+        assert_eq!(*lock(&ran), [1000]);
+        later.settle(&r);
+        assert_eq!(*lock(&ran), [1000, 999]);
+    }
+
+    /// A job that holds `n` bytes.
+    struct Heavy(usize, Arc<Mutex<Vec<usize>>>);
+
+    impl Deferred for Heavy {
+        fn held(&self) -> usize {
+            self.0
+        }
+        fn run(self: Box<Self>, _: &Recorder) {
+            lock(&self.1).push(self.0);
+        }
+    }
+
+    #[test]
+    fn calls_that_would_hold_too_many_bytes_are_recorded_in_place() {
+        let r = recorder();
+        let later = Later {
+            max_bytes: 100,
+            ..on()
+        };
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        for n in [60, 41, 40, 1] {
+            later.defer(Box::new(Heavy(n, ran.clone())), &r);
+        }
+        // 60 waits; 41 would make 101; 40 fits; then 1 more would pass 100
+        assert_eq!(*lock(&ran), [41, 1]);
+        later.settle(&r);
+        assert_eq!(*lock(&ran), [41, 1, 60, 40]);
+        // the settle emptied the count too: 100 fits again
+        later.defer(Box::new(Heavy(100, ran.clone())), &r);
+        assert_eq!(lock(&ran).len(), 4);
+    }
+
+    /// A job that panics.
+    struct Panics;
+
+    impl Deferred for Panics {
+        fn held(&self) -> usize {
+            0
+        }
+        fn run(self: Box<Self>, _: &Recorder) {
+            panic!("a job that panics");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicking_call_costs_its_own_telemetry_only() {
+        let r = recorder();
+        r.record_later();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        r.later.defer(Box::new(Count(1, ran.clone())), &r);
+        r.later.defer(Box::new(Panics), &r);
+        r.later.defer(Box::new(Count(2, ran.clone())), &r);
+        for _ in 0..100 {
+            if lock(&ran).len() == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*lock(&ran), [1, 2]);
+        // and the task still records
+        r.later.defer(Box::new(Count(3, ran.clone())), &r);
+        for _ in 0..100 {
+            if lock(&ran).len() == 3 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*lock(&ran), [1, 2, 3]);
+    }
+
+    #[test]
+    fn after_a_settle_every_call_deferred_before_it_has_been_recorded_once() {
+        let r = recorder();
+        let later = Arc::new(on());
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (later, ran, r) = (later.clone(), ran.clone(), r.clone());
+                s.spawn(move || {
+                    for i in 0..500 {
+                        let id = t * 1000 + i;
+                        later.defer(Box::new(Count(id, ran.clone())), &r);
+                        if i % 7 == 0 {
+                            // what a scrape does: afterwards its own call is in
+                            later.settle(&r);
+                            assert!(lock(&ran).contains(&id), "{id} not recorded");
+                        }
+                    }
+                });
+            }
+        });
+        later.settle(&r);
+        let mut all = lock(&ran).clone();
+        all.sort_unstable();
+        let want: Vec<usize> = (0..4)
+            .flat_map(|t| (0..500).map(move |i| t * 1000 + i))
+            .collect();
+        assert_eq!(all, want, "each call recorded exactly once");
     }
 }
