@@ -65,6 +65,13 @@ impl Recorder {
         self.later.defer(job, self);
     }
 
+    /// Records `call`, which has just ended, once the current task has let go
+    /// (see `later`): what a relay does at a Realtime turn's end or a tunnel's.
+    pub(crate) fn record_soon(&self, mut call: Call) {
+        call.ended.get_or_insert_with(std::time::SystemTime::now);
+        self.later.defer(Box::new(call), self);
+    }
+
     /// Records every call still waiting; whatever reads recorded calls calls this first.
     pub fn settle(&self) {
         self.later.settle(self);

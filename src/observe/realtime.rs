@@ -246,7 +246,7 @@ impl RealtimeObserver {
             // counted on a forwarded (unmetered) call: no turn is left to carry them
             let mut call = self.call(None);
             call.parse_failures = std::mem::take(&mut self.failures);
-            self.recorder.record(call);
+            self.recorder.record_soon(call);
         }
         let span = self.cx.span();
         if !span.is_recording() {
@@ -348,7 +348,7 @@ impl RealtimeObserver {
             &call,
             start_time,
         ));
-        self.recorder.record(call);
+        self.recorder.record_soon(call); // after the relay's turn: it is on the frames' path
     }
 
     /// A call of this session: a turn, or (`None`) the session's own leftovers.

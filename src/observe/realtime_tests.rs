@@ -449,3 +449,42 @@ fn the_model_comes_from_the_url_or_the_session() {
     assert_eq!(string(&a, "error.type"), "401");
     assert_eq!(int(&a, "http.response.status_code"), 401);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_turn_is_recorded_once_the_relay_lets_go_and_dated_when_it_ended() {
+    let rig = Rig::new();
+    rig.telemetry.recorder.record_later();
+    let parent = remote_parent();
+    let mut obs = rig.observer(&parent, Some("model=gpt-4o-realtime-preview-2024-12-17"));
+    obs.upgraded(None);
+    obs.server_bytes(&stream(
+        &[SESSION, CREATED, TRANSCRIPT, DONE_1],
+        false,
+        None,
+    ));
+    let ended = SystemTime::now();
+    let requests = |rig: &Rig| rig.sample("llm_requests_total", &[]).unwrap_or(0.0);
+    // the relay has not let go of the core: the turn waits, the frames went on
+    assert_eq!(requests(&rig), 0.0);
+    assert!(rig.spans().is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    for _ in 0..100 {
+        if requests(&rig) > 0.0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(requests(&rig), 1.0);
+    let spans = rig.spans();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].name, "chat gpt-4o-realtime-preview-2024-12-17");
+    // ended with the turn, not 30 ms later when it was recorded
+    assert!(
+        spans[0].end_time <= ended,
+        "{:?} > {ended:?}",
+        spans[0].end_time
+    );
+    obs.closed(SessionEnd::Closed);
+    rig.telemetry.recorder.settle();
+    assert_eq!(rig.spans().len(), 2, "the session span ends at its close");
+}

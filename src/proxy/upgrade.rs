@@ -241,7 +241,7 @@ impl Session {
         };
         self.observer.closed(how, &mut self.call);
         self.call.duration = self.started.elapsed();
-        self.recorder.record(self.call);
+        self.recorder.record_soon(self.call);
     }
 }
 

@@ -143,6 +143,16 @@ impl Later {
     }
 }
 
+/// A call already read (a Realtime turn, a tunnel): only its recording waits.
+impl Deferred for crate::call::Call {
+    fn held(&self) -> usize {
+        std::mem::size_of::<crate::call::Call>()
+    }
+    fn run(self: Box<Self>, recorder: &Recorder) {
+        recorder.record(*self);
+    }
+}
+
 /// Runs one job; a panic costs that call's telemetry, not the others'.
 fn run(job: Job, recorder: &Recorder) {
     if catch_unwind(AssertUnwindSafe(|| job.run(recorder))).is_err() {
