@@ -268,14 +268,23 @@ impl Observer {
         }
     }
 
-    /// At the body's end, before the call waits to be recorded: lets go of the
-    /// decompressor (only bytes still to come needed it) and says how many bytes
-    /// of the response it still holds.
+    /// At the body's end (after `flush`), before the call waits to be recorded:
+    /// lets go of what only bytes still to come needed (the decompressor, the
+    /// stream's buffers and usage stripper) and says how many bytes of the
+    /// response it still holds.
     pub fn settled(&mut self) -> usize {
         self.decoder = None;
-        match &self.mode {
+        match &mut self.mode {
             Mode::Json { buf, .. } => buf.capacity(),
-            Mode::Sse { decoder, .. } => decoder.buffered(),
+            Mode::Sse {
+                decoder,
+                acc,
+                stripper,
+            } => {
+                *stripper = None;
+                decoder.release();
+                acc.release() + self.gaps.capacity() * std::mem::size_of::<f32>()
+            }
             Mode::Ignore => 0,
         }
     }
@@ -558,5 +567,23 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out)
         );
+    }
+
+    #[test]
+    fn a_settled_stream_holds_little_and_still_knows_it_was_cut() {
+        for strip in [false, true] {
+            let mut obs = observer(true, None, strip);
+            let mut chunk = br#"data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":""#.to_vec();
+            chunk.extend(vec![b'a'; 512 << 10]);
+            chunk.extend_from_slice(b"\"}}]}\n\ndata: {\"id\":\"c\",\"cho");
+            obs.on_data(&chunk);
+            obs.flush();
+            let held = obs.settled();
+            assert!(held < 64 << 10, "still holds {held} bytes");
+            let mut call = new_call();
+            obs.finish_into(&mut call, true);
+            assert!(call.parse_failures.contains(&ParseFailure::InvalidSse));
+            assert_eq!(call.response.model.as_deref(), Some("gpt-4o"));
+        }
     }
 }

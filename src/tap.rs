@@ -54,7 +54,7 @@ struct Pending {
 
 impl Deferred for Pending {
     fn held(&self) -> usize {
-        std::mem::size_of::<Pending>() + self.held
+        std::mem::size_of::<Pending>() - std::mem::size_of::<Call>() + self.call.held() + self.held
     }
 
     /// The response's own reading (its JSON, its last event) and the recording,

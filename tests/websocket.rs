@@ -722,3 +722,56 @@ async fn bad_input_in_a_realtime_session_flows_unchanged_and_only_degrades_obser
     );
     proxy.shutdown().await;
 }
+
+/// Spans kept past the provider's shutdown (the in-memory exporter forgets them then).
+#[derive(Debug, Clone, Default)]
+struct Kept(Arc<Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for Kept {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.lock().expect("spans").extend(batch);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_open_at_shutdown_is_recorded_before_the_flush() {
+    let echo = Echo::start().await;
+    let cfg = Config::for_upstream(Upstream::parse(&echo.url()).expect("url"));
+    let kept = Kept::default();
+    let exporter = kept.clone();
+    let telemetry = tokentap::telemetry::Telemetry::with_providers(
+        tokentap::app::recorder_options(&cfg).expect("options"),
+        move |_| {
+            Ok(tokentap::telemetry::otel::Providers::tracing_only(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_simple_exporter(exporter)
+                    .build(),
+            ))
+        },
+    )
+    .expect("telemetry");
+    let proxy = tokentap::app::start_with(cfg, telemetry)
+        .await
+        .expect("starts");
+    let mut c = Client::open(proxy.addr, "/ws").await;
+    assert_eq!(c.status(), 101, "{}", c.head);
+    let ping = frame(0x81, b"still here", Some([1, 1, 1, 1]));
+    c.s.write_all(&ping).await.expect("send");
+    assert_eq!(c.read_exact(12).await, frame(0x81, b"still here", None));
+    // the tunnel is open when the stop comes: closed with 1001, then recorded (after the
+    // relay, by the recorder's task) and flushed before shutdown returns, with no wait here
+    proxy.shutdown().await;
+    let done = kept.0.lock().expect("spans").clone();
+    assert_eq!(done.len(), 1, "{done:?}");
+    let status = done[0]
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "http.response.status_code")
+        .map(|kv| kv.value.to_string());
+    assert_eq!(status.as_deref(), Some("101"));
+    drop(c);
+}

@@ -66,6 +66,8 @@ pub struct SseDecoder {
     after_cr: bool,
     consumed: u64,
     settled: u64,
+    /// What `release` let go of, still counted in `buffered`.
+    released: usize,
 }
 
 impl Default for SseDecoder {
@@ -96,12 +98,23 @@ impl SseDecoder {
             after_cr: false,
             consumed: 0,
             settled: 0,
+            released: 0,
         }
     }
 
     /// Bytes held for an incomplete event (at most about `max_event`).
     pub fn buffered(&self) -> usize {
-        self.partial.len() + self.data.len()
+        self.partial.len() + self.data.len() + self.released
+    }
+
+    /// At the stream's end, before the call waits to be recorded: lets go of the
+    /// buffers (an event's data can have grown to `max_event`). What they held
+    /// still counts in [`buffered`](Self::buffered).
+    pub fn release(&mut self) {
+        self.released = self.buffered();
+        self.partial = Vec::new();
+        self.data = Vec::new();
+        self.event = Vec::new();
     }
 
     /// Events skipped (so far) because they were larger than the limit.
@@ -504,5 +517,28 @@ mod tests {
         assert_eq!(n, 0);
         d.feed(b"\n", |_| n += 1);
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_released_decoder_keeps_counting_what_it_held_and_holds_nothing() {
+        let mut d = SseDecoder::new();
+        let big = vec![b'x'; 300 << 10];
+        let mut events = 0;
+        // a whole event with a large data line, then the start of another: data, then a
+        // line still open
+        let mut input = b"data: ".to_vec();
+        input.extend_from_slice(&big);
+        input.extend_from_slice(b"\n\ndata: one\ndata: tw");
+        d.feed(&input, |_| events += 1);
+        assert_eq!(events, 1);
+        let before = d.buffered();
+        assert!(before > 0);
+        assert!(d.data.capacity() + d.partial.capacity() >= 300 << 10);
+        d.release();
+        assert_eq!(d.buffered(), before, "an incomplete last event still shows");
+        assert_eq!(
+            d.partial.capacity() + d.data.capacity() + d.event.capacity(),
+            0
+        );
     }
 }

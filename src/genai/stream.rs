@@ -116,6 +116,19 @@ impl StreamAccumulator {
         }
     }
 
+    /// At the stream's end: lets go of the scratch space (the largest chunk
+    /// read); returns the bytes still kept for the captured output.
+    pub fn release(&mut self) -> usize {
+        self.scratch = Vec::new();
+        self.capture.as_ref().map_or(0, |c| {
+            c.iter()
+                .map(|(_, o)| {
+                    o.text.capacity() + o.tool_calls.iter().map(|t| t.2.capacity()).sum::<usize>()
+                })
+                .sum()
+        })
+    }
+
     /// Also assembles the output text (content capture).
     pub fn capturing(mut self, on: bool) -> Self {
         self.set_capture(on);

@@ -10,7 +10,8 @@
 //!
 //! Nothing is lost and nothing grows without bound: the queue holds at most
 //! [`CAPACITY`] calls and [`MAX_BYTES`] of what they still hold (a JSON body
-//! kept for its usage), and a call that does not fit is recorded where it is,
+//! kept for its usage, captured text; one call alone may weigh more), and
+//! the stream's buffers are let go first. A call that does not fit is recorded where it is,
 //! as before (so, only then, a later call can reach the live view's ring
 //! before earlier ones). Anything that reads what calls recorded (`/metrics`,
 //! the live view's API, the shutdown flush) settles the queue first
@@ -94,7 +95,10 @@ impl Later {
         if self.on.load(Ordering::Relaxed) {
             let held = job.held();
             let mut queue = lock(&self.queue);
-            if queue.jobs.len() < self.cap && queue.held + held <= self.max_bytes {
+            // one call over the byte bound may wait alone: a big body's parse is the
+            // longest wait a last frame could have
+            let fits = queue.jobs.is_empty() || queue.held + held <= self.max_bytes;
+            if queue.jobs.len() < self.cap && fits {
                 let first = queue.jobs.is_empty();
                 queue.jobs.push(job);
                 queue.held += held;
@@ -146,7 +150,7 @@ impl Later {
 /// A call already read (a Realtime turn, a tunnel): only its recording waits.
 impl Deferred for crate::call::Call {
     fn held(&self) -> usize {
-        std::mem::size_of::<crate::call::Call>()
+        crate::call::Call::held(self)
     }
     fn run(self: Box<Self>, recorder: &Recorder) {
         recorder.record(*self);
@@ -316,9 +320,12 @@ mod tests {
         assert_eq!(*lock(&ran), [41, 1]);
         later.settle(&r);
         assert_eq!(*lock(&ran), [41, 1, 60, 40]);
-        // the settle emptied the count too: 100 fits again
-        later.defer(Box::new(Heavy(100, ran.clone())), &r);
-        assert_eq!(lock(&ran).len(), 4);
+        // the settle emptied the count too; one call over the bound waits when alone
+        later.defer(Box::new(Heavy(500, ran.clone())), &r);
+        later.defer(Box::new(Heavy(1, ran.clone())), &r);
+        assert_eq!(*lock(&ran), [41, 1, 60, 40, 1]);
+        later.settle(&r);
+        assert_eq!(*lock(&ran), [41, 1, 60, 40, 1, 500]);
     }
 
     /// A job that panics.
@@ -387,5 +394,32 @@ mod tests {
             .flat_map(|t| (0..500).map(move |i| t * 1000 + i))
             .collect();
         assert_eq!(all, want, "each call recorded exactly once");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_task_lets_the_others_run_between_batches() {
+        let r = recorder();
+        r.record_later();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        // each run defers the next: a steady flow of calls
+        r.later
+            .defer(Box::new(Again(10_000, r.later.clone(), ran.clone())), &r);
+        tokio::task::yield_now().await;
+        let n = lock(&ran).len();
+        assert!(
+            (1..100).contains(&n),
+            "{n} recorded before this task ran again"
+        );
+        for _ in 0..20_000 {
+            if lock(&ran).len() == 10_001 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            lock(&ran).len(),
+            10_001,
+            "a push during a batch wakes the task again"
+        );
     }
 }
