@@ -880,11 +880,13 @@ async fn streams(ctx: &mut Ctx<'_>, target: Target, level: usize) -> Result<Stre
     let a = ctx.snap(&live);
     let mut all = client::StreamsOutcome::default();
     let mut hwm_by_round = Vec::new();
+    let mut ttfb_by_round = Vec::new();
     for round in 0..plan.stream_rounds {
         if round > 0 {
             settle().await;
         }
         let out = client::streams(&live.ep, level, secs(plan.stream_round_limit_s)).await;
+        ttfb_by_round.push(Summary::of(out.ttfb_us.clone()));
         all.merge(out);
         if let Some(p) = &live.proxy {
             hwm_by_round.push(procs::tree_hwm_kib(p.guard.pid()) as f64 / 1024.0);
@@ -904,6 +906,7 @@ async fn streams(ctx: &mut Ctx<'_>, target: Target, level: usize) -> Result<Stre
         first_error: all.first_error,
         ttfb: Summary::of(all.ttfb_us),
         ttfb_timeline: Timeline::of(all.ttfb_timeline_us),
+        ttfb_by_round,
         chunk_gap: Summary::of(all.gaps_us),
         peak_rss_after_round_mib: hwm_by_round,
         resources: res,

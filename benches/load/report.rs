@@ -145,6 +145,8 @@ pub struct StreamRow {
     pub first_error: Option<String>,
     pub ttfb: Summary,
     pub ttfb_timeline: Timeline,
+    /// TTFB of each round on its own: which round of a level fell behind.
+    pub ttfb_by_round: Vec<Summary>,
     pub chunk_gap: Summary,
     /// The proxy's `VmHWM` after each round: growth from round to round is retained memory.
     pub peak_rss_after_round_mib: Vec<f64>,
@@ -543,6 +545,19 @@ pub fn streams_table(rows: &[StreamRow], title: &str, judged_level: usize) -> Ve
         &table,
     );
     for r in rows {
+        if r.ttfb_by_round.len() > 1 {
+            let ms: Vec<String> = r
+                .ttfb_by_round
+                .iter()
+                .map(|t| format!("{:.1}", f64::from(t.p99_us) / 1000.0))
+                .collect();
+            println!(
+                "  [{} streams] {} TTFB p99 by round: {} ms",
+                r.streams,
+                r.target.name(),
+                ms.join(" / ")
+            );
+        }
         for l in health_lines(r.target, &r.health) {
             println!("  [{} streams]{l}", r.streams);
         }
