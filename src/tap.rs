@@ -9,9 +9,11 @@
 //! in an `Option` that is taken, so no path can record a call twice. hyper
 //! may stop polling once `is_end_stream()` is true, so the end is also
 //! detected right after the last frame rather than only on a final `None`.
-//! Finishing only stamps the end; reading the response (its JSON) and
-//! recording are deferred (`telemetry::later`), since hyper writes that last
-//! frame only after this poll returns it.
+//! Finishing stamps the end and lets go of the buffers only bytes still to
+//! come needed (`Observer::settled`); reading the response (its JSON, an
+//! incomplete last event) and recording are deferred (`telemetry::later`; in
+//! place when its queue is full), since hyper writes that last frame only after
+//! this poll returns it.
 
 use std::pin::Pin;
 use std::sync::Arc;

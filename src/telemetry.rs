@@ -3,10 +3,11 @@
 //! The [`Recorder`] is the single place a [`Call`] goes when it ends: it
 //! prices the call, bounds its label values once (a `series::Series`), then
 //! hands it to each output registered at start, in order: Prometheus, the OTel
-//! instruments, the log line, the call's span (see `sink`). Recording is a
-//! few atomic updates and a queue push, and a proxied call is recorded just
-//! after its response has left (`later`); everything that touches the network
-//! runs in the export tasks.
+//! instruments, the log line, the live view, the call's span (see `sink`).
+//! Recording is a few atomic updates and a push into the export queues; a call
+//! whose response body was forwarded (and a Realtime turn or tunnel) is
+//! recorded by one task just after its response has left (`later`); everything
+//! that touches the network runs in the export tasks.
 //!
 //! ```text
 //! Recorder ── prices the call, bounds its labels once ──► series (LabelGuard, cache, slots)
@@ -77,8 +78,9 @@ impl Recorder {
         self.later.settle(self);
     }
 
-    /// From now on, calls finished by a response body are recorded by a task of
-    /// their own, after the response has left (inside the tokio runtime).
+    /// From now on, calls finished by a response body, and those passed to
+    /// `record_soon`, are recorded by one task after the response has left
+    /// (inside the tokio runtime).
     pub fn record_later(self: &Arc<Self>) {
         later::Later::start(self);
     }

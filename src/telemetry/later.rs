@@ -8,18 +8,20 @@
 //! connection task flush the response first; the task then records the calls
 //! waiting, in arrival order, in one go.
 //!
-//! Nothing is lost and nothing grows without bound: the queue holds at most
-//! [`CAPACITY`] calls and [`MAX_BYTES`] of what they still hold (a JSON body
-//! kept for its usage, captured text; one call alone may weigh more), and
-//! the stream's buffers are let go first. A call that does not fit is recorded where it is,
-//! as before (so, only then, a later call can reach the live view's ring
-//! before earlier ones). Anything that reads what calls recorded (`/metrics`,
-//! the live view's API, the shutdown flush) settles the queue first
+//! No call is dropped for lack of room, and nothing grows without bound: the
+//! queue holds at most [`CAPACITY`] calls and [`MAX_BYTES`] of what they still
+//! hold (a JSON body kept for its usage, captured text; one call alone may
+//! weigh more), and a stream's buffers are let go first. A call that does not
+//! fit is recorded where it is, as before (so, only then, and for a call
+//! tokentap answers itself, which is always recorded in place, a later call can
+//! reach the live view's ring before earlier ones). `/metrics`, `/api/calls`,
+//! `/api/summary` and the shutdown flush settle the queue first
 //! ([`Later::settle`]), so a call whose response a client has received is
-//! always counted there. Until [`Later::start`] runs (a recorder used without
-//! an app: the unit tests) calls are recorded where they finish. Calls whose
-//! bodies are dropped with the runtime itself (connections still open when it
-//! stops, after the grace period and the flush) are not recorded.
+//! always counted there (the OTLP exports and the live stream see it once the
+//! task has run). Until [`Later::start`] runs (a recorder used without an app:
+//! the unit tests) calls are recorded where they finish. Calls whose bodies are
+//! dropped with the runtime itself (connections still open when it stops, after
+//! the grace period and the flush) are not recorded.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +35,8 @@ use super::Recorder;
 /// recorded waits for it: at ~40k instructions a call, a few milliseconds.
 pub(crate) const CAPACITY: usize = 256;
 
-/// Bytes the waiting calls may hold besides their own size (their kept bodies).
+/// Bytes the waiting calls may hold in all: themselves, their kept JSON bodies,
+/// captured text and gaps (one call alone may hold more).
 pub(crate) const MAX_BYTES: usize = 4 << 20;
 
 /// A finished call, recorded later by `run`.

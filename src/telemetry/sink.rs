@@ -31,8 +31,8 @@ pub struct Recorded {
     pub attributes: RefCell<Option<Vec<KeyValue>>>,
 }
 
-/// One output of finished calls. Recording runs on the request path: a few
-/// atomic updates or a queue push, never I/O.
+/// One output of finished calls. Recording runs on a tokio worker (the recording
+/// task of `later`, or in place): a few atomic updates or a queue push, never I/O.
 pub trait CallSink: Send + Sync + std::fmt::Debug {
     /// Records one finished call; called exactly once per call.
     fn record(&self, call: &Call, recorded: &Recorded);
