@@ -106,8 +106,8 @@ pub struct Call {
 }
 
 impl Call {
-    /// Bytes the call holds (itself, its gaps, its captured text): what it
-    /// weighs while it waits to be recorded.
+    /// Bytes the call holds besides its own size (its gaps, its captured text):
+    /// what it adds while it waits to be recorded.
     pub fn held(&self) -> usize {
         let text = self.content.as_ref().map_or(0, |c| {
             [
@@ -119,7 +119,7 @@ impl Call {
             .map(|t| t.as_ref().map_or(0, String::capacity))
             .sum()
         });
-        std::mem::size_of::<Call>() + self.chunk_gaps.capacity() * std::mem::size_of::<f32>() + text
+        self.chunk_gaps.capacity() * std::mem::size_of::<f32>() + text
     }
 
     /// A call that has just arrived: nothing observed yet.

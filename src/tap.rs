@@ -56,7 +56,7 @@ struct Pending {
 
 impl Deferred for Pending {
     fn held(&self) -> usize {
-        std::mem::size_of::<Pending>() - std::mem::size_of::<Call>() + self.call.held() + self.held
+        std::mem::size_of::<Pending>() + self.call.held() + self.held
     }
 
     /// The response's own reading (its JSON, its last event) and the recording,
@@ -341,12 +341,7 @@ mod tests {
 
     /// Yields until `llm_requests_total` is not 0 (the task has run), at most 100 times.
     async fn recorded(recorder: &Recorder) -> f64 {
-        for _ in 0..100 {
-            if requests(recorder) > 0.0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        crate::telemetry::later::yield_until(100, || requests(recorder) > 0.0).await;
         requests(recorder)
     }
 

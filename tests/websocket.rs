@@ -430,12 +430,7 @@ async fn frames_pass_byte_for_byte_and_the_101_keeps_its_headers() {
     assert_eq!(span.name, "realtime gpt-realtime");
     assert_eq!(span.span_context.trace_id().to_string(), trace_id);
     assert_eq!(span.span_context.span_id().to_string(), span_id);
-    let status = span
-        .attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == "http.response.status_code")
-        .map(|kv| kv.value.to_string());
-    assert_eq!(status.as_deref(), Some("101"));
+    assert_eq!(status(span).as_deref(), Some("101"));
     proxy.shutdown().await;
 }
 
@@ -723,6 +718,14 @@ async fn bad_input_in_a_realtime_session_flows_unchanged_and_only_degrades_obser
     proxy.shutdown().await;
 }
 
+/// A span's `http.response.status_code`, as text.
+fn status(span: &opentelemetry_sdk::trace::SpanData) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "http.response.status_code")
+        .map(|kv| kv.value.to_string())
+}
+
 /// Spans kept past the provider's shutdown (the in-memory exporter forgets them then).
 #[derive(Debug, Clone, Default)]
 struct Kept(Arc<Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
@@ -742,21 +745,7 @@ async fn a_tunnel_open_at_shutdown_is_recorded_before_the_flush() {
     let echo = Echo::start().await;
     let cfg = Config::for_upstream(Upstream::parse(&echo.url()).expect("url"));
     let kept = Kept::default();
-    let exporter = kept.clone();
-    let telemetry = tokentap::telemetry::Telemetry::with_providers(
-        tokentap::app::recorder_options(&cfg).expect("options"),
-        move |_| {
-            Ok(tokentap::telemetry::otel::Providers::tracing_only(
-                opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                    .with_simple_exporter(exporter)
-                    .build(),
-            ))
-        },
-    )
-    .expect("telemetry");
-    let proxy = tokentap::app::start_with(cfg, telemetry)
-        .await
-        .expect("starts");
+    let proxy = support::start_exporting_proxy(cfg, kept.clone()).await;
     let mut c = Client::open(proxy.addr, "/ws").await;
     assert_eq!(c.status(), 101, "{}", c.head);
     let ping = frame(0x81, b"still here", Some([1, 1, 1, 1]));
@@ -767,11 +756,6 @@ async fn a_tunnel_open_at_shutdown_is_recorded_before_the_flush() {
     proxy.shutdown().await;
     let done = kept.0.lock().expect("spans").clone();
     assert_eq!(done.len(), 1, "{done:?}");
-    let status = done[0]
-        .attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == "http.response.status_code")
-        .map(|kv| kv.value.to_string());
-    assert_eq!(status.as_deref(), Some("101"));
+    assert_eq!(status(&done[0]).as_deref(), Some("101"));
     drop(c);
 }

@@ -468,12 +468,7 @@ async fn a_turn_is_recorded_once_the_relay_lets_go_and_dated_when_it_ended() {
     assert_eq!(requests(&rig), 0.0);
     assert!(rig.spans().is_empty());
     std::thread::sleep(std::time::Duration::from_millis(30));
-    for _ in 0..100 {
-        if requests(&rig) > 0.0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    crate::telemetry::later::yield_until(100, || requests(&rig) > 0.0).await;
     assert_eq!(requests(&rig), 1.0);
     let spans = rig.spans();
     assert_eq!(spans.len(), 1);

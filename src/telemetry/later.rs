@@ -153,7 +153,7 @@ impl Later {
 /// A call already read (a Realtime turn, a tunnel): only its recording waits.
 impl Deferred for crate::call::Call {
     fn held(&self) -> usize {
-        crate::call::Call::held(self)
+        std::mem::size_of::<crate::call::Call>() + crate::call::Call::held(self)
     }
     fn run(self: Box<Self>, recorder: &Recorder) {
         recorder.record(*self);
@@ -165,6 +165,19 @@ fn run(job: Job, recorder: &Recorder) {
     if catch_unwind(AssertUnwindSafe(|| job.run(recorder))).is_err() {
         tracing::error!("recording a call panicked; its telemetry is lost");
     }
+}
+
+/// Yields at most `times` times, until `done` holds; whether it does. For tests
+/// that wait for the recording task on their own thread.
+#[cfg(test)]
+pub(crate) async fn yield_until(times: usize, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..times {
+        if done() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    done()
 }
 
 #[cfg(test)]
@@ -247,21 +260,11 @@ mod tests {
             lock(&ran).is_empty(),
             "nothing is recorded before the pusher yields"
         );
-        for _ in 0..100 {
-            if lock(&ran).len() == 3 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        yield_until(100, || lock(&ran).len() == 3).await;
         assert_eq!(*lock(&ran), [0, 1, 2]);
         // a push after the task has run wakes it again
         r.later.defer(Box::new(Count(3, ran.clone())), &r);
-        for _ in 0..100 {
-            if lock(&ran).len() == 4 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        yield_until(100, || lock(&ran).len() == 4).await;
         assert_eq!(*lock(&ran), [0, 1, 2, 3]);
     }
 
@@ -351,21 +354,11 @@ mod tests {
         r.later.defer(Box::new(Count(1, ran.clone())), &r);
         r.later.defer(Box::new(Panics), &r);
         r.later.defer(Box::new(Count(2, ran.clone())), &r);
-        for _ in 0..100 {
-            if lock(&ran).len() == 2 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        yield_until(100, || lock(&ran).len() == 2).await;
         assert_eq!(*lock(&ran), [1, 2]);
         // and the task still records
         r.later.defer(Box::new(Count(3, ran.clone())), &r);
-        for _ in 0..100 {
-            if lock(&ran).len() == 3 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        yield_until(100, || lock(&ran).len() == 3).await;
         assert_eq!(*lock(&ran), [1, 2, 3]);
     }
 
@@ -413,12 +406,7 @@ mod tests {
             (1..100).contains(&n),
             "{n} recorded before this task ran again"
         );
-        for _ in 0..20_000 {
-            if lock(&ran).len() == 10_001 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        yield_until(20_000, || lock(&ran).len() == 10_001).await;
         assert_eq!(
             lock(&ran).len(),
             10_001,

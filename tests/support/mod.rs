@@ -86,18 +86,26 @@ async fn demo_and_config(tweak: impl FnOnce(&mut Config)) -> (DemoUpstream, Conf
 /// tokentap for `cfg` with spans in memory.
 pub async fn start_traced_proxy(cfg: Config) -> (Running, InMemorySpanExporter) {
     let exporter = InMemorySpanExporter::default();
-    let e = exporter.clone();
+    (start_exporting_proxy(cfg, exporter.clone()).await, exporter)
+}
+
+/// tokentap for `cfg` whose spans go to `exporter` as each ends.
+pub async fn start_exporting_proxy(
+    cfg: Config,
+    exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static,
+) -> Running {
     let telemetry =
         Telemetry::with_providers(app::recorder_options(&cfg).expect("options"), move |_| {
             Ok(Providers::tracing_only(
-                SdkTracerProvider::builder().with_simple_exporter(e).build(),
+                SdkTracerProvider::builder()
+                    .with_simple_exporter(exporter)
+                    .build(),
             ))
         })
         .expect("telemetry");
-    let proxy = app::start_with(cfg, telemetry)
+    app::start_with(cfg, telemetry)
         .await
-        .expect("tokentap starts");
-    (proxy, exporter)
+        .expect("tokentap starts")
 }
 
 #[derive(Debug)]
