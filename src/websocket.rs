@@ -14,13 +14,16 @@
 //! framing rules ends observation for the connection ([`Message::Broken`]),
 //! while the tunnel itself goes on untouched. Pure: no I/O, no async.
 
+use std::borrow::Cow;
+
 use flate2::{Decompress, FlushDecompress, Status};
 
 /// What the reader makes of the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Message {
-    /// A whole text message (UTF-8 not checked: the observer parses JSON leniently).
-    Text(Vec<u8>),
+pub enum Message<'a> {
+    /// A whole text message (UTF-8 not checked: the observer parses JSON leniently),
+    /// lent from the bytes pushed when it came whole in one frame of them.
+    Text(Cow<'a, [u8]>),
     /// A whole binary message: only its size is kept.
     Binary(usize),
     /// A close frame and its status code, when it carried one.
@@ -29,6 +32,19 @@ pub enum Message {
     TooLarge,
     /// The framing broke (or inflation failed); nothing more is reported.
     Broken(&'static str),
+}
+
+impl Message<'_> {
+    /// The message with its text copied, for keeping past the push that lent it.
+    pub fn into_owned(self) -> Message<'static> {
+        match self {
+            Message::Text(t) => Message::Text(Cow::Owned(t.into_owned())),
+            Message::Binary(n) => Message::Binary(n),
+            Message::Close(c) => Message::Close(c),
+            Message::TooLarge => Message::TooLarge,
+            Message::Broken(why) => Message::Broken(why),
+        }
+    }
 }
 
 /// `permessage-deflate` as negotiated for the direction being read.
@@ -141,9 +157,13 @@ impl Reader {
 
     /// Reads `bytes` (the next bytes of the direction, split anywhere) and
     /// hands every completed message to `out`.
-    pub fn push(&mut self, mut bytes: &[u8], out: &mut impl FnMut(Message)) {
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut impl FnMut(Message<'_>)) {
         while !bytes.is_empty() && !self.broken {
             if self.frame.is_none() {
+                if let Some(used) = self.whole_text(bytes, out) {
+                    bytes = &bytes[used..];
+                    continue;
+                }
                 let used = self.read_header(bytes, out);
                 bytes = &bytes[used..];
                 continue;
@@ -153,7 +173,36 @@ impl Reader {
         }
     }
 
-    fn fail(&mut self, why: &'static str, out: &mut impl FnMut(Message)) {
+    /// A text message that starts `bytes` as one whole, plain frame (FIN, not
+    /// masked, not compressed, within the limit, no message under way) is lent
+    /// to `out` as it lies: most server events come so, and copying each was
+    /// most of what reading one cost. Returns the bytes used; `None` leaves
+    /// `bytes` to the general reader.
+    fn whole_text(&mut self, bytes: &[u8], out: &mut impl FnMut(Message<'_>)) -> Option<usize> {
+        if !self.header.is_empty() || self.message.is_some() {
+            return None;
+        }
+        // FIN and opcode 1 with no reserved bit; no mask bit
+        let (&0x81, rest) = bytes.split_first()? else {
+            return None;
+        };
+        let (len, head) = match *rest.first()? {
+            n @ 0..=125 => (usize::from(n), 2),
+            126 => (
+                usize::from(u16::from_be_bytes([*rest.get(1)?, *rest.get(2)?])),
+                4,
+            ),
+            _ => return None,
+        };
+        if len > self.max_message {
+            return None;
+        }
+        let payload = bytes.get(head..head + len)?;
+        out(Message::Text(Cow::Borrowed(payload)));
+        Some(head + len)
+    }
+
+    fn fail(&mut self, why: &'static str, out: &mut impl FnMut(Message<'_>)) {
         self.broken = true;
         self.header = Vec::new();
         self.message = None;
@@ -162,7 +211,7 @@ impl Reader {
     }
 
     /// Takes header bytes from `bytes`; returns how many it used.
-    fn read_header(&mut self, bytes: &[u8], out: &mut impl FnMut(Message)) -> usize {
+    fn read_header(&mut self, bytes: &[u8], out: &mut impl FnMut(Message<'_>)) -> usize {
         let mut used = 0;
         // at least the two fixed bytes, then as many as they call for
         while used < bytes.len() {
@@ -242,7 +291,7 @@ impl Reader {
     }
 
     /// Takes payload bytes of the current frame; returns how many it used.
-    fn read_payload(&mut self, bytes: &[u8], out: &mut impl FnMut(Message)) -> usize {
+    fn read_payload(&mut self, bytes: &[u8], out: &mut impl FnMut(Message<'_>)) -> usize {
         let Some(frame) = self.frame.as_mut() else {
             return 0;
         };
@@ -287,7 +336,7 @@ impl Reader {
         take
     }
 
-    fn end_frame(&mut self, out: &mut impl FnMut(Message)) {
+    fn end_frame(&mut self, out: &mut impl FnMut(Message<'_>)) {
         let Some(frame) = self.frame.take() else {
             return;
         };
@@ -307,7 +356,7 @@ impl Reader {
         }
     }
 
-    fn finish_message(&mut self, msg: Partial, out: &mut impl FnMut(Message)) {
+    fn finish_message(&mut self, msg: Partial, out: &mut impl FnMut(Message<'_>)) {
         if msg.compressed {
             // the inflater's context must see every compressed message, skipped ones too
             // (context takeover); a skipped one can't be replayed, so observation ends
@@ -320,7 +369,7 @@ impl Reader {
                 return;
             }
             match self.inflate(&msg.data) {
-                Ok(Some(plain)) if msg.text => out(Message::Text(plain)),
+                Ok(Some(plain)) if msg.text => out(Message::Text(Cow::Owned(plain))),
                 Ok(Some(plain)) => out(Message::Binary(plain.len())),
                 Ok(None) => out(Message::TooLarge),
                 Err(why) => self.fail(why, out),
@@ -330,7 +379,7 @@ impl Reader {
         if msg.skipping {
             out(Message::TooLarge);
         } else if msg.text {
-            out(Message::Text(msg.data));
+            out(Message::Text(Cow::Owned(msg.data)));
         } else {
             out(Message::Binary(msg.size));
         }
@@ -443,10 +492,10 @@ mod tests {
         test_frame(fin, rsv1, opcode, mask, payload)
     }
 
-    fn read_all(r: &mut Reader, bytes: &[u8], split: usize) -> Vec<Message> {
+    fn read_all(r: &mut Reader, bytes: &[u8], split: usize) -> Vec<Message<'static>> {
         let mut got = Vec::new();
         for piece in bytes.chunks(split.max(1)) {
-            r.push(piece, &mut |m| got.push(m));
+            r.push(piece, &mut |m| got.push(m.into_owned()));
         }
         got
     }
@@ -487,10 +536,10 @@ mod tests {
         stream.extend(frame(true, false, 1, None, &vec![b'x'; 70_000]));
         stream.extend(frame(true, false, 8, None, &[0x03, 0xe9]));
         let want = vec![
-            Message::Text(br#"{"type":"session.created"}"#.to_vec()),
-            Message::Text(br#"{"type":"response.done"}"#.to_vec()),
+            Message::Text(Cow::Owned(br#"{"type":"session.created"}"#.to_vec())),
+            Message::Text(Cow::Owned(br#"{"type":"response.done"}"#.to_vec())),
             Message::Binary(300),
-            Message::Text(vec![b'x'; 70_000]),
+            Message::Text(Cow::Owned(vec![b'x'; 70_000])),
             Message::Close(Some(1001)),
         ];
         for split in [1, 2, 3, 7, 13, 64, 1000, stream.len()] {
@@ -498,6 +547,97 @@ mod tests {
             assert_eq!(read_all(&mut r, &stream, split), want, "split {split}");
             assert!(!r.is_broken());
         }
+    }
+
+    /// Each message read from `bytes` pushed whole, and whether it was lent.
+    fn lent(r: &mut Reader, bytes: &[u8]) -> Vec<(bool, Message<'static>)> {
+        let mut got = Vec::new();
+        r.push(bytes, &mut |m| {
+            got.push((matches!(m, Message::Text(Cow::Borrowed(_))), m.into_owned()))
+        });
+        got
+    }
+
+    #[test]
+    fn whole_plain_text_frames_are_lent_and_the_rest_read_as_before() {
+        let text = |t: &[u8]| Message::Text(Cow::Owned(t.to_vec()));
+        let long = vec![b'y'; 300]; // a 16-bit length
+        let mut stream = frame(true, false, 1, None, b"one");
+        stream.extend(frame(true, false, 1, None, &long));
+        stream.extend(frame(true, false, 1, Some([1, 2, 3, 4]), b"masked"));
+        stream.extend(frame(false, false, 1, None, b"frag"));
+        stream.extend(frame(true, false, 0, None, b"ment"));
+        stream.extend(frame(true, false, 1, None, &vec![b'z'; 600])); // over the limit
+        stream.extend(frame(true, false, 1, None, b"two"));
+        let mut r = Reader::new(500, None);
+        assert_eq!(
+            lent(&mut r, &stream),
+            vec![
+                (true, text(b"one")),
+                (true, text(&long)),
+                (false, text(b"masked")),
+                (false, text(b"fragment")),
+                (false, Message::TooLarge),
+                (true, text(b"two")),
+            ]
+        );
+        // a whole frame while a fragmented message is under way is still an error
+        let mut stream = frame(false, false, 1, None, b"frag");
+        stream.extend(frame(true, false, 1, None, b"whole"));
+        let mut r = Reader::new(500, None);
+        assert_eq!(
+            lent(&mut r, &stream),
+            vec![(
+                false,
+                Message::Broken("new message before the previous one ended")
+            )]
+        );
+        // a frame whose header came in an earlier push is read as before, even when
+        // what follows looks like a whole frame (a masked one: `81 81 03 00 00 00 7b`)
+        let f = frame(true, false, 1, Some([3, 0, 0, 0]), b"x");
+        let mut r = Reader::new(500, None);
+        assert!(lent(&mut r, &f[..1]).is_empty());
+        assert_eq!(lent(&mut r, &f[1..]), vec![(false, text(b"x"))]);
+        // empty, exactly the limit, a 16-bit length under 126, one over the limit
+        let mut stream = frame(true, false, 1, None, b"");
+        stream.extend(frame(true, false, 1, None, &[b'a'; 500]));
+        stream.extend([0x81, 126, 0, 5]);
+        stream.extend(b"short");
+        stream.extend(frame(true, false, 1, None, &[b'b'; 501]));
+        let mut r = Reader::new(500, None);
+        assert_eq!(
+            lent(&mut r, &stream),
+            vec![
+                (true, text(b"")),
+                (true, text(&[b'a'; 500])),
+                (true, text(b"short")),
+                (false, Message::TooLarge),
+            ]
+        );
+        // and split anywhere, the same messages
+        for split in 1..stream.len() {
+            let mut r = Reader::new(500, None);
+            let got: Vec<_> = lent(&mut r, &stream[..split])
+                .into_iter()
+                .chain(lent(&mut r, &stream[split..]))
+                .map(|(_, m)| m)
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    text(b""),
+                    text(&[b'a'; 500]),
+                    text(b"short"),
+                    Message::TooLarge
+                ]
+            );
+        }
+        // a compressed one (RSV1) is inflated, not lent
+        let d = Deflate::server_to_client("permessage-deflate").expect("negotiated");
+        let packed = deflate_messages(&[b"packed"], true);
+        let mut r = Reader::new(500, Some(d));
+        let got = lent(&mut r, &frame(true, true, 1, None, &packed[0]));
+        assert_eq!(got, vec![(false, text(b"packed"))]);
     }
 
     #[test]
@@ -508,7 +648,7 @@ mod tests {
         let mut r = Reader::new(1024, None);
         assert_eq!(
             read_all(&mut r, &stream, 3),
-            vec![Message::Text(b"hello world".to_vec())]
+            vec![Message::Text(Cow::Owned(b"hello world".to_vec()))]
         );
     }
 
@@ -519,7 +659,10 @@ mod tests {
         let mut r = Reader::new(1000, None);
         assert_eq!(
             read_all(&mut r, &stream, 100),
-            vec![Message::TooLarge, Message::Text(b"small".to_vec())]
+            vec![
+                Message::TooLarge,
+                Message::Text(Cow::Owned(b"small".to_vec()))
+            ]
         );
     }
 
@@ -545,7 +688,10 @@ mod tests {
             for split in [1, 5, 4096] {
                 let mut r = Reader::new(1 << 20, Some(deflate));
                 let got = read_all(&mut r, &stream, split);
-                let want: Vec<Message> = plain.iter().map(|p| Message::Text(p.to_vec())).collect();
+                let want: Vec<Message> = plain
+                    .iter()
+                    .map(|p| Message::Text(Cow::Owned(p.to_vec())))
+                    .collect();
                 assert_eq!(got, want, "takeover {takeover}, split {split}");
             }
         }
@@ -566,7 +712,10 @@ mod tests {
         );
         assert_eq!(
             read_all(&mut r, &stream, 4096),
-            vec![Message::TooLarge, Message::Text(b"after".to_vec())]
+            vec![
+                Message::TooLarge,
+                Message::Text(Cow::Owned(b"after".to_vec()))
+            ]
         );
     }
 
@@ -591,7 +740,7 @@ mod tests {
             // nothing more is reported, and nothing panics
             let mut more = Vec::new();
             r.push(&frame(true, false, 1, None, b"later"), &mut |m| {
-                more.push(m)
+                more.push(m.into_owned())
             });
             assert!(more.is_empty());
         }

@@ -17,16 +17,23 @@ use super::scan::Member;
 pub const MAX_SLOTS: usize = 8;
 /// Longest shape kept (its fixed bytes).
 const MAX_FIXED: usize = 1024;
+// the slots' kinds are bits of a `u16`, the parts counted in a `u8`
+const _: () = assert!(MAX_SLOTS < u16::BITS as usize);
 
 /// Fixed bytes around string slots; see the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct Shape {
     /// The fixed parts, one more than the slots, one after the other.
     fixed: Vec<u8>,
-    /// Where each fixed part ends in `fixed`; empty when nothing is kept.
-    ends: Vec<usize>,
-    /// Which slots are integers (the others are string contents).
-    integers: Vec<bool>,
+    /// Where each fixed part ends in `fixed` (the first `parts`). Kept in the
+    /// shape itself, not in vectors of their own: a session's shape is looked
+    /// at once a frame among a thousand sessions' state, and every separate
+    /// allocation is one more line to fetch.
+    ends: [u16; MAX_SLOTS + 1],
+    /// Fixed parts kept; 0 when nothing is kept.
+    parts: u8,
+    /// Which slots are integers (bit `i` for slot `i`; the others are string contents).
+    integers: u16,
 }
 
 /// Why a text was not read by its shape.
@@ -81,15 +88,17 @@ impl Shape {
         if !known || !apart || slots.len() > MAX_SLOTS {
             return false;
         }
-        self.integers = slots.iter().map(|&(s, e)| !quoted(s, e)).collect();
         let mut from = 0;
-        for &(s, e) in slots {
+        for (i, &(s, e)) in slots.iter().enumerate() {
+            if !quoted(s, e) {
+                self.integers |= 1 << i;
+            }
             self.fixed.extend_from_slice(&text[from..s]);
-            self.ends.push(self.fixed.len());
+            self.push_end();
             from = e;
         }
         self.fixed.extend_from_slice(&text[from..]);
-        self.ends.push(self.fixed.len());
+        self.push_end();
         if self.fixed.len() > MAX_FIXED {
             self.forget();
             return false;
@@ -97,17 +106,27 @@ impl Shape {
         true
     }
 
+    /// Ends a fixed part where `fixed` ends now (at most `MAX_FIXED` + a text's length:
+    /// checked after the last part, so an end past `u16` only ever precedes a forget).
+    fn push_end(&mut self) {
+        // `keep` takes at most MAX_SLOTS slots: one more part than that fits
+        if let Some(end) = self.ends.get_mut(usize::from(self.parts)) {
+            *end = u16::try_from(self.fixed.len()).unwrap_or(u16::MAX);
+            self.parts += 1;
+        }
+    }
+
     /// Whether nothing is kept.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.parts == 0
     }
 
     /// Keeps nothing.
     pub fn forget(&mut self) {
         self.fixed.clear();
-        self.ends.clear();
-        self.integers.clear();
+        self.parts = 0;
+        self.integers = 0;
     }
 
     /// `text` as the kept fixed parts around plain slots, or why not.
@@ -121,14 +140,15 @@ impl Shape {
 
     /// `text` as the kept fixed parts around slots, plain or not.
     pub fn matched(&self, text: &[u8]) -> Option<Matched> {
-        let parts = self.ends.len();
+        let parts = usize::from(self.parts);
         let mut m = Matched {
             starts: [0; MAX_SLOTS + 1],
             slots: [(0, 0); MAX_SLOTS],
             plain: parts > 0,
         };
         let (mut pos, mut from) = (0, 0);
-        for (part, &end) in self.ends.iter().enumerate() {
+        for (part, &end) in self.ends[..parts].iter().enumerate() {
+            let end = usize::from(end);
             let fixed = &self.fixed[from..end];
             from = end;
             if !text.get(pos..)?.starts_with(fixed) {
@@ -141,7 +161,7 @@ impl Shape {
             }
             // a slot: a string's content, up to its closing quote (the next part's first
             // byte), or an integer's digits
-            let (len, plain) = if self.integers[part] {
+            let (len, plain) = if self.integers & (1 << part) != 0 {
                 integer(&text[pos..])?
             } else {
                 string_content(&text[pos..])?
@@ -254,5 +274,30 @@ mod tests {
         assert!(!shape.keep(text, &[(1, 2)]));
         assert!(shape.matched(text).is_none());
         assert!(!shape.keep(text, &[at("one"), at("one")]));
+        // a shape kept after one with an integer slot reads that slot as a string
+        assert!(shape.keep(numbered, &[(5, 8)]));
+        assert!(shape.keep(text, &[at("one"), at("three")]));
+        assert!(
+            shape
+                .matched(br#"{"a":"12","b":[1,"two"],"c":"x"}"#)
+                .is_some()
+        );
+        assert!(
+            shape
+                .matched(br#"{"a":12,"b":[1,"two"],"c":"x"}"#)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_shape_keeps_as_many_slots_as_it_may_and_no_more() {
+        let text = br#"{"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6","g":"7","h":"8","i":"9"}"#;
+        let slots: Vec<(usize, usize)> = (0..9).map(|i| (6 + 8 * i, 7 + 8 * i)).collect();
+        let mut shape = Shape::default();
+        assert!(!shape.keep(text, &slots), "one slot too many");
+        assert!(shape.is_empty());
+        assert!(shape.keep(text, &slots[..MAX_SLOTS]));
+        let other = br#"{"a":"x","b":"x","c":"x","d":"x","e":"x","f":"x","g":"x","h":"x","i":"9"}"#;
+        assert!(shape.plain(other).is_ok());
     }
 }

@@ -198,8 +198,9 @@ impl RealtimeObserver {
         let Some(mut reader) = self.server.take() else {
             return;
         };
-        // each message is read as it completes: at most one is held at a time
-        reader.push(bytes, &mut |m| self.server_message(m));
+        // each message is read as it completes: at most one is held at a time; all
+        // the messages of one read arrived when it was handed over (one clock read)
+        reader.push(bytes, &mut |m| self.server_message(m, began));
         // observation stops for good once the framing broke
         if !reader.is_broken() {
             self.server = Some(reader);
@@ -230,7 +231,8 @@ impl RealtimeObserver {
             self.client = Some(reader);
         }
         if create && self.turn.started.is_none() {
-            self.turn.started = Some((Instant::now(), SystemTime::now()));
+            // when the read was handed over, as for the server's events
+            self.turn.started = Some((began, SystemTime::now()));
         }
         self.overhead += began.elapsed();
     }
@@ -265,7 +267,7 @@ impl RealtimeObserver {
         }
     }
 
-    fn server_message(&mut self, m: Message) {
+    fn server_message(&mut self, m: Message<'_>, now: Instant) {
         let text = match m {
             Message::Text(t) => t,
             Message::Binary(_) | Message::Close(_) => return,
@@ -286,7 +288,6 @@ impl RealtimeObserver {
             },
         };
         drop(text);
-        let now = Instant::now();
         match event {
             Event::Session { model: Some(m) } => {
                 if self.request_model.is_none() && self.session_model.as_deref() != Some(&m) {

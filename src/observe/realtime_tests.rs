@@ -403,6 +403,19 @@ fn time_to_first_chunk_counts_from_the_clients_response_create() {
 }
 
 #[test]
+fn events_that_arrive_in_one_read_share_its_time() {
+    let rig = Rig::new();
+    let mut obs = rig.observer(&Context::new(), Some("model=gpt-realtime"));
+    obs.upgraded(None);
+    obs.server_bytes(&stream(&[CREATED, GA_DELTA, GA_DELTA, DONE_2], false, None));
+    drop(obs);
+    // two deltas in one read: one gap, of nothing (not the time between their parses)
+    let gaps = "gen_ai_client_operation_time_per_output_chunk_seconds";
+    assert_eq!(rig.sample(&format!("{gaps}_count"), &[]), Some(1.0));
+    assert_eq!(rig.sample(&format!("{gaps}_sum"), &[]), Some(0.0));
+}
+
+#[test]
 fn the_model_comes_from_the_url_or_the_session() {
     assert_eq!(
         model_from_query(Some("model=gpt-realtime")),
