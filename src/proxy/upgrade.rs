@@ -93,19 +93,21 @@ impl TunnelObserver for Watched {
 }
 
 /// What watches a tunnel's bytes: a Realtime session's observer, else nobody.
-/// Kept in the session's task, not boxed: it is looked at on every frame, among
-/// a thousand sessions' state, and one more allocation is one more fetch.
 fn observer_for(
     realtime: Option<RealtimeObserver>,
     answer: &http::response::Parts,
-) -> Option<Watched> {
-    let mut o = realtime?;
-    let ext = answer
-        .headers
-        .get("sec-websocket-extensions")
-        .and_then(|v| v.to_str().ok());
-    o.upgraded(ext);
-    Some(Watched(o))
+) -> Box<dyn TunnelObserver> {
+    match realtime {
+        Some(mut o) => {
+            let ext = answer
+                .headers
+                .get("sec-websocket-extensions")
+                .and_then(|v| v.to_str().ok());
+            o.upgraded(ext);
+            Box::new(Watched(o))
+        }
+        None => Box::new(NoObserver),
+    }
 }
 
 impl Proxy {
@@ -211,7 +213,7 @@ impl Proxy {
 /// One open tunnel and what is recorded when it ends.
 struct Session {
     call: Call,
-    observer: Option<Watched>,
+    observer: Box<dyn TunnelObserver>,
     recorder: std::sync::Arc<crate::telemetry::Recorder>,
     stop: tokio::sync::watch::Receiver<bool>,
     started: std::time::Instant,
@@ -221,11 +223,13 @@ impl Session {
     async fn run(mut self, client_side: OnUpgrade, server_side: OnUpgrade) {
         let how = match tokio::join!(client_side, server_side) {
             (Ok(c), Ok(s)) => {
-                let observer: &mut dyn TunnelObserver = match &mut self.observer {
-                    Some(w) => w,
-                    None => &mut NoObserver,
-                };
-                tunnel::relay(client_side_io(c), server_side_io(s), observer, &self.stop).await
+                tunnel::relay(
+                    client_side_io(c),
+                    server_side_io(s),
+                    self.observer.as_mut(),
+                    &self.stop,
+                )
+                .await
             }
             (c, s) => {
                 if let Some(e) = c.err().or(s.err()) {
@@ -235,9 +239,7 @@ impl Session {
                 Closed::Failed
             }
         };
-        if let Some(w) = &mut self.observer {
-            w.closed(how, &mut self.call);
-        }
+        self.observer.closed(how, &mut self.call);
         self.call.duration = self.started.elapsed();
         self.recorder.record_soon(self.call);
     }
