@@ -9,6 +9,7 @@
 //! side always second could then be held back for as long as the other had bytes.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
@@ -36,8 +37,11 @@ impl Wake for Mark {
 }
 
 /// Runs `a` and `b` to completion; each is polled once at first, then only
-/// after its own waker fired.
-pub(super) async fn both<A, B>(a: A, b: B)
+/// after its own waker fired. They come pinned by the caller: an async fn keeps
+/// its arguments for its whole life, so futures taken by value and pinned here
+/// were held twice in the tunnel's task (3.5 KB where 1.8 KB do), and tokio
+/// copies a task's future whole when it spawns and when it finishes it.
+pub(super) async fn both<A, B>(mut a: Pin<&mut A>, mut b: Pin<&mut B>)
 where
     A: Future<Output = ()>,
     B: Future<Output = ()>,
@@ -51,8 +55,6 @@ where
     };
     let (mark_a, mark_b) = (mark(), mark());
     let (waker_a, waker_b) = (Waker::from(mark_a.clone()), Waker::from(mark_b.clone()));
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
     let (mut a_done, mut b_done) = (false, false);
     let mut b_first = false;
     std::future::poll_fn(|cx| {
@@ -81,7 +83,7 @@ where
 
 /// Polls `side` if it is not done and its waker fired.
 fn poll_side<F: Future<Output = ()>>(
-    side: std::pin::Pin<&mut F>,
+    side: Pin<&mut F>,
     done: &mut bool,
     mark: &Mark,
     waker: &Waker,
@@ -94,7 +96,6 @@ fn poll_side<F: Future<Output = ()>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::pin::Pin;
     use std::sync::atomic::AtomicUsize;
     use tokio::sync::Notify;
 
@@ -115,7 +116,9 @@ mod tests {
     async fn a_side_is_polled_only_when_its_own_waker_fired() {
         let (polls_a, polls_b) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let (go_a, go_b) = (Notify::new(), Notify::new());
-        let run = both(counted(&polls_a, &go_a, 50), counted(&polls_b, &go_b, 1));
+        let a = std::pin::pin!(counted(&polls_a, &go_a, 50));
+        let b = std::pin::pin!(counted(&polls_b, &go_b, 1));
+        let run = both(a, b);
         tokio::pin!(run);
         let step = |run: Pin<&mut _>| {
             let mut cx = Context::from_waker(Waker::noop());

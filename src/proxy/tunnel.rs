@@ -152,22 +152,23 @@ where
             }
         }
     };
-    let up = pump(
+    // pinned here, once: `both` takes them pinned
+    let up = std::pin::pin!(pump(
         &mut client_rd,
         &mut server_wr,
         Way::ToServer,
         &see,
         stop.clone(),
         (&first, &ended_tx, ended_rx.clone()),
-    );
-    let down = pump(
+    ));
+    let down = std::pin::pin!(pump(
         &mut server_rd,
         &mut client_wr,
         Way::ToClient,
         &see,
         stop.clone(),
         (&first, &ended_tx, ended_rx.clone()),
-    );
+    ));
     super::both::both(up, down).await;
     first.get().copied().unwrap_or(Closed::Failed)
 }

@@ -192,13 +192,16 @@ impl Proxy {
         // taken now, before hyper's connection future ends with the handover
         let held = hold.and_then(|h| h.take());
         let observer = observer_for(realtime, &head);
-        let session = Session {
+        // boxed: only its observer is looked at per frame (through a box of its own),
+        // and a session taken by value would sit twice in the task's future, which
+        // tokio copies whole when it spawns it and when it finishes
+        let session = Box::new(Session {
             call,
             observer,
             recorder: self.recorder.clone(),
             stop: self.stop.clone(),
             started: timing.started,
-        };
+        });
         tokio::spawn(async move {
             session.run(client_side, server_side).await;
             drop(held);
@@ -220,7 +223,7 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, client_side: OnUpgrade, server_side: OnUpgrade) {
+    async fn run(mut self: Box<Self>, client_side: OnUpgrade, server_side: OnUpgrade) {
         let how = match tokio::join!(client_side, server_side) {
             (Ok(c), Ok(s)) => {
                 tunnel::relay(
