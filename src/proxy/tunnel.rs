@@ -524,6 +524,25 @@ mod tests {
         );
     }
 
+    /// The tunnel's future holds each direction's pump once (an async fn keeps its
+    /// arguments for its whole life: pumps passed by value and pinned inside were
+    /// held twice, and tokio copies a task's future whole at spawn and at its end).
+    #[test]
+    fn a_tunnel_holds_each_pump_once() {
+        let (_tx, stop) = watch::channel(false);
+        let (mut rd, mut wr) = tokio::io::split(tokio::io::duplex(64).0);
+        let (first, (ended_tx, ended_rx)) = (OnceLock::new(), watch::channel(false));
+        let see = |_: Way, _: &[u8]| {};
+        let ends = (&first, &ended_tx, ended_rx);
+        let pump = pump(&mut rd, &mut wr, Way::ToClient, &see, stop.clone(), ends);
+        let pump = std::mem::size_of_val(&pump);
+        let (c, s) = (tokio::io::duplex(64), tokio::io::duplex(64));
+        let mut nobody = NoObserver;
+        let relay = relay(other(c.0), other(s.0), &mut nobody, &stop);
+        let relay = std::mem::size_of_val(&relay);
+        assert!(relay < 4 * pump, "relay {relay} bytes, a pump {pump}");
+    }
+
     fn other(io: impl Stream + 'static) -> Side {
         Side {
             io: Io::Other(Box::new(io)),
