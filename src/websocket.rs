@@ -36,7 +36,8 @@ pub enum Message<'a> {
 
 impl Message<'_> {
     /// The message with its text copied, for keeping past the push that lent it.
-    pub fn into_owned(self) -> Message<'static> {
+    #[cfg(test)]
+    pub(crate) fn into_owned(self) -> Message<'static> {
         match self {
             Message::Text(t) => Message::Text(Cow::Owned(t.into_owned())),
             Message::Binary(n) => Message::Binary(n),
@@ -179,25 +180,18 @@ impl Reader {
     /// most of what reading one cost. Returns the bytes used; `None` leaves
     /// `bytes` to the general reader.
     fn whole_text(&mut self, bytes: &[u8], out: &mut impl FnMut(Message<'_>)) -> Option<usize> {
-        if !self.header.is_empty() || self.message.is_some() {
+        // FIN and opcode 1 with no reserved bit, and no mask bit (the general reader unmasks)
+        if !self.header.is_empty() || self.message.is_some() || bytes.first() != Some(&0x81) {
             return None;
         }
-        // FIN and opcode 1 with no reserved bit; no mask bit
-        let (&0x81, rest) = bytes.split_first()? else {
-            return None;
-        };
-        let (len, head) = match *rest.first()? {
-            n @ 0..=125 => (usize::from(n), 2),
-            126 => (
-                usize::from(u16::from_be_bytes([*rest.get(1)?, *rest.get(2)?])),
-                4,
-            ),
-            _ => return None,
-        };
-        if len > self.max_message {
+        let head = header_len(bytes);
+        if bytes.len() < head || bytes[1] & 0x80 != 0 {
             return None;
         }
-        let payload = bytes.get(head..head + len)?;
+        let len = usize::try_from(payload_len(bytes))
+            .ok()
+            .filter(|&n| n <= self.max_message)?;
+        let payload = bytes.get(head..head.checked_add(len)?)?;
         out(Message::Text(Cow::Borrowed(payload)));
         Some(head + len)
     }
@@ -232,11 +226,7 @@ impl Reader {
         let rsv1 = h[0] & 0x40 != 0;
         let opcode = h[0] & 0x0f;
         let masked = h[1] & 0x80 != 0;
-        let len = match h[1] & 0x7f {
-            126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
-            127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
-            n => u64::from(n),
-        };
+        let len = payload_len(h);
         let mask = masked.then(|| {
             let m = &h[need - 4..need];
             [m[0], m[1], m[2], m[3]]
@@ -437,6 +427,15 @@ impl Reader {
 }
 
 /// How many header bytes the bytes so far call for.
+/// The payload length a whole header (`header_len` bytes or more) announces.
+fn payload_len(h: &[u8]) -> u64 {
+    match h[1] & 0x7f {
+        126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+        127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+        n => u64::from(n),
+    }
+}
+
 fn header_len(h: &[u8]) -> usize {
     if h.len() < 2 {
         return 2;
@@ -592,12 +591,12 @@ mod tests {
                 Message::Broken("new message before the previous one ended")
             )]
         );
-        // a frame whose header came in an earlier push is read as before, even when
-        // what follows looks like a whole frame (a masked one: `81 81 03 00 00 00 7b`)
-        let f = frame(true, false, 1, Some([3, 0, 0, 0]), b"x");
+        // a frame whose header began in an earlier push is read as before, even when
+        // the rest looks like a whole frame (`81 7e` then `81 05 …`: 33,029 bytes)
+        let f = frame(true, false, 1, None, &[b'x'; 0x8105]);
         let mut r = Reader::new(500, None);
-        assert!(lent(&mut r, &f[..1]).is_empty());
-        assert_eq!(lent(&mut r, &f[1..]), vec![(false, text(b"x"))]);
+        assert!(lent(&mut r, &f[..2]).is_empty());
+        assert_eq!(lent(&mut r, &f[2..]), vec![(false, Message::TooLarge)]);
         // empty, exactly the limit, a 16-bit length under 126, one over the limit
         let mut stream = frame(true, false, 1, None, b"");
         stream.extend(frame(true, false, 1, None, &[b'a'; 500]));

@@ -113,25 +113,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_two_futures_are_held_by_the_caller_not_in_here() {
-        // a side that keeps a kilobyte across its wait
-        let big = || async {
-            let buf = [7u8; 1024];
-            tokio::task::yield_now().await;
-            std::hint::black_box(&buf);
-        };
-        let a = std::pin::pin!(big());
-        let b = std::pin::pin!(big());
-        assert!(std::mem::size_of_val(&*a) >= 1024);
-        let run = both(a, b);
-        let size = std::mem::size_of_val(&run);
-        assert!(
-            size < 1024,
-            "both() holds {size} bytes: a side was moved in"
-        );
-    }
-
     #[tokio::test]
     async fn a_side_is_polled_only_when_its_own_waker_fired() {
         let (polls_a, polls_b) = (AtomicUsize::new(0), AtomicUsize::new(0));
