@@ -71,9 +71,23 @@ async fn serve(upstream: SocketAddr) -> crate::Result<()> {
         .http1_max_buf_size(64 * 1024)
         .build(http);
     let base = format!("http://{upstream}");
+    // which upstream client (`floor_own.rs`): hyper-util's (the default), or a pool of its own
+    let choice = std::env::var("TOKENTAP_FLOOR_CLIENT").unwrap_or_default();
+    let own = choice.starts_with("own");
+    let pool = std::sync::Arc::new(crate::floor_own::Pool::new(choice == "own-spawned"));
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
+        if own {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| forward_own(pool.clone(), upstream, req));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+            continue;
+        }
         let client = client.clone();
         let base = base.clone();
         tokio::spawn(async move {
@@ -104,6 +118,34 @@ async fn forward(
     }
     match client
         .request(Request::from_parts(parts, Full::new(body)))
+        .await
+    {
+        Ok(resp) => {
+            let (mut head, body) = resp.into_parts();
+            for h in &HOP_BY_HOP {
+                head.headers.remove(h);
+            }
+            Ok(Response::from_parts(head, body.boxed_unsync()))
+        }
+        Err(_) => Ok(status(StatusCode::BAD_GATEWAY)),
+    }
+}
+
+/// [`forward`] through the floor's own pool (`floor_own.rs`).
+async fn forward_own(
+    pool: std::sync::Arc<crate::floor_own::Pool>,
+    upstream: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    };
+    for h in &HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    match pool
+        .send(upstream, Request::from_parts(parts, Full::new(body)))
         .await
     {
         Ok(resp) => {

@@ -41,6 +41,7 @@
 mod build;
 mod client;
 mod floor;
+mod floor_own;
 mod mock;
 mod procs;
 mod report;
@@ -309,6 +310,9 @@ struct Setup {
     nginx: Option<String>,
     tokentap_bin: String,
     tokentap_log_level: String,
+    /// The floor's upstream client: `legacy` (hyper-util's, the default), `own` or
+    /// `own-spawned` (`TOKENTAP_FLOOR_CLIENT`, `floor_own.rs`).
+    floor_client: String,
     git_commit: Option<String>,
     git_dirty: Option<bool>,
 }
@@ -397,6 +401,10 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
             nginx: nginx_version,
             tokentap_bin: tokentap.display().to_string(),
             tokentap_log_level: log_level,
+            floor_client: std::env::var("TOKENTAP_FLOOR_CLIENT")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "legacy".into()),
             git_commit,
             git_dirty,
         },
@@ -407,13 +415,14 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
         problems: Vec::new(),
     };
     println!(
-        "load: {} mode; generator on {}, mock upstream and proxies on {}; nginx: {}; tokentap: {} (TOKENTAP_LOG={}); load average {}",
+        "load: {} mode; generator on {}, mock upstream and proxies on {}; nginx: {}; tokentap: {} (TOKENTAP_LOG={}); floor client: {}; load average {}",
         if plan.quick { "quick" } else { "full" },
         if pinned { "core 0" } else { "any core" },
         if pinned { "core 1" } else { "any core" },
         report.setup.nginx.as_deref().unwrap_or("absent"),
         report.setup.tokentap_bin,
         report.setup.tokentap_log_level,
+        report.setup.floor_client,
         report.setup.loadavg_start,
     );
 

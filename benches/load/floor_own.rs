@@ -1,0 +1,202 @@
+//! The floor with a pool of its own: the upstream HTTP/1 connection driven by the
+//! request's own task (hyper's `client::conn`), for comparison with hyper-util's
+//! legacy pooled client, which gives every upstream connection a task of its own
+//! and hands each response's body across a channel between the two tasks.
+//!
+//! Chosen with `TOKENTAP_FLOOR_CLIENT=own` in the harness's environment (or `own-spawned`:
+//! the same pool, each connection in a task of its own, to tell the pool from the
+//! driving apart); the floor is otherwise the same (server builder, body read whole,
+//! hop-by-hop headers dropped). An idle connection is parked unpolled; whoever takes it
+//! polls it first, so a connection the upstream closed while parked is found closed and
+//! dropped then. Measured in docs/benchmarks.md, load round ten.
+
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// One upstream connection: its sender and the connection future that does its I/O
+/// (none when the connection runs in a task of its own).
+struct Upstream {
+    tx: SendRequest<Full<Bytes>>,
+    conn: Option<Conn>,
+}
+
+pub struct Pool {
+    idle: Mutex<Vec<Upstream>>,
+    /// Each connection in a task of its own (`own-spawned`), as hyper-util's client
+    /// does, instead of driven by the call's task (`own`).
+    spawned: bool,
+}
+
+impl Pool {
+    pub fn new(spawned: bool) -> Pool {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            spawned,
+        }
+    }
+
+    /// Sends `req` on an idle connection or a new one, driving the connection from
+    /// this task until the response's head is in.
+    pub async fn send(
+        self: &Arc<Self>,
+        upstream: SocketAddr,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<Driven>, Error> {
+        loop {
+            let parked = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+            let mut up = match parked {
+                Some(up) => up,
+                None => connect(upstream, self.spawned).await?,
+            };
+            if !ready(&mut up).await {
+                continue; // closed while parked
+            }
+            let sent = up.tx.try_send_request(req);
+            let mut sent = std::pin::pin!(sent);
+            let mut conn_done = false;
+            let res = poll_fn(|cx| {
+                if !conn_done
+                    && up
+                        .conn
+                        .as_mut()
+                        .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
+                {
+                    conn_done = true;
+                }
+                sent.as_mut().poll(cx)
+            })
+            .await;
+            match res {
+                Ok(resp) => {
+                    let (head, body) = resp.into_parts();
+                    let keep = (!conn_done).then_some(up);
+                    return Ok(Response::from_parts(
+                        head,
+                        Driven {
+                            body,
+                            up: keep,
+                            pool: self.clone(),
+                        },
+                    ));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back, // never written: another connection
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+}
+
+async fn connect(upstream: SocketAddr, spawned: bool) -> Result<Upstream, Error> {
+    let tcp = TcpStream::connect(upstream).await?;
+    let _ = tcp.set_nodelay(true);
+    let (tx, conn) = http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .handshake(TokioIo::new(tcp))
+        .await?;
+    if spawned {
+        tokio::spawn(conn);
+        return Ok(Upstream { tx, conn: None });
+    }
+    Ok(Upstream {
+        tx,
+        conn: Some(conn),
+    })
+}
+
+/// Polls a parked connection until it can take a request (true) or is gone (false).
+async fn ready(up: &mut Upstream) -> bool {
+    poll_fn(|cx| {
+        if up
+            .conn
+            .as_mut()
+            .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
+        {
+            return Poll::Ready(false);
+        }
+        up.tx.poll_ready(cx).map(|r| r.is_ok())
+    })
+    .await
+}
+
+/// The response's body, polling its connection along: when the body ends whole, the
+/// connection goes back to the pool.
+pub struct Driven {
+    body: Incoming,
+    up: Option<Upstream>,
+    pool: Arc<Pool>,
+}
+
+impl hyper::body::Body for Driven {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.drive_and_poll(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Driven {
+    fn drive_and_poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(up) = &mut self.up {
+            if up
+                .conn
+                .as_mut()
+                .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
+            {
+                self.up = None;
+            }
+        }
+        let r = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            self.park();
+        }
+        r
+    }
+
+    fn park(&mut self) {
+        if let Some(up) = self.up.take() {
+            if let Ok(mut idle) = self.pool.idle.lock() {
+                idle.push(up);
+            }
+        }
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        // a body hyper stopped polling at its end (it said so) is whole too
+        if self.body.is_end_stream() {
+            self.park();
+        }
+    }
+}
