@@ -80,6 +80,8 @@ usage: cargo bench --bench load [-- OPTIONS]
   --targets LIST        any of direct,nginx,floor,tokentap; default all
   --json PATH           where to write the results (default target/bench-load.json)
   --keep-logs           keep the temp dir with nginx/tokentap logs and configs
+  --mock-cpu N          pin the mock upstream to CPU N instead of the proxies' (core 1);
+                        0 puts it with the load generator, off the proxy's core
 
 environment:
   TOKENTAP_BENCH_BIN    measure this tokentap binary instead of building target/release/tokentap
@@ -117,6 +119,8 @@ struct Args {
     targets: Vec<Target>,
     json: Option<PathBuf>,
     keep_logs: bool,
+    /// The mock upstream's CPU, when not the proxies' own.
+    mock_cpu: Option<u32>,
 }
 
 impl Args {
@@ -131,6 +135,7 @@ impl Args {
             targets: Target::ALL.to_vec(),
             json: None,
             keep_logs: false,
+            mock_cpu: None,
         };
         while let Some(arg) = it.next() {
             let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -150,6 +155,10 @@ impl Args {
                     a.floor_upstream = Some(addr);
                 }
                 "--json" => a.json = Some(PathBuf::from(value("--json")?)),
+                "--mock-cpu" => {
+                    let v = value("--mock-cpu")?;
+                    a.mock_cpu = Some(v.parse().map_err(|e| format!("--mock-cpu {v}: {e}"))?);
+                }
                 "--scenarios" => {
                     a.scenarios = value("--scenarios")?
                         .split(',')
@@ -304,6 +313,7 @@ struct Setup {
     pinned: bool,
     generator_cpu: Option<u32>,
     server_cpu: Option<u32>,
+    mock_cpu: Option<u32>,
     nofile_soft_limit: Option<u64>,
     loadavg_start: String,
     loadavg_end: String,
@@ -338,6 +348,8 @@ struct Env {
     tokentap: PathBuf,
     nginx: Option<PathBuf>,
     server_cpu: Option<u32>,
+    /// The mock upstream's CPU (the proxies' unless `--mock-cpu`).
+    mock_cpu: Option<u32>,
     log_level: String,
     targets: Vec<Target>,
 }
@@ -375,6 +387,11 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
         tokentap: tokentap.clone(),
         nginx,
         server_cpu: pinned.then_some(SERVER_CPU),
+        mock_cpu: if pinned {
+            args.mock_cpu.or(Some(SERVER_CPU))
+        } else {
+            None
+        },
         log_level: log_level.clone(),
         targets,
     };
@@ -395,6 +412,7 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
             pinned,
             generator_cpu: pinned.then_some(GENERATOR_CPU),
             server_cpu: pinned.then_some(SERVER_CPU),
+            mock_cpu: env.mock_cpu,
             nofile_soft_limit: nofile,
             loadavg_start: loadavg(),
             loadavg_end: String::new(),
@@ -415,9 +433,11 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
         problems: Vec::new(),
     };
     println!(
-        "load: {} mode; generator on {}, mock upstream and proxies on {}; nginx: {}; tokentap: {} (TOKENTAP_LOG={}); floor client: {}; load average {}",
+        "load: {} mode; generator on {}, mock upstream on {}, proxies on {}; nginx: {}; tokentap: {} (TOKENTAP_LOG={}); floor client: {}; load average {}",
         if plan.quick { "quick" } else { "full" },
         if pinned { "core 0" } else { "any core" },
+        env.mock_cpu
+            .map_or_else(|| "any core".to_owned(), |c| format!("core {c}")),
         if pinned { "core 1" } else { "any core" },
         report.setup.nginx.as_deref().unwrap_or("absent"),
         report.setup.tokentap_bin,
@@ -511,7 +531,7 @@ async fn run(
     report: &mut Report,
 ) -> Result<()> {
     let tmp = TempDir::create(keep_logs)?;
-    let mock = Mock::start(&env.exe, env.server_cpu)?;
+    let mock = Mock::start(&env.exe, env.mock_cpu)?;
     eprintln!(
         "load: mock upstream on {} (pid {})",
         mock.addr,
