@@ -72,9 +72,11 @@ async fn serve(upstream: SocketAddr) -> crate::Result<()> {
         .build(http);
     let base = format!("http://{upstream}");
     // which upstream client (`floor_own.rs`): hyper-util's (the default), or a pool of its own
-    let choice = std::env::var("TOKENTAP_FLOOR_CLIENT").unwrap_or_default();
-    let own = choice.starts_with("own");
-    let pool = std::sync::Arc::new(crate::floor_own::Pool::new(choice == "own-spawned"));
+    let choice = crate::floor_own::FloorClient::from_env()?;
+    let own = choice != crate::floor_own::FloorClient::Legacy;
+    let pool = std::sync::Arc::new(crate::floor_own::Pool::new(
+        choice == crate::floor_own::FloorClient::OwnSpawned,
+    ));
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -104,31 +106,16 @@ async fn forward(
     base: String,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let (mut parts, body) = req.into_parts();
-    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-        return Ok(status(StatusCode::BAD_REQUEST));
+    let mut up = match read_request(req).await {
+        Ok(up) => up,
+        Err(refused) => return Ok(refused),
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = up.uri().path_and_query().map_or("/", |p| p.as_str());
     let Ok(uri) = format!("{base}{path}").parse::<Uri>() else {
         return Ok(status(StatusCode::BAD_REQUEST));
     };
-    parts.uri = uri;
-    for h in &HOP_BY_HOP {
-        parts.headers.remove(h);
-    }
-    match client
-        .request(Request::from_parts(parts, Full::new(body)))
-        .await
-    {
-        Ok(resp) => {
-            let (mut head, body) = resp.into_parts();
-            for h in &HOP_BY_HOP {
-                head.headers.remove(h);
-            }
-            Ok(Response::from_parts(head, body.boxed_unsync()))
-        }
-        Err(_) => Ok(status(StatusCode::BAD_GATEWAY)),
-    }
+    *up.uri_mut() = uri;
+    Ok(to_client(client.request(up).await))
 }
 
 /// [`forward`] through the floor's own pool (`floor_own.rs`).
@@ -137,25 +124,38 @@ async fn forward_own(
     upstream: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    match read_request(req).await {
+        Ok(up) => Ok(to_client(pool.send(upstream, up).await)),
+        Err(refused) => Ok(refused),
+    }
+}
+
+/// The client's request with its body read whole and its hop-by-hop headers dropped.
+async fn read_request(req: Request<Incoming>) -> Result<Request<Full<Bytes>>, Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-        return Ok(status(StatusCode::BAD_REQUEST));
+        return Err(status(StatusCode::BAD_REQUEST));
     };
     for h in &HOP_BY_HOP {
         parts.headers.remove(h);
     }
-    match pool
-        .send(upstream, Request::from_parts(parts, Full::new(body)))
-        .await
-    {
+    Ok(Request::from_parts(parts, Full::new(body)))
+}
+
+/// The upstream's answer as the client gets it (hop-by-hop headers dropped), or a `502`.
+fn to_client<B, E>(answer: Result<Response<B>, E>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
+    match answer {
         Ok(resp) => {
             let (mut head, body) = resp.into_parts();
             for h in &HOP_BY_HOP {
                 head.headers.remove(h);
             }
-            Ok(Response::from_parts(head, body.boxed_unsync()))
+            Response::from_parts(head, body.boxed_unsync())
         }
-        Err(_) => Ok(status(StatusCode::BAD_GATEWAY)),
+        Err(_) => status(StatusCode::BAD_GATEWAY),
     }
 }
 

@@ -27,6 +27,38 @@ use tokio::net::TcpStream;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
 
+/// Which upstream client the floor uses (`TOKENTAP_FLOOR_CLIENT`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FloorClient {
+    /// hyper-util's pooled client, as tokentap uses it (the default).
+    Legacy,
+    /// This pool, each connection driven by the task of the call using it.
+    Own,
+    /// This pool, each connection in a task of its own.
+    OwnSpawned,
+}
+
+impl FloorClient {
+    pub fn from_env() -> Result<FloorClient, String> {
+        match std::env::var("TOKENTAP_FLOOR_CLIENT").as_deref() {
+            Err(_) | Ok("" | "legacy") => Ok(FloorClient::Legacy),
+            Ok("own") => Ok(FloorClient::Own),
+            Ok("own-spawned") => Ok(FloorClient::OwnSpawned),
+            Ok(other) => Err(format!(
+                "TOKENTAP_FLOOR_CLIENT={other:?}: expected legacy, own or own-spawned"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FloorClient::Legacy => "legacy",
+            FloorClient::Own => "own",
+            FloorClient::OwnSpawned => "own-spawned",
+        }
+    }
+}
+
 /// One upstream connection: its sender and the connection future that does its I/O
 /// (none when the connection runs in a task of its own).
 struct Upstream {
@@ -58,23 +90,25 @@ impl Pool {
     ) -> Result<Response<Driven>, Error> {
         loop {
             let parked = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
-            let mut up = match parked {
-                Some(up) => up,
-                None => connect(upstream, self.spawned).await?,
+            let (mut up, reused) = match parked {
+                Some(up) => (up, true),
+                None => (connect(upstream, self.spawned).await?, false),
             };
-            if !ready(&mut up).await {
+            if reused && !ready(&mut up).await {
                 continue; // closed while parked
             }
             let sent = up.tx.try_send_request(req);
             let mut sent = std::pin::pin!(sent);
             let mut conn_done = false;
             let res = poll_fn(|cx| {
-                if !conn_done
-                    && up
-                        .conn
-                        .as_mut()
-                        .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
+                if up
+                    .conn
+                    .as_mut()
+                    .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
                 {
+                    // dropped at once: a request still queued in it comes back as
+                    // never written, instead of waiting on a finished connection
+                    up.conn = None;
                     conn_done = true;
                 }
                 sent.as_mut().poll(cx)
@@ -94,8 +128,10 @@ impl Pool {
                     ));
                 }
                 Err(mut e) => match e.take_message() {
-                    Some(back) => req = back, // never written: another connection
-                    None => return Err(e.into_error().into()),
+                    // a parked connection closed before writing it: another connection
+                    // (a new one that fails is the answer: no retrying without end)
+                    Some(back) if reused => req = back,
+                    _ => return Err(e.into_error().into()),
                 },
             }
         }

@@ -87,6 +87,8 @@ environment:
   TOKENTAP_BENCH_BIN    measure this tokentap binary instead of building target/release/tokentap
   TOKENTAP_LOG          tokentap's log filter during the run (default info)
   TOKENTAP_BENCH_ARGS   extra tokentap flags (whitespace-separated), e.g. for an A/B run
+  TOKENTAP_FLOOR_CLIENT the floor's upstream client: legacy (hyper-util's, the default),
+                        own (driven by each call's task) or own-spawned (benches/load/floor_own.rs)
 ";
 
 fn main() -> ExitCode {
@@ -361,6 +363,15 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
     let tokentap = std::env::var_os(ENV_BIN)
         .map_or_else(|| paths.target_dir.join("release/tokentap"), PathBuf::from);
     let log_level = std::env::var("TOKENTAP_LOG").unwrap_or_else(|_| "info".to_owned());
+    let floor_client = floor_own::FloorClient::from_env()?;
+    if let Some(n) = args.mock_cpu {
+        if n as usize >= cpus_online() {
+            return Err(format!("--mock-cpu {n}: this machine has {} CPUs", cpus_online()).into());
+        }
+        if !pinned {
+            println!("load: --mock-cpu {n} ignored: nothing is pinned in this run");
+        }
+    }
     let mut targets = args.targets.clone();
     let nginx = find_nginx();
     let nginx_version = nginx.as_deref().and_then(nginx_version);
@@ -419,10 +430,7 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
             nginx: nginx_version,
             tokentap_bin: tokentap.display().to_string(),
             tokentap_log_level: log_level,
-            floor_client: std::env::var("TOKENTAP_FLOOR_CLIENT")
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "legacy".into()),
+            floor_client: floor_client.name().to_owned(),
             git_commit,
             git_dirty,
         },
@@ -446,6 +454,15 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
         report.setup.loadavg_start,
     );
 
+    if floor_client != floor_own::FloorClient::Legacy || env.mock_cpu != env.server_cpu {
+        println!(
+            "load: not the standard setup (floor client {}, mock upstream on {}): the SPEC §14 \
+             verdicts below compare against it as it is",
+            report.setup.floor_client,
+            env.mock_cpu
+                .map_or_else(|| "any core".to_owned(), |c| format!("core {c}")),
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
