@@ -426,7 +426,6 @@ impl Reader {
     }
 }
 
-/// How many header bytes the bytes so far call for.
 /// The payload length a whole header (`header_len` bytes or more) announces.
 fn payload_len(h: &[u8]) -> u64 {
     match h[1] & 0x7f {
@@ -436,6 +435,7 @@ fn payload_len(h: &[u8]) -> u64 {
     }
 }
 
+/// How many header bytes the bytes so far call for.
 fn header_len(h: &[u8]) -> usize {
     if h.len() < 2 {
         return 2;

@@ -12,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,30 +71,22 @@ async fn serve(upstream: SocketAddr) -> crate::Result<()> {
         .pool_max_idle_per_host(1024)
         .http1_max_buf_size(64 * 1024)
         .build(http);
-    let base = format!("http://{upstream}");
     // which upstream client (`floor_own.rs`): hyper-util's (the default), or a pool of its own
-    let choice = crate::floor_own::FloorClient::from_env()?;
-    let own = choice != crate::floor_own::FloorClient::Legacy;
-    let pool = std::sync::Arc::new(crate::floor_own::Pool::new(
-        choice == crate::floor_own::FloorClient::OwnSpawned,
-    ));
+    let leg = match crate::floor_own::FloorClient::from_env()? {
+        crate::floor_own::FloorClient::Legacy => Leg::Pooled(client, format!("http://{upstream}")),
+        own => Leg::Own(
+            Arc::new(crate::floor_own::Pool::new(
+                own == crate::floor_own::FloorClient::OwnSpawned,
+            )),
+            upstream,
+        ),
+    };
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        if own {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| forward_own(pool.clone(), upstream, req));
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-            continue;
-        }
-        let client = client.clone();
-        let base = base.clone();
+        let leg = leg.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| forward(client.clone(), base.clone(), req));
+            let svc = service_fn(move |req| leg.clone().forward(req));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -101,45 +94,41 @@ async fn serve(upstream: SocketAddr) -> crate::Result<()> {
     }
 }
 
-async fn forward(
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let mut up = match read_request(req).await {
-        Ok(up) => up,
-        Err(refused) => return Ok(refused),
-    };
-    let path = up.uri().path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = format!("{base}{path}").parse::<Uri>() else {
-        return Ok(status(StatusCode::BAD_REQUEST));
-    };
-    *up.uri_mut() = uri;
-    Ok(to_client(client.request(up).await))
+/// How the floor reaches its upstream. Cloned per call as the client and its base URL
+/// were before (the floor's cost is the baseline), so the bigger variant stays inline.
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
+enum Leg {
+    /// hyper-util's pooled client, and the upstream's base URL.
+    Pooled(Client<HttpConnector, Full<Bytes>>, String),
+    /// The floor's own pool (`floor_own.rs`).
+    Own(Arc<crate::floor_own::Pool>, SocketAddr),
 }
 
-/// [`forward`] through the floor's own pool (`floor_own.rs`).
-async fn forward_own(
-    pool: std::sync::Arc<crate::floor_own::Pool>,
-    upstream: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    match read_request(req).await {
-        Ok(up) => Ok(to_client(pool.send(upstream, up).await)),
-        Err(refused) => Ok(refused),
+impl Leg {
+    /// The client's request, its body read whole and its hop-by-hop headers dropped
+    /// both ways, forwarded; a `502` when the upstream gives no answer.
+    async fn forward(self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let (mut parts, body) = req.into_parts();
+        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+            return Ok(status(StatusCode::BAD_REQUEST));
+        };
+        for h in &HOP_BY_HOP {
+            parts.headers.remove(h);
+        }
+        let mut up = Request::from_parts(parts, Full::new(body));
+        Ok(match self {
+            Leg::Pooled(client, base) => {
+                let path = up.uri().path_and_query().map_or("/", |p| p.as_str());
+                let Ok(uri) = format!("{base}{path}").parse::<Uri>() else {
+                    return Ok(status(StatusCode::BAD_REQUEST));
+                };
+                *up.uri_mut() = uri;
+                to_client(client.request(up).await)
+            }
+            Leg::Own(pool, upstream) => to_client(pool.send(upstream, up).await),
+        })
     }
-}
-
-/// The client's request with its body read whole and its hop-by-hop headers dropped.
-async fn read_request(req: Request<Incoming>) -> Result<Request<Full<Bytes>>, Response<Body>> {
-    let (mut parts, body) = req.into_parts();
-    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-        return Err(status(StatusCode::BAD_REQUEST));
-    };
-    for h in &HOP_BY_HOP {
-        parts.headers.remove(h);
-    }
-    Ok(Request::from_parts(parts, Full::new(body)))
 }
 
 /// The upstream's answer as the client gets it (hop-by-hop headers dropped), or a `502`.

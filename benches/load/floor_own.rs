@@ -60,10 +60,26 @@ impl FloorClient {
 }
 
 /// One upstream connection: its sender and the connection future that does its I/O
-/// (none when the connection runs in a task of its own).
+/// (none when the connection runs in a task of its own, or has ended).
 struct Upstream {
     tx: SendRequest<Full<Bytes>>,
     conn: Option<Conn>,
+}
+
+impl Upstream {
+    /// Polls the connection when this task drives it; false once it has ended. An
+    /// ended connection is dropped at once: a request still queued in it comes back
+    /// as never written, instead of waiting on it for good.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if self
+            .conn
+            .as_mut()
+            .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
+        {
+            self.conn = None;
+        }
+        !self.tx.is_closed()
+    }
 }
 
 pub struct Pool {
@@ -99,25 +115,15 @@ impl Pool {
             }
             let sent = up.tx.try_send_request(req);
             let mut sent = std::pin::pin!(sent);
-            let mut conn_done = false;
             let res = poll_fn(|cx| {
-                if up
-                    .conn
-                    .as_mut()
-                    .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
-                {
-                    // dropped at once: a request still queued in it comes back as
-                    // never written, instead of waiting on a finished connection
-                    up.conn = None;
-                    conn_done = true;
-                }
+                up.drive(cx);
                 sent.as_mut().poll(cx)
             })
             .await;
             match res {
                 Ok(resp) => {
                     let (head, body) = resp.into_parts();
-                    let keep = (!conn_done).then_some(up);
+                    let keep = (!up.tx.is_closed()).then_some(up);
                     return Ok(Response::from_parts(
                         head,
                         Driven {
@@ -158,11 +164,7 @@ async fn connect(upstream: SocketAddr, spawned: bool) -> Result<Upstream, Error>
 /// Polls a parked connection until it can take a request (true) or is gone (false).
 async fn ready(up: &mut Upstream) -> bool {
     poll_fn(|cx| {
-        if up
-            .conn
-            .as_mut()
-            .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
-        {
+        if !up.drive(cx) {
             return Poll::Ready(false);
         }
         up.tx.poll_ready(cx).map(|r| r.is_ok())
@@ -203,14 +205,8 @@ impl Driven {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(up) = &mut self.up {
-            if up
-                .conn
-                .as_mut()
-                .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
-            {
-                self.up = None;
-            }
+        if self.up.as_mut().is_some_and(|up| !up.drive(cx)) {
+            self.up = None;
         }
         let r = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(None) = r {

@@ -398,11 +398,7 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
         tokentap: tokentap.clone(),
         nginx,
         server_cpu: pinned.then_some(SERVER_CPU),
-        mock_cpu: if pinned {
-            args.mock_cpu.or(Some(SERVER_CPU))
-        } else {
-            None
-        },
+        mock_cpu: pinned.then(|| args.mock_cpu.unwrap_or(SERVER_CPU)),
         log_level: log_level.clone(),
         targets,
     };
@@ -443,10 +439,9 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
     println!(
         "load: {} mode; generator on {}, mock upstream on {}, proxies on {}; nginx: {}; tokentap: {} (TOKENTAP_LOG={}); floor client: {}; load average {}",
         if plan.quick { "quick" } else { "full" },
-        if pinned { "core 0" } else { "any core" },
-        env.mock_cpu
-            .map_or_else(|| "any core".to_owned(), |c| format!("core {c}")),
-        if pinned { "core 1" } else { "any core" },
+        core_name(pinned.then_some(GENERATOR_CPU)),
+        core_name(env.mock_cpu),
+        core_name(env.server_cpu),
         report.setup.nginx.as_deref().unwrap_or("absent"),
         report.setup.tokentap_bin,
         report.setup.tokentap_log_level,
@@ -459,8 +454,7 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
             "load: not the standard setup (floor client {}, mock upstream on {}): the SPEC §14 \
              verdicts below compare against it as it is",
             report.setup.floor_client,
-            env.mock_cpu
-                .map_or_else(|| "any core".to_owned(), |c| format!("core {c}")),
+            core_name(env.mock_cpu),
         );
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -982,6 +976,11 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// `core N`, or `any core` when nothing is pinned.
+fn core_name(cpu: Option<u32>) -> String {
+    cpu.map_or_else(|| "any core".to_owned(), |c| format!("core {c}"))
 }
 
 fn cpus_online() -> usize {
