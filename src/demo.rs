@@ -45,8 +45,6 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
 use crate::listener::{self, ServeOptions};
@@ -111,10 +109,11 @@ impl DemoUpstream {
             shutdown: shutdown_rx.clone(),
             live_streams: Arc::clone(&live_streams),
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut protocols = listener::Protocols::default();
         // No `date` header: identical requests get byte-identical responses.
-        builder.http1().auto_date_header(false);
-        builder.http2().auto_date_header(false);
+        protocols.http1.auto_date_header(false);
+        protocols.auto.http1().auto_date_header(false);
+        protocols.auto.http2().auto_date_header(false);
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
             async move { Ok::<_, Infallible>(route::handle(req, state).await) }
@@ -124,7 +123,7 @@ impl DemoUpstream {
         let options = ServeOptions::default();
         tokio::spawn(listener::serve(
             listener,
-            builder,
+            protocols,
             service,
             shutdown_rx,
             options,
@@ -186,7 +185,10 @@ mod tests {
     use http::Request;
     use http_body_util::{BodyExt as _, Full};
     use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
 
+    /// No `date` header: identical requests get byte-identical responses, whichever
+    /// HTTP the client speaks (each is served by its own builder).
     #[tokio::test(flavor = "multi_thread")]
     async fn h2c_is_served() {
         let up = upstream().await;
@@ -199,8 +201,10 @@ mod tests {
             .unwrap();
         let resp = client.request(req).await.unwrap();
         assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert!(resp.headers().get("date").is_none(), "h2c: {resp:?}");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         let h1 = post(&up, "/v1/chat/completions", &chat_body(true, Some(true))).await;
+        assert!(h1.headers.get("date").is_none(), "HTTP/1: {:?}", h1.headers);
         assert_eq!(body, h1.body);
     }
 

@@ -11,9 +11,11 @@
 
 mod hold;
 mod limits;
+mod protocols;
 
 pub use hold::ConnectionHold;
 pub use limits::ConnectionLimits;
+pub use protocols::Protocols;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,7 +29,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
@@ -112,7 +114,7 @@ pub struct ServeOptions {
 }
 
 /// Accepts connections on `listener` and serves each with a clone of
-/// `service` (HTTP/1.1 with upgrades, or h2c, as `builder` allows) until
+/// `service` (HTTP/1.1 with upgrades, or h2c, as `protocols` say) until
 /// `stop` turns `true` or its sender is dropped.
 ///
 /// Then it stops accepting at once (the listener is closed), asks every
@@ -122,7 +124,7 @@ pub struct ServeOptions {
 /// after the grace period keep running in their own tasks.
 pub async fn serve<S, B>(
     listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
+    protocols: Protocols,
     service: S,
     mut stop: watch::Receiver<bool>,
     options: ServeOptions,
@@ -134,7 +136,7 @@ pub async fn serve<S, B>(
     B::Error: Into<BoxError>,
 {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(builder);
+    let protocols = Arc::new(protocols);
     let slots = options
         .max_connections
         .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
@@ -161,8 +163,9 @@ pub async fn serve<S, B>(
             }
         };
         let conn = Connection {
-            builder: Arc::clone(&builder),
+            protocols: Arc::clone(&protocols),
             watcher: graceful.watcher(),
+            stop: stop.clone(),
             // a second watcher, kept by a tunnel the connection may become
             tunnel_watcher: graceful.watcher(),
             limits: options.limits,
@@ -181,8 +184,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// One accepted connection and what it is served with.
 struct Connection {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    protocols: Arc<Protocols>,
     watcher: Watcher,
+    stop: watch::Receiver<bool>,
     tunnel_watcher: Watcher,
     limits: Option<ConnectionLimits>,
     /// Its place under `--max-connections`, given back when the task ends
@@ -205,8 +209,9 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let Connection {
-                builder,
+                protocols,
                 watcher,
+                stop,
                 tunnel_watcher,
                 limits,
                 slot,
@@ -216,24 +221,20 @@ impl Connection {
             let service = hold::Holding::new(service, hold.clone());
             let result = match (limits, activity) {
                 (Some(limits), Some(activity)) => {
-                    let io = TokioIo::new(limits::Watched::new(stream, activity.clone()));
                     let service = limits::Tracked::new(service, activity.clone());
-                    let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service));
+                    let watched = |s| limits::Watched::new(s, activity.clone());
+                    let conn = protocols.serve(stream, watched, service, watcher, stop);
                     tokio::select! {
                         // a connection with bytes ready is served before its deadline is judged
                         biased;
                         result = conn => result,
-                        () = limits::watchdog(activity, limits) => {
+                        () = limits::watchdog(activity.clone(), limits) => {
                             tracing::debug!("closing a connection past its head or idle deadline");
                             Ok(())
                         }
                     }
                 }
-                _ => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
-                }
+                _ => protocols.serve(stream, |s| s, service, watcher, stop).await,
             };
             hold.release();
             if let Err(e) = result {
@@ -263,6 +264,16 @@ async fn drain(graceful: GracefulShutdown, grace: Option<Duration>) {
 pub(crate) fn upgraded_socket(
     up: hyper::upgrade::Upgraded,
 ) -> Result<(TcpStream, Bytes), hyper::upgrade::Upgraded> {
+    // served by hyper's HTTP/1 server directly (see `protocols`)
+    let up = match up.downcast::<TokioIo<TcpStream>>() {
+        Ok(p) => return Ok((p.io.into_inner(), p.read_buf)),
+        Err(up) => up,
+    };
+    let up = match up.downcast::<TokioIo<limits::Watched<TcpStream>>>() {
+        Ok(p) => return Ok((p.io.into_inner().into_inner(), p.read_buf)),
+        Err(up) => up,
+    };
+    // served by the auto builder, in its own wrapper
     let up = match auto::upgrade::downcast::<TokioIo<TcpStream>>(up) {
         Ok(p) => return Ok((p.io.into_inner(), p.read_buf)),
         Err(up) => up,
@@ -277,6 +288,7 @@ mod tests {
     use http_body_util::{BodyExt as _, Empty};
     use hyper::service::service_fn;
     use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::oneshot;
 
@@ -288,16 +300,21 @@ mod tests {
 
     /// Found in review: the served socket sits in hyper-util's own wrapper, so a plain
     /// `Upgraded::downcast` never matched and no tunnel was relayed on its socket.
-    /// With and without the per-connection deadlines, an upgraded connection gives its
-    /// socket back, and the bytes hyper read past the handshake come with it.
+    /// With and without the per-connection deadlines, and on either path (hyper's HTTP/1
+    /// server directly, or the auto builder when the first bytes arrived alone and could
+    /// still have been h2's preface), an upgraded connection gives its socket back, and
+    /// the bytes hyper read past the handshake come with it.
     #[tokio::test]
     async fn an_upgraded_connection_gives_back_its_socket_and_what_was_read() {
-        for limits in [
-            None,
-            Some(ConnectionLimits {
-                header_timeout: LONG,
-                idle_timeout: LONG,
-            }),
+        let limited = Some(ConnectionLimits {
+            header_timeout: LONG,
+            idle_timeout: LONG,
+        });
+        for (limits, trickled) in [
+            (None, false),
+            (limited, false),
+            (None, true),
+            (limited, true),
         ] {
             let (tx, rx) = oneshot::channel();
             let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
@@ -324,16 +341,21 @@ mod tests {
             };
             let (addr, _stop, _task) = start(service, options);
             let mut c = TcpStream::connect(addr).await.unwrap();
-            // the first frame's bytes in the same write as the handshake
-            c.write_all(
-                b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nEARLY",
-            )
-            .await
-            .unwrap();
+            let handshake: &[u8] =
+                b"POST / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nEARLY";
+            if trickled {
+                // `P` alone is still a prefix of the preface: the auto builder decides
+                c.write_all(&handshake[..1]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.write_all(&handshake[1..]).await.unwrap();
+            } else {
+                // the first frame's bytes in the same write as the handshake
+                c.write_all(handshake).await.unwrap();
+            }
             let found = tokio::time::timeout(LONG, rx).await.unwrap().unwrap();
-            let (mut tcp, read) = found
-                .expect("upgraded")
-                .unwrap_or_else(|_| panic!("not given back as a socket (limits {limits:?})"));
+            let (mut tcp, read) = found.expect("upgraded").unwrap_or_else(|_| {
+                panic!("not given back as a socket (limits {limits:?}, trickled {trickled})")
+            });
             let mut early = read.to_vec();
             while early.len() < 5 {
                 let mut b = [0u8; 8];
@@ -346,6 +368,43 @@ mod tests {
             }
             assert_eq!(early, b"EARLY");
         }
+    }
+
+    /// An HTTP/1 request that arrives whole is served by hyper's HTTP/1 server on the
+    /// socket itself, not behind hyper-util's auto builder and its 24 bytes read ahead
+    /// (which doubled hyper's read buffer): an upgrade then hands over the plain socket.
+    #[tokio::test]
+    async fn a_whole_http1_request_is_served_on_the_socket_itself() {
+        let (tx, rx) = oneshot::channel();
+        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+        let service = service_fn(move |req: Request<Incoming>| {
+            let tx = tx.clone();
+            async move {
+                let upgrading = hyper::upgrade::on(req);
+                tokio::spawn(async move {
+                    let plain = upgrading
+                        .await
+                        .map(|up| up.downcast::<TokioIo<TcpStream>>().is_ok());
+                    if let Some(tx) = tx.lock().unwrap().take() {
+                        let _ = tx.send(plain);
+                    }
+                });
+                Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .body(Empty::<Bytes>::new())
+            }
+        });
+        let (addr, _stop, _task) = start(service, ServeOptions::default());
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let plain = tokio::time::timeout(LONG, rx).await.unwrap().unwrap();
+        assert!(plain.expect("upgraded"), "served behind the auto builder");
     }
 
     fn get(addr: SocketAddr) -> Request<Empty<Bytes>> {
@@ -369,8 +428,13 @@ mod tests {
         let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = watch::channel(false);
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let task = tokio::spawn(serve(listener, builder, service, stop_rx, options));
+        let task = tokio::spawn(serve(
+            listener,
+            Protocols::default(),
+            service,
+            stop_rx,
+            options,
+        ));
         (addr, stop, task)
     }
 
@@ -431,6 +495,29 @@ mod tests {
         drop(stop);
         finishes(task).await;
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    /// A connection still waiting for its first bytes, whether silent or with the start
+    /// of h2's preface (the two ways a protocol is not yet known), closes at the stop
+    /// instead of holding the drain up.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn connections_not_yet_speaking_do_not_hold_up_the_stop() {
+        let (addr, stop, task) = start(hello(), ServeOptions::default());
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let mut undecided = TcpStream::connect(addr).await.unwrap();
+        undecided.write_all(b"PRI * HT").await.unwrap();
+        // both accepted and waiting before the stop
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send_replace(true);
+        finishes(task).await;
+        for mut c in [silent, undecided] {
+            let mut b = [0u8; 16];
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut b))
+                .await
+                .expect("closed by the server")
+                .unwrap_or(0);
+            assert_eq!(n, 0, "nothing answered, only closed");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

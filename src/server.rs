@@ -12,8 +12,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -75,14 +73,7 @@ pub(crate) async fn serve(
         let server = server.clone();
         Box::pin(async move { Ok::<_, std::convert::Infallible>(server.route(req).await) })
     });
-    listener::serve(
-        listener,
-        auto::Builder::new(TokioExecutor::new()),
-        svc,
-        stop,
-        options,
-    )
-    .await;
+    listener::serve(listener, listener::Protocols::default(), svc, stop, options).await;
 }
 
 impl Server {

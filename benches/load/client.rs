@@ -104,6 +104,11 @@ impl Conn {
         (0..n).map(|_| Conn::new(ep)).collect()
     }
 
+    /// Whether its connection is up (a call made and the peer has not closed it).
+    pub fn is_open(&self) -> bool {
+        self.sender.as_ref().is_some_and(|s| !s.is_closed())
+    }
+
     fn reset(&mut self) {
         self.sender = None;
     }

@@ -58,7 +58,7 @@ use serde::Serialize;
 use build::{ENV_BIN, Paths, build_tokentap};
 use client::{Conn, Endpoint};
 use procs::{Mock, Proxy, TokentapSetup};
-use report::{ClosedRow, Health, OpenRow, Resources, StreamRow, Target, Verdict};
+use report::{ClosedRow, Health, IdleRow, OpenRow, Resources, StreamRow, Target, Verdict};
 use sink::OtlpSink;
 use stats::{Summary, Timeline};
 
@@ -76,7 +76,7 @@ const USAGE: &str = "\
 usage: cargo bench --bench load [-- OPTIONS]
 
   --quick               5 s load phases and one round of streams (under 2 minutes)
-  --scenarios LIST      any of i,ii,iii (or closed,open,streams); default all
+  --scenarios LIST      any of i,ii,iii,iv (or closed,open,streams,idle); default all
   --targets LIST        any of direct,nginx,floor,tokentap; default all
   --json PATH           where to write the results (default target/bench-load.json)
   --keep-logs           keep the temp dir with nginx/tokentap logs and configs
@@ -106,6 +106,7 @@ enum Scenario {
     Closed,
     Open,
     Streams,
+    Idle,
 }
 
 struct Args {
@@ -133,7 +134,12 @@ impl Args {
             help: false,
             mock_port: None,
             floor_upstream: None,
-            scenarios: vec![Scenario::Closed, Scenario::Open, Scenario::Streams],
+            scenarios: vec![
+                Scenario::Closed,
+                Scenario::Open,
+                Scenario::Streams,
+                Scenario::Idle,
+            ],
             targets: Target::ALL.to_vec(),
             json: None,
             keep_logs: false,
@@ -168,6 +174,7 @@ impl Args {
                             "i" | "1" | "closed" => Ok(Scenario::Closed),
                             "ii" | "2" | "open" => Ok(Scenario::Open),
                             "iii" | "3" | "streams" => Ok(Scenario::Streams),
+                            "iv" | "4" | "idle" => Ok(Scenario::Idle),
                             other => Err(format!("unknown scenario {other:?}")),
                         })
                         .collect::<std::result::Result<_, _>>()?;
@@ -286,6 +293,7 @@ struct Plan {
     stream_chunks: usize,
     stream_chunk_interval_ms: u64,
     stream_round_limit_s: f64,
+    idle_connections: usize,
 }
 
 impl Plan {
@@ -305,6 +313,7 @@ impl Plan {
             stream_chunks: mock::CHUNKS,
             stream_chunk_interval_ms: mock::CHUNK_INTERVAL.as_millis() as u64,
             stream_round_limit_s: 60.0,
+            idle_connections: if quick { 500 } else { 2000 },
         }
     }
 }
@@ -341,6 +350,7 @@ struct Report {
     closed_loop: Vec<ClosedRow>,
     open_loop: Vec<OpenRow>,
     streams: Vec<StreamRow>,
+    idle: Vec<IdleRow>,
     targets: Vec<Verdict>,
     problems: Vec<String>,
 }
@@ -386,10 +396,12 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
         return Err(format!("no tokentap binary at {}", tokentap.display()).into());
     }
     let nofile = procs::nofile_limit();
-    let wanted_fds = 2 * plan.stream_levels.iter().max().copied().unwrap_or(0) as u64 + 256;
-    if args.scenarios.contains(&Scenario::Streams) && nofile.is_some_and(|n| n < wanted_fds) {
+    let most = plan.stream_levels.iter().max().copied().unwrap_or(0);
+    let wanted_fds = 2 * most.max(plan.idle_connections) as u64 + 256;
+    let many = [Scenario::Streams, Scenario::Idle];
+    if many.iter().any(|s| args.scenarios.contains(s)) && nofile.is_some_and(|n| n < wanted_fds) {
         eprintln!(
-            "load: warning: open-files limit {nofile:?} is below {wanted_fds}; the largest stream level may fail"
+            "load: warning: open-files limit {nofile:?} is below {wanted_fds}; the largest stream level of (iii) and the connections of (iv) may fail"
         );
     }
     let (git_commit, git_dirty) = git_state(&paths.manifest_dir);
@@ -433,6 +445,7 @@ fn measure(args: &Args, pinned: bool) -> Result<ExitCode> {
         closed_loop: Vec::new(),
         open_loop: Vec::new(),
         streams: Vec::new(),
+        idle: Vec::new(),
         targets: Vec::new(),
         problems: Vec::new(),
     };
@@ -605,6 +618,21 @@ async fn run(
         report
             .targets
             .extend(report::streams_table(&report.streams, &title, judged));
+    }
+    if scenarios.contains(&Scenario::Idle) {
+        // direct has no proxy whose memory to read
+        for &target in env.targets.iter().filter(|t| **t != Target::Direct) {
+            match idle(&mut ctx, target).await {
+                Ok(row) => report.idle.push(row),
+                Err(e) => report.problems.push(problem("(iv)", target, &e)),
+            }
+            settle().await;
+        }
+        let title = format!(
+            "(iv) {} idle keep-alive client connections, each after one non-streaming call",
+            plan.idle_connections
+        );
+        report::idle_table(&report.idle, &title);
     }
     if let Some(status) = ctx.mock_exited() {
         return Err(format!("the mock upstream exited during the run ({status})").into());
@@ -950,6 +978,54 @@ async fn streams(ctx: &mut Ctx<'_>, target: Target, level: usize) -> Result<Stre
         chunk_gap: Summary::of(all.gaps_us),
         peak_rss_after_round_mib: hwm_by_round,
         resources: res,
+        health,
+    })
+}
+
+/// Calls made on one connection before (iv) measures: as many as tokentap's ring of
+/// recent calls holds by default (`--recent-calls 1000`), so what each later call
+/// adds to it is what the call it replaces gave back.
+const IDLE_WARMUP_CALLS: usize = 1000;
+
+/// What an idle keep-alive client connection costs a proxy: SDK clients keep a pool
+/// of connections open between calls, and a sidecar holds each one. Calls on one
+/// connection warm the proxy up (its upstream connection, lazy set-up, the live
+/// view's ring); then connections are opened one after another, each makes one call
+/// and stays open, so the upstream side needs one pooled connection throughout.
+async fn idle(ctx: &mut Ctx<'_>, target: Target) -> Result<IdleRow> {
+    let n = ctx.plan.idle_connections;
+    eprintln!("load: (iv) {}: {n} idle connections", target.name());
+    let live = ctx.start(target)?;
+    let pid = live.proxy.as_ref().ok_or("no proxy")?.guard.pid();
+    let mut warm = Conn::new(&live.ep);
+    for _ in 0..IDLE_WARMUP_CALLS {
+        warm.chat().await?;
+    }
+    drop(warm);
+    settle().await;
+    let before = procs::tree_rss_kib(pid);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut conn = Conn::new(&live.ep);
+        conn.chat().await?;
+        held.push(conn);
+    }
+    settle().await;
+    let after = procs::tree_rss_kib(pid);
+    let open = held.iter().filter(|c| c.is_open()).count();
+    drop(held);
+    if open < n {
+        // a proxy that closed some would look cheaper per connection
+        return Err(format!("only {open} of {n} connections still open when measured").into());
+    }
+    let (health, _) = finish(live, (n + IDLE_WARMUP_CALLS) as u64).await;
+    Ok(IdleRow {
+        target,
+        connections: n,
+        still_open: open,
+        rss_before_mib: before as f64 / 1024.0,
+        rss_after_mib: after as f64 / 1024.0,
+        per_connection_kib: after.saturating_sub(before) as f64 / n as f64,
         health,
     })
 }

@@ -558,13 +558,22 @@ pub fn tree_ticks(pid: u32) -> u64 {
 
 /// Sum of `VmHWM` (peak resident set) over `pid` and its descendants, in KiB.
 pub fn tree_hwm_kib(pid: u32) -> u64 {
+    tree_status_kib(pid, "VmHWM:")
+}
+
+/// Sum of `VmRSS` (resident set now) over `pid` and its descendants, in KiB.
+pub fn tree_rss_kib(pid: u32) -> u64 {
+    tree_status_kib(pid, "VmRSS:")
+}
+
+fn tree_status_kib(pid: u32, field: &str) -> u64 {
     std::iter::once(pid)
         .chain(descendants(pid))
         .filter_map(|p| {
             let status = fs::read_to_string(format!("/proc/{p}/status")).ok()?;
             status
                 .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         })
         .sum()

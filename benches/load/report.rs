@@ -154,6 +154,19 @@ pub struct StreamRow {
     pub health: Health,
 }
 
+/// Scenario (iv): the proxy's resident set before and after opening the idle connections.
+#[derive(Debug, Serialize)]
+pub struct IdleRow {
+    pub target: Target,
+    pub connections: usize,
+    /// Still open when measured (a proxy that closed some would look cheaper).
+    pub still_open: usize,
+    pub rss_before_mib: f64,
+    pub rss_after_mib: f64,
+    pub per_connection_kib: f64,
+    pub health: Health,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Verdict {
     pub scenario: &'static str,
@@ -642,6 +655,43 @@ pub fn streams_table(rows: &[StreamRow], title: &str, judged_level: usize) -> Ve
         println!("{}", v.line());
     }
     verdicts
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario (iv)
+// ---------------------------------------------------------------------------------------------
+
+/// No SPEC §14 target: the table only.
+pub fn idle_table(rows: &[IdleRow], title: &str) {
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.target.name().to_owned(),
+                format!("{}/{}", r.still_open, r.connections),
+                format!("{:.1}", r.rss_before_mib),
+                format!("{:.1}", r.rss_after_mib),
+                format!("{:.1}", r.per_connection_kib),
+            ]
+        })
+        .collect();
+    print_table(
+        title,
+        &[
+            "target",
+            "still open",
+            "RSS before MiB",
+            "RSS after MiB",
+            "KiB per connection",
+        ],
+        1,
+        &table,
+    );
+    for r in rows {
+        for l in health_lines(r.target, &r.health) {
+            println!("  [idle]{l}");
+        }
+    }
 }
 
 /// A verdict on `value` against an upper `limit` (`None`: a row it needs is missing).
