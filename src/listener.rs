@@ -317,24 +317,7 @@ mod tests {
             (limited, true),
         ] {
             let (tx, rx) = oneshot::channel();
-            let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
-            let service = service_fn(move |req: Request<Incoming>| {
-                let tx = tx.clone();
-                async move {
-                    let upgrading = hyper::upgrade::on(req);
-                    tokio::spawn(async move {
-                        let found = upgrading.await.map(upgraded_socket);
-                        if let Some(tx) = tx.lock().unwrap().take() {
-                            let _ = tx.send(found);
-                        }
-                    });
-                    Response::builder()
-                        .status(101)
-                        .header("connection", "upgrade")
-                        .header("upgrade", "websocket")
-                        .body(Empty::<Bytes>::new())
-                }
-            });
+            let service = upgrading(upgraded_socket, tx);
             let options = ServeOptions {
                 limits,
                 ..ServeOptions::default()
@@ -376,26 +359,7 @@ mod tests {
     #[tokio::test]
     async fn a_whole_http1_request_is_served_on_the_socket_itself() {
         let (tx, rx) = oneshot::channel();
-        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
-        let service = service_fn(move |req: Request<Incoming>| {
-            let tx = tx.clone();
-            async move {
-                let upgrading = hyper::upgrade::on(req);
-                tokio::spawn(async move {
-                    let plain = upgrading
-                        .await
-                        .map(|up| up.downcast::<TokioIo<TcpStream>>().is_ok());
-                    if let Some(tx) = tx.lock().unwrap().take() {
-                        let _ = tx.send(plain);
-                    }
-                });
-                Response::builder()
-                    .status(101)
-                    .header("connection", "upgrade")
-                    .header("upgrade", "websocket")
-                    .body(Empty::<Bytes>::new())
-            }
-        });
+        let service = upgrading(|up| up.downcast::<TokioIo<TcpStream>>().is_ok(), tx);
         let (addr, _stop, _task) = start(service, ServeOptions::default());
         let mut c = TcpStream::connect(addr).await.unwrap();
         c.write_all(
@@ -405,6 +369,39 @@ mod tests {
         .unwrap();
         let plain = tokio::time::timeout(LONG, rx).await.unwrap().unwrap();
         assert!(plain.expect("upgraded"), "served behind the auto builder");
+    }
+
+    /// A service that answers `101` and sends what `take` makes of the first upgraded
+    /// connection down `tx`.
+    fn upgrading<T: Send + 'static>(
+        take: fn(hyper::upgrade::Upgraded) -> T,
+        tx: oneshot::Sender<hyper::Result<T>>,
+    ) -> impl Service<
+        Request<Incoming>,
+        Response = Response<Empty<Bytes>>,
+        Error = http::Error,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+        service_fn(move |req: Request<Incoming>| {
+            let tx = tx.clone();
+            async move {
+                let upgrading = hyper::upgrade::on(req);
+                tokio::spawn(async move {
+                    let found = upgrading.await.map(take);
+                    if let Some(tx) = tx.lock().unwrap().take() {
+                        let _ = tx.send(found);
+                    }
+                });
+                Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .body(Empty::<Bytes>::new())
+            }
+        })
     }
 
     fn get(addr: SocketAddr) -> Request<Empty<Bytes>> {
