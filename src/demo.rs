@@ -109,11 +109,8 @@ impl DemoUpstream {
             shutdown: shutdown_rx.clone(),
             live_streams: Arc::clone(&live_streams),
         });
-        let mut protocols = listener::Protocols::default();
         // No `date` header: identical requests get byte-identical responses.
-        protocols.http1.auto_date_header(false);
-        protocols.auto.http1().auto_date_header(false);
-        protocols.auto.http2().auto_date_header(false);
+        let protocols = listener::Protocols::default().without_date_header();
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
             async move { Ok::<_, Infallible>(route::handle(req, state).await) }

@@ -264,22 +264,20 @@ async fn drain(graceful: GracefulShutdown, grace: Option<Duration>) {
 pub(crate) fn upgraded_socket(
     up: hyper::upgrade::Upgraded,
 ) -> Result<(TcpStream, Bytes), hyper::upgrade::Upgraded> {
-    // served by hyper's HTTP/1 server directly (see `protocols`)
-    let up = match up.downcast::<TokioIo<TcpStream>>() {
-        Ok(p) => return Ok((p.io.into_inner(), p.read_buf)),
+    socket_of::<TcpStream>(up, |s| s).or_else(|up| socket_of(up, limits::Watched::into_inner))
+}
+
+/// The socket under `up` when it was served on a `T`: by hyper's HTTP/1 server
+/// directly (see `protocols`), or by the auto builder, in its own wrapper.
+fn socket_of<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static>(
+    up: hyper::upgrade::Upgraded,
+    socket: fn(T) -> TcpStream,
+) -> Result<(TcpStream, Bytes), hyper::upgrade::Upgraded> {
+    let up = match up.downcast::<TokioIo<T>>() {
+        Ok(p) => return Ok((socket(p.io.into_inner()), p.read_buf)),
         Err(up) => up,
     };
-    let up = match up.downcast::<TokioIo<limits::Watched<TcpStream>>>() {
-        Ok(p) => return Ok((p.io.into_inner().into_inner(), p.read_buf)),
-        Err(up) => up,
-    };
-    // served by the auto builder, in its own wrapper
-    let up = match auto::upgrade::downcast::<TokioIo<TcpStream>>(up) {
-        Ok(p) => return Ok((p.io.into_inner(), p.read_buf)),
-        Err(up) => up,
-    };
-    auto::upgrade::downcast::<TokioIo<limits::Watched<TcpStream>>>(up)
-        .map(|p| (p.io.into_inner().into_inner(), p.read_buf))
+    auto::upgrade::downcast::<TokioIo<T>>(up).map(|p| (socket(p.io.into_inner()), p.read_buf))
 }
 
 #[cfg(test)]

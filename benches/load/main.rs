@@ -1022,7 +1022,6 @@ async fn idle(ctx: &mut Ctx<'_>, target: Target) -> Result<IdleRow> {
     Ok(IdleRow {
         target,
         connections: n,
-        still_open: open,
         rss_before_mib: before as f64 / 1024.0,
         rss_after_mib: after as f64 / 1024.0,
         per_connection_kib: after.saturating_sub(before) as f64 / n as f64,

@@ -158,9 +158,9 @@ pub struct StreamRow {
 #[derive(Debug, Serialize)]
 pub struct IdleRow {
     pub target: Target,
+    /// All still open when measured: a proxy that closed some would look cheaper, so that
+    /// is an error, not a row.
     pub connections: usize,
-    /// Still open when measured (a proxy that closed some would look cheaper).
-    pub still_open: usize,
     pub rss_before_mib: f64,
     pub rss_after_mib: f64,
     pub per_connection_kib: f64,
@@ -676,7 +676,7 @@ pub fn idle_table(rows: &[IdleRow], title: &str) {
         .map(|r| {
             vec![
                 r.target.name().to_owned(),
-                format!("{}/{}", r.still_open, r.connections),
+                r.connections.to_string(),
                 format!("{:.1}", r.rss_before_mib),
                 format!("{:.1}", r.rss_after_mib),
                 format!("{:.1}", r.per_connection_kib),
@@ -687,7 +687,7 @@ pub fn idle_table(rows: &[IdleRow], title: &str) {
         title,
         &[
             "target",
-            "still open",
+            "connections",
             "RSS before MiB",
             "RSS after MiB",
             "KiB per connection",

@@ -2,8 +2,8 @@
 //! and how long a kept-alive connection may sit idle.
 //!
 //! hyper's own header-read timeout needs a timer, starts only once hyper is
-//! parsing HTTP/1 (hyper-util's auto builder first reads the h2c preface
-//! without it), and keeps running on an idle keep-alive connection, so it
+//! parsing HTTP/1 (not while the listener waits for a first byte, nor while
+//! hyper-util's auto builder looks for the h2c preface), and keeps running on an idle keep-alive connection, so it
 //! would close idle connections at the head deadline. Instead each connection
 //! keeps a small activity record — bytes read while nothing is in flight,
 //! requests in flight, when the last one ended — and a watchdog beside the

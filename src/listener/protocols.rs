@@ -14,6 +14,9 @@
 
 use std::pin::pin;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::Service;
@@ -25,21 +28,18 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::{BoxError, stopped};
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
 
 /// HTTP/2's connection preface (RFC 9113 §3.4), what an h2c client with prior
 /// knowledge sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How a listener serves HTTP: hyper's HTTP/1 server for connections that
-/// start as HTTP/1, the auto builder (HTTP/1 or h2c) for the rest. Configure
-/// both alike (`auto.http1()` for the second).
+/// start as HTTP/1, the auto builder (HTTP/1 or h2c) for the rest. The two are
+/// configured here only, so a setting cannot reach one and miss the other.
 #[derive(Clone, Debug)]
 pub struct Protocols {
-    pub http1: http1::Builder,
-    pub auto: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    auto: auto::Builder<TokioExecutor>,
 }
 
 impl Default for Protocols {
@@ -52,6 +52,14 @@ impl Default for Protocols {
 }
 
 impl Protocols {
+    /// No `date` header on responses, whichever HTTP serves them.
+    pub fn without_date_header(mut self) -> Self {
+        self.http1.auto_date_header(false);
+        self.auto.http1().auto_date_header(false);
+        self.auto.http2().auto_date_header(false);
+        self
+    }
+
     /// Serves one accepted connection (wrapped by `wrap` once its protocol is
     /// known) until it ends. The stop signal, or `stop`'s sender gone, closes it
     /// gracefully: a request in flight finishes. `watcher` is kept until the
@@ -102,14 +110,14 @@ impl Protocols {
 }
 
 /// Whether the connection's first bytes already rule out h2's preface. They
-/// are peeked, not read: hyper reads them itself. A closed or failed socket,
-/// or bytes that are all a prefix of the preface (a request that could still
-/// be h2c), say no.
+/// are peeked, not read: hyper reads them itself. A failed socket, no bytes
+/// (closed), or bytes that are all a prefix of the preface (a request that
+/// could still be h2c) say no.
 async fn starts_as_http1(stream: &TcpStream) -> bool {
     let mut first = [0u8; H2_PREFACE.len()];
     match stream.peek(&mut first).await {
-        Ok(n) if n > 0 => first[..n] != H2_PREFACE[..n],
-        _ => false,
+        Ok(n) => first[..n] != H2_PREFACE[..n],
+        Err(_) => false,
     }
 }
 
